@@ -1,0 +1,1 @@
+"""The `unetr` command line. `app.py` wires the command groups; each module holds one group."""

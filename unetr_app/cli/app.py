@@ -1,0 +1,61 @@
+"""The root of the `unetr` CLI: wires the command groups and formats errors in one place.
+
+A `UnetrError` (bad input, missing data, invalid config) becomes one line on stderr and its exit
+code; set UNETR_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from unetr_app.errors import UnetrError
+
+
+class ErrorReportingGroup(TyperGroup):
+    """Runs the chosen command and turns our errors into `error: <message>` + exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UnetrError as err:
+            if os.environ.get("UNETR_DEBUG"):
+                raise
+            click.secho(f"error: {err}", fg="red", err=True)
+            raise click.exceptions.Exit(err.exit_code) from None
+        except KeyboardInterrupt:
+            click.secho("interrupted", fg="yellow", err=True)
+            raise click.exceptions.Exit(130) from None
+
+
+app = typer.Typer(
+    cls=ErrorReportingGroup,
+    help="UNETR and the vision-transformer family for 3D medical image segmentation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Make, check and describe datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _register_commands() -> None:
+    # One line per command or group; each module keeps its options next to its command.
+    from unetr_app.cli import data, train  # noqa: F401  (filled in next commit)
+
+
+_register_commands()
+
+
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("UNETR_LOG_LEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")
+    app(prog_name="unetr")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""`unetr data synth` and `unetr data check`."""

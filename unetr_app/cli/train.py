@@ -1,0 +1,1 @@
+"""`unetr train`."""

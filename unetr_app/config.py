@@ -1,0 +1,261 @@
+"""Run configuration: YAML under `configs/` parsed once into validated, typed objects.
+
+A run is resolved from three files and the command line, later ones overriding earlier ones:
+
+    configs/tasks/<task>.yaml      what to segment (labels, modality, dataset folder name)
+    configs/models/<model>.yaml    which registered model and its hyper-parameters
+    configs/profiles/<name>.yaml   preprocessing, augmentation, training and inference settings,
+                                   plus `model.params` overrides (e.g. a smaller UNETR on CPU)
+
+Every error names the file and the dotted key, e.g. `training.lr: Input should be a valid number`.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from unetr_app.errors import ConfigError
+
+CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
+MANIFEST_ROOT = Path(__file__).resolve().parent.parent / "data_manifests"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TaskConfig(Strict):
+    name: str
+    dataset_dir: str = Field(description="folder name of the dataset, e.g. Task09_Spleen")
+    manifest: str = Field(description="name of the manifest in data_manifests/")
+    modality: Literal["CT", "MRI"]
+    in_channels: int = Field(1, ge=1)
+    labels: dict[str, int]
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_contiguous(cls, labels: dict[str, int]) -> dict[str, int]:
+        values = sorted(labels.values())
+        if values != list(range(len(values))) or len(values) < 2:
+            raise ValueError(f"label values must be 0..N-1 with background 0 and at least one class, got {labels}")
+        return labels
+
+    @property
+    def out_channels(self) -> int:
+        return len(self.labels)
+
+
+class ModelConfig(Strict):
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class PreprocessingConfig(Strict):
+    orientation: str = "RAS"
+    spacing: tuple[float, float, float]
+    intensity_window: tuple[float, float] | None = Field(
+        None, description="[low, high] mapped to [0, 1] and clipped (CT Hounsfield units); null: per-image z-score"
+    )
+    roi_size: tuple[int, int, int]
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation_code(cls, code: str) -> str:
+        code = code.upper()
+        axes = [{"L": 0, "R": 0, "A": 1, "P": 1, "S": 2, "I": 2}.get(c) for c in code]
+        if len(code) != 3 or None in axes or sorted(axes) != [0, 1, 2]:
+            raise ValueError(f"orientation must be a 3-letter code with one of L/R, A/P, S/I each, got {code!r}")
+        return code
+
+    @field_validator("spacing", "roi_size")
+    @classmethod
+    def _positive(cls, values):
+        if any(v <= 0 for v in values):
+            raise ValueError(f"every value must be positive, got {values}")
+        return values
+
+    @field_validator("intensity_window")
+    @classmethod
+    def _window_order(cls, window):
+        if window is not None and window[0] >= window[1]:
+            raise ValueError(f"intensity_window must be [low, high] with low < high, got {window}")
+        return window
+
+
+class AugmentationConfig(Strict):
+    flip_prob: float = Field(0.1, ge=0, le=1)
+    rot90_prob: float = Field(0.1, ge=0, le=1)
+    intensity_shift_prob: float = Field(0.5, ge=0, le=1)
+    intensity_shift_offset: float = Field(0.1, ge=0)
+
+
+class TrainingConfig(Strict):
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(1, ge=1, description="volumes per step; each gives num_samples crops")
+    num_samples: int = Field(4, ge=1, description="random crops per volume")
+    pos_neg_ratio: tuple[float, float] = (1.0, 1.0)
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(ge=0)
+    warmup_epochs: int = Field(0, ge=0)
+    val_interval: int = Field(1, ge=1)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    seed: int = 0
+    amp: bool = True
+    cache_rate: float = Field(1.0, ge=0, le=1)
+    num_workers: int = Field(0, ge=0)
+    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (null: one pass)")
+
+
+class InferenceConfig(Strict):
+    overlap: float = Field(0.5, ge=0, lt=1)
+    sw_batch_size: int = Field(4, ge=1)
+    blend_mode: Literal["gaussian", "constant"] = "gaussian"
+
+
+class RunConfig(Strict):
+    task: TaskConfig
+    model: ModelConfig
+    preprocessing: PreprocessingConfig
+    augmentation: AugmentationConfig = AugmentationConfig()
+    training: TrainingConfig
+    inference: InferenceConfig = InferenceConfig()
+    profile: str = "custom"
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Everything `create_model` needs for this task: the model's params plus the data's shape."""
+        return {
+            "task": "segmentation",
+            "spatial_dims": 3,
+            "in_channels": self.task.in_channels,
+            "out_channels": self.task.out_channels,
+            "img_size": list(self.preprocessing.roi_size),
+            **self.model.params,
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({_one_line(err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def find_config(kind: str, name_or_path: str) -> Path:
+    """`name` -> configs/<kind>/<name>.yaml; a path to a .yaml file is taken as it is."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml"):
+        if not candidate.is_file():
+            raise ConfigError(f"{kind[:-1]} config {name_or_path!r}: file not found")
+        return candidate
+    path = CONFIG_ROOT / kind / f"{name_or_path}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml"))
+        raise ConfigError(f"unknown {kind[:-1]} {name_or_path!r}; known: {', '.join(known)} (or pass a .yaml path)")
+    return path
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_run_config(
+    task: str,
+    model: str | None = None,
+    profile: str = "cpu-demo",
+    overrides: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Resolve task + model + profile YAML and CLI overrides into one validated RunConfig.
+
+    `model` defaults to the profile's `model.name`. A model name without a YAML file in
+    configs/models/ is taken as a registered model with its own defaults.
+    """
+    task_data = read_yaml(find_config("tasks", task))
+    profile_path = find_config("profiles", profile)
+    profile_data = read_yaml(profile_path)
+    profile_model = profile_data.pop("model", {}) or {}
+    if not isinstance(profile_model, dict):
+        raise ConfigError(f"{profile_path}: model: expected a mapping with name/params")
+    model_name = model or profile_model.get("name", "unetr")
+    model_data = _model_config_data(model_name)
+    if profile_model.get("name", model_data["name"]) == model_data["name"]:
+        # profile params tune the profile's own model (e.g. a small UNETR for CPU); not another one
+        model_data = deep_merge(model_data, {"params": profile_model.get("params", {}) or {}})
+    data = deep_merge(profile_data, {"task": task_data, "model": model_data, "profile": Path(profile).stem})
+    data = deep_merge(data, overrides or {})
+    return validate_run_config(data, source=f"{profile_path.name} + {task} + {model_data['name']}")
+
+
+def _model_config_data(name_or_path: str) -> dict[str, Any]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or (CONFIG_ROOT / "models" / f"{name_or_path}.yaml").is_file():
+        data = read_yaml(find_config("models", name_or_path))
+        data.setdefault("params", {})
+        return data
+    from unetr_app.models import get_model_entry
+
+    get_model_entry(name_or_path)  # unknown names fail here with a suggestion
+    return {"name": name_or_path, "params": {}}
+
+
+def validate_run_config(data: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(f"{source}: {format_validation_error(err)}") from None
+
+
+def format_validation_error(err: ValidationError) -> str:
+    """`training.lr: Input should be a valid number (got 'fast')`, several joined by '; '."""
+    parts = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        msg = item["msg"]
+        if item["type"] == "extra_forbidden":
+            msg = "unknown key (check its spelling)"
+        got = item.get("input")
+        shown = "" if item["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{key}: {msg}{shown}")
+    return "; ".join(parts)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`training.lr=3e-4` style overrides -> nested dict, values parsed as YAML scalars."""
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE, e.g. training.lr=3e-4")
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return result
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())

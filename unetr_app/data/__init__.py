@@ -1,0 +1,1 @@
+"""Datasets: the phantom, the manifest check, dataset discovery and MONAI transforms."""

@@ -1,0 +1,1 @@
+"""Training: the checkpoint format, the training loop and its records."""
