@@ -10,7 +10,6 @@ import logging
 import os
 import sys
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -20,17 +19,17 @@ from unetr_app.errors import UnetrError
 class ErrorReportingGroup(TyperGroup):
     """Runs the chosen command and turns our errors into `error: <message>` + exit code."""
 
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except UnetrError as err:
             if os.environ.get("UNETR_DEBUG"):
                 raise
-            click.secho(f"error: {err}", fg="red", err=True)
-            raise click.exceptions.Exit(err.exit_code) from None
+            typer.secho(f"error: {err}", fg="red", err=True)
+            raise typer.Exit(err.exit_code) from None
         except KeyboardInterrupt:
-            click.secho("interrupted", fg="yellow", err=True)
-            raise click.exceptions.Exit(130) from None
+            typer.secho("interrupted", fg="yellow", err=True)
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(
