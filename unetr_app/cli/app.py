@@ -45,7 +45,11 @@ app.add_typer(data_app, name="data")
 
 def _register_commands() -> None:
     # One line per command or group; each module keeps its options next to its command.
-    from unetr_app.cli import data, train  # noqa: F401  (filled in next commit)
+    from unetr_app.cli import data, train
+
+    data_app.command("synth")(data.synth)
+    data_app.command("check")(data.check)
+    app.command("train")(train.train)
 
 
 _register_commands()

@@ -24,7 +24,7 @@ def preprocessing_transforms(pre: PreprocessingConfig, keys: tuple[str, ...] = (
     steps = [
         mt.LoadImaged(keys=keys, image_only=True),
         mt.EnsureChannelFirstd(keys=keys),
-        mt.Orientationd(keys=keys, axcodes=pre.orientation),
+        mt.Orientationd(keys=keys, axcodes=pre.orientation, labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         mt.Spacingd(keys=keys, pixdim=pre.spacing, mode=modes),
         intensity_transform(pre, image),
         # crop to the body (windowed air is 0) so crops and sliding windows skip empty space

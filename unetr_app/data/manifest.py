@@ -1,0 +1,178 @@
+"""Dataset manifests (`data_manifests/<task>.yaml`): what a dataset is, and checking a copy of it.
+
+`check_dataset` reports every problem by file and cause, so a user fixes a broken download
+once instead of meeting the problems one crash at a time during training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from unetr_app.config import MANIFEST_ROOT, format_validation_error, read_yaml
+from unetr_app.errors import ConfigError
+
+AFFINE_TOLERANCE_MM = 1e-3
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Source(_Strict):
+    homepage: str
+    archive: str
+    citation: str = ""
+
+
+class Counts(_Strict):
+    training: int
+    test: int
+
+
+class Layout(_Strict):
+    images_train: str = "imagesTr"
+    labels_train: str = "labelsTr"
+    images_test: str = "imagesTs"
+    labels_test: str = "labelsTs"
+    dataset_json: str = "dataset.json"
+
+
+class Manifest(_Strict):
+    name: str
+    task: str
+    description: str
+    source: Source
+    license: str
+    modality: str
+    labels: dict[str, int]
+    counts: Counts
+    layout: Layout = Layout()
+    file_pattern: str
+    file_ending: str = ".nii.gz"
+
+    def where_to_get(self) -> str:
+        return f"{self.source.archive} ({self.license}; see {self.source.homepage})"
+
+
+def load_manifest(name: str) -> Manifest:
+    path = MANIFEST_ROOT / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in MANIFEST_ROOT.glob("*.yaml"))
+        raise ConfigError(f"no data manifest {name!r}; known: {', '.join(known)}")
+    try:
+        return Manifest.model_validate(read_yaml(path))
+    except ValidationError as err:
+        raise ConfigError(f"{path}: {format_validation_error(err)}") from None
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    cause: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.cause}"
+
+
+def check_dataset(root: str | Path, manifest: Manifest, progress=None) -> list[Problem]:
+    """Every problem found in a dataset folder, as (file, cause) pairs; empty if it is sound."""
+    root = Path(root)
+    if not root.is_dir():
+        return [Problem(str(root), "dataset folder not found")]
+    lay = manifest.layout
+    problems = _check_dataset_json(root, manifest)
+    problems += _check_counts(root, manifest)
+    pattern = re.compile(manifest.file_pattern)
+    for images, labels in ((lay.images_train, lay.labels_train), (lay.images_test, lay.labels_test)):
+        problems += _check_pairs(root, images, labels, pattern, manifest, required=images == lay.images_train, progress=progress)
+    return problems
+
+
+def _check_dataset_json(root: Path, manifest: Manifest) -> list[Problem]:
+    path = root / manifest.layout.dataset_json
+    if not path.is_file():
+        return [Problem(str(path), "missing dataset description")]
+    try:
+        description = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        return [Problem(str(path), f"unreadable JSON ({err})")]
+    problems = []
+    for entry in description.get("training", []):
+        for key in ("image", "label"):
+            listed = entry.get(key) if isinstance(entry, dict) else None
+            if not listed or not (root / listed).is_file():
+                problems.append(Problem(str(path), f"training entry {key} {listed!r} does not exist"))
+    labels = {str(v): k for k, v in manifest.labels.items()}
+    if description.get("labels") not in (None, labels):
+        problems.append(Problem(str(path), f"labels {description.get('labels')} differ from the manifest's {labels}"))
+    return problems
+
+
+def _check_counts(root: Path, manifest: Manifest) -> list[Problem]:
+    problems = []
+    for folder, expected in ((manifest.layout.images_train, manifest.counts.training), (manifest.layout.images_test, manifest.counts.test)):
+        found = len(_images_in(root / folder, manifest))
+        if found != expected:
+            problems.append(Problem(str(root / folder), f"{found} images, the manifest expects {expected}"))
+    return problems
+
+
+def _check_pairs(root, images_dir, labels_dir, pattern, manifest, required: bool, progress=None) -> list[Problem]:
+    images = {p.name: p for p in _images_in(root / images_dir, manifest)}
+    labels = {p.name: p for p in _images_in(root / labels_dir, manifest)}
+    problems = [Problem(str(p), f"file name does not match {manifest.file_pattern}") for n, p in images.items() if not pattern.match(n)]
+    if required or labels:
+        problems += [Problem(str(images[n]), f"missing label ({labels_dir}/{n})") for n in sorted(images.keys() - labels.keys())]
+        problems += [Problem(str(labels[n]), f"label without image ({images_dir}/{n})") for n in sorted(labels.keys() - images.keys())]
+    allowed = set(manifest.labels.values())
+    for name in sorted(images):
+        problems += _check_case(images[name], labels.get(name), allowed)
+        if progress is not None:
+            progress()
+    return problems
+
+
+def _check_case(image_path: Path, label_path: Path | None, allowed: set[int]) -> list[Problem]:
+    image, problem = _read(image_path)
+    if problem:
+        return [problem]
+    if image[0].ndim != 3:
+        return [Problem(str(image_path), f"expected a 3D image, got {image[0].ndim}D shape {image[0].shape}")]
+    if label_path is None:
+        return []
+    label, problem = _read(label_path)
+    if problem:
+        return [problem]
+    problems = []
+    if label[0].shape != image[0].shape:
+        problems.append(Problem(str(label_path), f"shape {label[0].shape} differs from the image's {image[0].shape}"))
+    elif not np.allclose(label[1], image[1], atol=AFFINE_TOLERANCE_MM):
+        worst = float(np.abs(label[1] - image[1]).max())
+        problems.append(Problem(str(label_path), f"affine differs from the image's (by up to {worst:.3g} mm)"))
+    values = set(np.unique(label[0]).tolist())
+    if not values <= allowed:
+        problems.append(Problem(str(label_path), f"label values {sorted(values - allowed)} are outside the label map {sorted(allowed)}"))
+    return problems
+
+
+def _read(path: Path):
+    """(array, affine), or a Problem if the file cannot be read whole (catches truncated gzip)."""
+    try:
+        img = nib.load(path)
+        return (np.asanyarray(img.dataobj), img.affine), None
+    except Exception as err:  # nibabel raises many types for a broken file; all mean "unreadable"
+        return None, Problem(str(path), f"unreadable ({type(err).__name__}: {' '.join(str(err).split())[:160]})")
+
+
+def _images_in(folder: Path, manifest: Manifest) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    # MSD archives carry macOS resource forks (._name); they are not images
+    return sorted(p for p in folder.iterdir() if p.name.endswith(manifest.file_ending) and not p.name.startswith("."))

@@ -1,0 +1,269 @@
+"""Reading every supported input into one form, and writing masks back on the input's exact grid.
+
+Inputs: NIfTI (`.nii`, `.nii.gz`, read with nibabel so the header is kept byte for byte), NRRD and
+MetaImage (`.nrrd`, `.nhdr`, `.mha`, `.mhd`, read with SimpleITK) and DICOM series folders (SimpleITK's
+series reader). Each becomes a `Volume`: a float32 array in (i, j, k) voxel order and its RAS affine,
+plus the reference needed to write outputs with the same geometry as the input *as its reader sees it*.
+
+Case names follow nnU-Net: `liver_003_0000.nii.gz` is case `liver_003`; a DICOM series is named by
+its folder.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from unetr_app.errors import InputError, UsageError
+from unetr_app.io.atomic import TMP_MARK, atomic_path
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+SITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+CHANNEL_SUFFIX = "_0000"
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass(frozen=True)
+class CaseSource:
+    """One case to predict: where it is and how to read it."""
+
+    name: str
+    path: Path
+    kind: str  # "nifti" | "sitk" | "dicom"
+
+
+@dataclass
+class Volume:
+    """A 3D scan: `array[i, j, k]` lies at world (RAS, mm) `affine @ (i, j, k, 1)`."""
+
+    array: np.ndarray
+    affine: np.ndarray
+    reference: Any  # nibabel header (NIfTI) or SimpleITK geometry dict (everything else)
+    source: CaseSource
+
+    @property
+    def voxel_ml(self) -> float:
+        return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+
+# --- finding cases ------------------------------------------------------------------------------
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in NIFTI_SUFFIXES + SITK_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return name[: -len(CHANNEL_SUFFIX)] if name.endswith(CHANNEL_SUFFIX) else name
+
+
+def file_kind(path: Path) -> str | None:
+    lower = path.name.lower()
+    if lower.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if lower.endswith(SITK_SUFFIXES):
+        return "sitk"
+    return None
+
+
+def find_cases(input_path: str | Path) -> list[CaseSource]:
+    """Every case under INPUT (a file, a folder of scans, or one DICOM series folder), sorted by name."""
+    root = Path(input_path)
+    if not root.exists():
+        raise UsageError(f"{root}: no such file or folder")
+    if root.is_file():
+        kind = file_kind(root)
+        if kind is None:
+            raise UsageError(
+                f"{root}: unsupported file type; expected .nii, .nii.gz, .nrrd, .mha or a DICOM series folder"
+            )
+        return [CaseSource(case_name(root), root, kind)]
+    if not any(file_kind(p) for p in root.iterdir()) and _has_dicom_series(root):
+        return [CaseSource(root.name, root, "dicom")]
+    cases = []
+    for entry in sorted(root.iterdir()):
+        if entry.name.startswith(".") or TMP_MARK in entry.name:
+            continue  # hidden files and our own temporaries
+        if entry.is_dir():
+            if _has_dicom_series(entry):
+                cases.append(CaseSource(entry.name, entry, "dicom"))
+        elif kind := file_kind(entry):
+            cases.append(CaseSource(case_name(entry), entry, kind))
+    _check_unique(cases, root)
+    if not cases:
+        raise UsageError(f"{root}: no .nii, .nii.gz, .nrrd, .mha files or DICOM series folders found")
+    return cases
+
+
+def _check_unique(cases: list[CaseSource], root: Path) -> None:
+    seen: dict[str, Path] = {}
+    for case in cases:
+        if case.name in seen:
+            raise UsageError(
+                f"{root}: {seen[case.name].name} and {case.path.name} are both case {case.name!r}; "
+                "rename one so each case has one input"
+            )
+        seen[case.name] = case.path
+
+
+def _has_dicom_series(folder: Path) -> bool:
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" is an answer, not a warning
+    try:
+        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
+def read_header_shape(source: CaseSource) -> tuple[int, ...]:
+    """The stored array shape, read without decoding the voxels (to refuse oversized scans cheaply)."""
+    if source.kind == "nifti":
+        try:
+            return tuple(int(s) for s in nib.load(source.path).shape)
+        except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
+            raise InputError(f"{source.path}: {_describe_read_error(err)}") from None
+    return ()  # SimpleITK formats: checked after reading
+
+
+def read_volume(source: CaseSource) -> Volume:
+    """Read one case; raise `InputError` naming the file and what is wrong with it."""
+    try:
+        volume = _read_nifti(source) if source.kind == "nifti" else _read_sitk(source)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
+        raise InputError(f"{source.path}: {_describe_read_error(err)}") from None
+    check_volume(volume)
+    return volume
+
+
+def _read_nifti(source: CaseSource) -> Volume:
+    image = nib.load(source.path)
+    check_shape(source, image.shape)
+    array = np.asarray(image.get_fdata(dtype=np.float32))
+    if array.ndim == 4:  # (x, y, z, 1): a 3D scan saved with a singleton time axis
+        array = array[..., 0]
+    return Volume(array, image.affine.astype(np.float64), image.header.copy(), source)
+
+
+def _read_sitk(source: CaseSource) -> Volume:
+    import SimpleITK as sitk
+
+    if source.kind == "dicom":
+        reader = sitk.ImageSeriesReader()
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(source.path))
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(source.path), series[0]))
+        image = reader.Execute()
+    else:
+        image = sitk.ReadImage(str(source.path))
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{source.path}: {image.GetNumberOfComponentsPerPixel()}-component (vector/RGB) image; expected a scalar volume")
+    size = image.GetSize()  # (x, y, z[, t])
+    check_shape(source, size)
+    if image.GetDimension() == 4:
+        image = image[:, :, :, 0]
+    geometry = {"origin": image.GetOrigin(), "spacing": image.GetSpacing(), "direction": image.GetDirection()}
+    array = sitk.GetArrayFromImage(image).astype(np.float32).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
+    return Volume(np.ascontiguousarray(array), sitk_affine(geometry), geometry, source)
+
+
+def sitk_affine(geometry: dict) -> np.ndarray:
+    """RAS affine of a SimpleITK geometry (SimpleITK's world is LPS)."""
+    direction = np.asarray(geometry["direction"], dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction * np.asarray(geometry["spacing"], dtype=np.float64)
+    affine[:3, 3] = geometry["origin"]
+    return LPS_TO_RAS @ affine
+
+
+def check_shape(source: CaseSource, shape: tuple[int, ...]) -> None:
+    shape = tuple(int(s) for s in shape)
+    if any(s == 0 for s in shape):
+        raise InputError(f"{source.path}: an axis has zero size (shape {shape})")
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) < 3 or (len(shape) == 3 and min(shape) == 1):
+        raise InputError(f"{source.path}: 2D image (shape {shape}); expected a 3D volume")
+    if len(shape) > 3:
+        raise InputError(f"{source.path}: {len(shape)}D image (shape {shape}); expected a 3D volume (split 4D series first)")
+
+
+def check_volume(volume: Volume) -> None:
+    bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+    if bad:
+        raise InputError(f"{volume.source.path}: {bad} voxels are NaN or infinite; fix or mask them before predicting")
+    if not np.all(np.isfinite(volume.affine)) or abs(np.linalg.det(volume.affine[:3, :3])) < 1e-12:
+        raise InputError(f"{volume.source.path}: the affine (voxel-to-world matrix) is singular or not finite")
+
+
+def _describe_read_error(err: Exception) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    if isinstance(err, (EOFError, zlib.error)) or "end-of-stream" in text or "gzip" in text.lower():
+        return f"truncated or corrupt compressed data ({text})"
+    if isinstance(err, nib.filebasedimages.ImageFileError):
+        return f"not a readable image ({text})"
+    if isinstance(err, MemoryError):
+        return "not enough memory to read this image"
+    return f"could not be read ({text})"
+
+
+# --- writing -----------------------------------------------------------------------------------
+
+
+def write_like(volume: Volume, array: np.ndarray, target: Path, dtype=np.uint8) -> None:
+    """Write `array` (same (i, j, k) shape as the input, optional trailing channel axis) with the
+    input's geometry, atomically. NIfTI inputs keep their header (qform, sform and codes); other
+    inputs get a NIfTI whose geometry SimpleITK reads back equal to the input's."""
+    if array.shape[:3] != volume.array.shape:
+        raise RuntimeError(f"internal error: output shape {array.shape} != input shape {volume.array.shape}")
+    array = np.asarray(array, dtype=dtype)
+    with atomic_path(target) as tmp:
+        if isinstance(volume.reference, dict):
+            _write_sitk(volume.reference, array, tmp)
+        else:
+            _write_nifti(volume.reference, array, tmp)
+
+
+def _write_nifti(header, array: np.ndarray, path: Path) -> None:
+    header = header.copy()
+    header.set_data_dtype(array.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    if array.ndim == 4:  # class probabilities: NIfTI keeps vectors in the 5th dimension
+        array = array[:, :, :, np.newaxis, :]
+        header.set_intent("vector")
+    else:
+        header.set_intent("label" if np.issubdtype(array.dtype, np.integer) else "none")
+    image = nib.Nifti1Image(array, None, header=header)
+    nib.save(image, path)
+
+
+def _write_sitk(geometry: dict, array: np.ndarray, path: Path) -> None:
+    import SimpleITK as sitk
+
+    is_vector = array.ndim == 4  # (i, j, k, C); SimpleITK arrays are (k, j, i[, C])
+    zyx = np.ascontiguousarray(np.swapaxes(array, 0, 2))
+    image = sitk.GetImageFromArray(zyx, isVector=is_vector)
+    image.SetOrigin(geometry["origin"])
+    image.SetSpacing(geometry["spacing"])
+    image.SetDirection(geometry["direction"])
+    sitk.WriteImage(image, str(path), useCompression=True)
+
+
+def nifti_output_path(output_dir: Path, name: str, suffix: str = "") -> Path:
+    return Path(output_dir) / f"{name}{suffix}.nii.gz"
+
+
+def file_size_ok(path: Path) -> bool:
+    return path.is_file() and os.path.getsize(path) > 0

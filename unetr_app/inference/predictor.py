@@ -1,0 +1,146 @@
+"""One scan in, one mask out on the scan's own grid.
+
+The checkpoint's preprocessing (the same MONAI transforms training used, minus file loading, which
+`inference.io` does for every format) brings the scan to the network's orientation, spacing and
+intensity range; MONAI's sliding-window inference with Gaussian blending predicts it window by
+window; MONAI `Invertd` undoes crop, resampling and reorientation on the class probabilities, so the
+argmax is taken on the input's exact grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import MetaTensor
+from monai.inferers import SlidingWindowInferer
+
+from unetr_app.data.transforms import IMAGE, preprocessing_transforms
+from unetr_app.errors import InputError
+from unetr_app.inference.io import Volume
+from unetr_app.training.checkpoint import LoadedModel
+
+PRED = "pred"
+FLOAT_BYTES = 4
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How to run the network; `None` overlap / sw_batch_size mean "the checkpoint's"."""
+
+    device: torch.device
+    stitch_device: torch.device | None = None  # where windows are blended; None: same as device
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    tta: bool = False
+    amp: bool = True  # only takes effect on CUDA
+    max_memory_bytes: float | None = None
+
+
+@dataclass
+class Prediction:
+    labels: np.ndarray  # uint8, the input's (i, j, k) shape
+    probabilities: np.ndarray | None  # float32 (i, j, k, classes), when asked for
+
+
+class Predictor:
+    """The model, loaded once, and everything to run it on any number of scans."""
+
+    def __init__(self, loaded: LoadedModel, settings: PredictSettings):
+        self.loaded = loaded
+        self.settings = settings
+        self.num_classes = len(loaded.labels)
+        pre = loaded.preprocessing
+        steps = preprocessing_transforms(pre, keys=(IMAGE,))
+        # inference.io reads files itself (NIfTI headers kept, DICOM/NRRD supported), so no LoadImaged
+        self.preprocess = mt.Compose([step for step in steps if not isinstance(step, mt.LoadImaged)])
+        self.invert = mt.Invertd(keys=PRED, transform=self.preprocess, orig_keys=IMAGE, nearest_interp=False)
+        inference = loaded.inference
+        self.inferer = SlidingWindowInferer(
+            roi_size=pre.roi_size,
+            sw_batch_size=settings.sw_batch_size or inference.sw_batch_size,
+            overlap=inference.overlap if settings.overlap is None else settings.overlap,
+            mode=inference.blend_mode,
+            sw_device=settings.device,
+            device=settings.stitch_device or settings.device,
+            cache_roi_weight_map=True,  # the Gaussian weights are the same for every window and scan
+        )
+        self.flips = _flip_axes(spatial_dims=3) if settings.tta else [()]
+        self.use_amp = settings.amp and settings.device.type == "cuda"
+
+    # --- the three steps -------------------------------------------------------------------
+
+    def prepare(self, volume: Volume) -> dict:
+        """Preprocess on the CPU (safe to run in a prefetch thread while the model works)."""
+        self.check_memory(volume)
+        image = MetaTensor(
+            torch.from_numpy(volume.array),
+            affine=torch.from_numpy(volume.affine),
+            meta={"original_channel_dim": "no_channel", "filename_or_obj": str(volume.source.path)},
+        )
+        return self.preprocess({IMAGE: image})
+
+    def infer(self, prepared: dict) -> torch.Tensor:
+        """Class probabilities (classes, *preprocessed shape) for a prepared scan."""
+        image = prepared[IMAGE].as_tensor().unsqueeze(0)  # (1, C, D, H, W)
+        with torch.inference_mode():
+            logits = self.inferer(image, self._network)
+            return torch.softmax(logits[0].float(), dim=0)
+
+    def restore(self, prepared: dict, probabilities: torch.Tensor, keep_probabilities: bool = False) -> Prediction:
+        """Map probabilities back through the inverse preprocessing; argmax on the input grid."""
+        with torch.inference_mode():
+            inverted = self.invert({IMAGE: prepared[IMAGE], PRED: MetaTensor(probabilities.cpu())})[PRED]
+            inverted = torch.as_tensor(inverted)
+            labels = torch.argmax(inverted, dim=0).to(torch.uint8).numpy()
+        probs = inverted.permute(1, 2, 3, 0).numpy() if keep_probabilities else None
+        return Prediction(labels, probs)
+
+    def __call__(self, volume: Volume, keep_probabilities: bool = False) -> Prediction:
+        prepared = self.prepare(volume)
+        prediction = self.restore(prepared, self.infer(prepared), keep_probabilities)
+        if prediction.labels.shape != volume.array.shape:
+            raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.array.shape}")
+        return prediction
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _network(self, windows: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch of windows, averaged over mirrored copies when TTA is on."""
+        total = None
+        for axes in self.flips:
+            x = torch.flip(windows, axes) if axes else windows
+            with torch.autocast("cuda", enabled=self.use_amp):
+                out = self.loaded.model(x).float()
+            out = torch.flip(out, axes) if axes else out
+            total = out if total is None else total + out
+        return total / len(self.flips)
+
+    def estimate_bytes(self, shape: tuple[int, ...], affine: np.ndarray) -> float:
+        """Rough peak memory for one scan: the image, resampling grids and class probabilities,
+        both at the input resolution and at the network's spacing."""
+        spacing = np.linalg.norm(affine[:3, :3], axis=0)
+        voxels = float(np.prod(shape[:3], dtype=np.float64))
+        resampled = voxels * float(np.prod(spacing / np.asarray(self.loaded.preprocessing.spacing)))
+        per_voxel = 1 + 3 + 2 * self.num_classes  # image, sampling grid, probabilities and their copy
+        return FLOAT_BYTES * per_voxel * (voxels + resampled)
+
+    def check_memory(self, volume: Volume) -> None:
+        limit = self.settings.max_memory_bytes
+        if limit is None:
+            return
+        need = self.estimate_bytes(volume.array.shape, volume.affine)
+        if need > limit:
+            raise InputError(
+                f"{volume.source.path}: too large: shape {tuple(volume.array.shape)} needs about "
+                f"{need / 2**30:.1f} GB, over the memory limit of {limit / 2**30:.1f} GB (raise --max-memory-gb)"
+            )
+
+
+def _flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
+    """Every subset of the spatial axes of (B, C, *spatial): identity plus 2**dims - 1 mirrors."""
+    axes = range(2, 2 + spatial_dims)
+    return [combo for r in range(spatial_dims + 1) for combo in itertools.combinations(axes, r)]

@@ -1,0 +1,151 @@
+"""A review as plain data: the cases, where the reviewer is, each case's arrays in display order,
+and the two things a reviewer writes (a verdict in review.csv, a correction on the scan's grid).
+
+No Qt here: the widget is a thin view of a `ReviewSession`, and the tests drive this directly.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from unetr_app.errors import InputError, UsageError
+from unetr_app.inference.io import Volume, read_volume, write_like
+from unetr_app.review import measures
+from unetr_app.review.cases import ReviewCase, find_review_cases, label_name, read_label_names
+from unetr_app.review.geometry import DisplayGrid
+from unetr_app.review.status import CSV_NAME, ReviewLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class OpenCase:
+    """One case loaded for review; every array is in display order (see `geometry`)."""
+
+    case: ReviewCase
+    scan: Volume
+    grid: DisplayGrid
+    image: np.ndarray
+    prediction: np.ndarray  # as predicted; never edited
+    labels: np.ndarray  # what the reviewer edits: the saved correction if any, else the prediction
+    reference: np.ndarray | None
+    corrected: bool  # labels come from a saved correction
+
+
+class ReviewSession:
+    def __init__(self, images_dir: Path, pred_dir: Path, labels_dir: Path | None = None, corrections_dir: Path | None = None):
+        self.pred_dir = Path(pred_dir)
+        self.cases = find_review_cases(Path(images_dir), self.pred_dir, Path(labels_dir) if labels_dir else None)
+        self.corrections_dir = Path(corrections_dir) if corrections_dir else default_corrections_dir(self.pred_dir)
+        if self.corrections_dir.resolve() == self.pred_dir.resolve():
+            raise UsageError(f"--corrections {self.corrections_dir} is the predictions folder; corrections go to a folder of their own")
+        self.label_names = read_label_names(self.pred_dir)
+        self.log = ReviewLog(self.corrections_dir / CSV_NAME, [case.name for case in self.cases])
+        self.index = self.log.first_pending()
+        self._volumes: dict[str, dict[int, float]] = {}
+
+    # --- where the reviewer is ----------------------------------------------------------------
+
+    @property
+    def current(self) -> ReviewCase:
+        return self.cases[self.index]
+
+    def go_to(self, index: int) -> ReviewCase:
+        self.index = min(max(index, 0), len(self.cases) - 1)
+        return self.current
+
+    def index_of(self, name: str) -> int:
+        names = [case.name for case in self.cases]
+        if name not in names:
+            close = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; cases are {', '.join(names[:5])}..."
+            raise UsageError(f"--case {name!r} is not among the {len(names)} cases with a prediction{hint}")
+        return names.index(name)
+
+    # --- reading a case -------------------------------------------------------------------------
+
+    def open(self, index: int | None = None) -> OpenCase:
+        case = self.go_to(self.index if index is None else index)
+        scan = read_volume(case.image)
+        grid = DisplayGrid(scan.affine, scan.array.shape)
+        prediction = grid.to_display(_read_mask(case.prediction, scan))
+        correction = self.correction_path(case)
+        labels = grid.to_display(_read_mask(correction, scan)) if correction.is_file() else prediction.copy()
+        reference = grid.to_display(_read_mask(case.reference.path, scan)) if case.reference else None
+        opened = OpenCase(case, scan, grid, grid.to_display(scan.array), prediction, labels, reference, correction.is_file())
+        self._volumes[case.name] = self.volumes_of(labels, grid.voxel_ml)
+        return opened
+
+    def correction_path(self, case: ReviewCase) -> Path:
+        return self.corrections_dir / f"{case.name}.nii.gz"
+
+    def label_values(self, *masks: np.ndarray | None) -> list[int]:
+        present = set().union(*(np.unique(m).tolist() for m in masks if m is not None))
+        return sorted((set(self.label_names) | present) - {0})
+
+    def volumes_of(self, labels: np.ndarray, voxel_ml: float) -> dict[int, float]:
+        return measures.label_volumes_ml(labels, voxel_ml, self.label_values(labels))
+
+    def volumes_ml(self, index: int) -> dict[int, float]:
+        """Label volumes of a case's current mask (its correction if saved), read once and kept."""
+        case = self.cases[index]
+        if case.name not in self._volumes:
+            path = self.correction_path(case) if self.correction_path(case).is_file() else case.prediction
+            image = nib.load(path)
+            voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
+            self._volumes[case.name] = self.volumes_of(np.asarray(image.dataobj).astype(np.int64), voxel_ml)
+        return self._volumes[case.name]
+
+    def dice(self, opened: OpenCase, labels: np.ndarray | None = None) -> dict[str, float | None]:
+        """Dice of the (edited) mask against the reference, per label name; {} without a reference."""
+        if opened.reference is None:
+            return {}
+        labels = opened.labels if labels is None else labels
+        values = self.label_values(labels, opened.reference)
+        return {label_name(self.label_names, v): measures.dice(labels, opened.reference, v) for v in values}
+
+    # --- what the reviewer writes ---------------------------------------------------------------
+
+    def set_status(self, status: str, note: str = "") -> None:
+        self.log.set_status(self.current.name, status, note)
+
+    def save_correction(self, opened: OpenCase, edited: np.ndarray) -> int:
+        """Write the edited display-order mask to CORRECTIONS/<case>.nii.gz with the scan's exact
+        grid (shape, affine, qform/sform); return how many voxels differ from the prediction."""
+        edited = np.asarray(edited)
+        dtype = np.uint8 if edited.max(initial=0) < 256 and edited.min(initial=0) >= 0 else np.int16
+        write_like(opened.scan, opened.grid.from_display(edited), self.correction_path(opened.case), dtype=dtype)
+        changed = int(np.count_nonzero(edited != opened.prediction))
+        self.log.record_correction(opened.case.name, changed)
+        opened.labels, opened.corrected = edited.copy(), True
+        self._volumes[opened.case.name] = self.volumes_of(edited, opened.grid.voxel_ml)
+        return changed
+
+
+def default_corrections_dir(pred_dir: Path) -> Path:
+    """PRED_DIR's sibling `<pred_dir>_corrections`: never inside the predictions folder."""
+    return pred_dir.parent / f"{pred_dir.resolve().name}_corrections"
+
+
+def _read_mask(path: Path, scan: Volume) -> np.ndarray:
+    """An integer mask in the file's voxel order, which must have the scan's shape."""
+    try:
+        image = nib.load(path)
+        array = np.asanyarray(image.dataobj)
+    except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
+        raise InputError(f"{path}: could not be read as a mask ({' '.join(str(err).split())})") from None
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.shape != scan.array.shape:
+        raise InputError(f"{path}: mask shape {array.shape} differs from the scan's {scan.array.shape} ({scan.source.path})")
+    if not np.allclose(image.affine, scan.affine, atol=1e-3):
+        log.warning("%s: affine differs from the scan's (%s); showing it on the scan's grid", path, scan.source.path)
+    if not np.issubdtype(array.dtype, np.integer):
+        array = np.rint(array)
+    return array.astype(np.int32 if array.max(initial=0) > 255 else np.uint8)

@@ -1,0 +1,48 @@
+"""Cached MONAI datasets and loaders for training and validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from monai.data import CacheDataset, DataLoader
+
+from unetr_app.config import RunConfig
+from unetr_app.data.transforms import eval_transforms, train_transforms
+
+
+def case_name(path: str) -> str:
+    name = Path(path).name
+    for ending in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return name
+
+
+def with_case_names(cases: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{**c, "case": case_name(c["image"])} for c in cases]
+
+
+def build_loaders(config: RunConfig, train_cases, val_cases, cache_workers: int = 2):
+    """Training loader (random ROI crops; `batch_size` volumes x `num_samples` crops per step)
+    and validation loader (whole preprocessed volumes, one per batch)."""
+    train = config.training
+    train_ds = CacheDataset(
+        with_case_names(train_cases),
+        transform=train_transforms(config.preprocessing, config.augmentation, train),
+        cache_rate=train.cache_rate,
+        num_workers=cache_workers,
+        progress=False,
+    )
+    val_ds = CacheDataset(
+        with_case_names(val_cases), transform=eval_transforms(config.preprocessing), cache_rate=train.cache_rate,
+        num_workers=cache_workers, progress=False,
+    )
+    generator = torch.Generator()
+    generator.manual_seed(train.seed)
+    train_loader = DataLoader(
+        train_ds, batch_size=train.batch_size, shuffle=True, num_workers=train.num_workers,
+        generator=generator, pin_memory=torch.cuda.is_available(), persistent_workers=train.num_workers > 0,
+    )
+    val_loader = DataLoader(val_ds, batch_size=1, num_workers=0)
+    return train_loader, val_loader
