@@ -1,0 +1,58 @@
+"""An X display for napari: the user's, or a private Xvfb started for a batch job or a test run.
+
+Qt aborts the whole process when it has no display, and its offscreen platform does not render
+napari's OpenGL canvas; Xvfb with Qt's xcb platform does. So a screenshot without a screen, or a
+test run on a headless machine, starts its own Xvfb (found on PATH) and points DISPLAY at it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+
+from unetr_app.errors import UsageError
+
+SCREEN = "1600x1200x24"
+_started: list[subprocess.Popen] = []
+
+
+def ensure_display() -> str:
+    """Return a usable DISPLAY, starting a private Xvfb if there is none; raise `UsageError` when
+    neither a display nor Xvfb is available. Call before anything creates a QApplication."""
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return os.environ.get("DISPLAY") or os.environ["WAYLAND_DISPLAY"]
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        raise UsageError(
+            "no display for the napari viewer and no Xvfb to make one; install it "
+            "(`bash scripts/install_viewer_deps.sh`, or apt-get install xvfb) or run under `xvfb-run -a`"
+        )
+    read_end, write_end = os.pipe()
+    process = subprocess.Popen(
+        [xvfb, "-displayfd", str(write_end), "-screen", "0", SCREEN, "-nolisten", "tcp"],
+        pass_fds=(write_end,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.close(write_end)
+    with os.fdopen(read_end) as handle:
+        number = handle.readline().strip()  # Xvfb writes the display number once it accepts clients
+    if not number:
+        process.kill()
+        raise UsageError(f"{xvfb} did not start (exit code {process.wait()}); run under `xvfb-run -a` instead")
+    _started.append(process)
+    atexit.register(stop_displays)
+    os.environ["DISPLAY"] = f":{number}"
+    os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    return os.environ["DISPLAY"]
+
+
+def stop_displays() -> None:
+    """Stop the Xvfb servers this process started (only those)."""
+    while _started:
+        process = _started.pop()
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()

@@ -1,0 +1,237 @@
+"""The "UNETR review" dock widget: a thin Qt view of a `ReviewSession`.
+
+The case list (status, label volumes), previous/next, accept/reject/flag with a note, the window
+preset, Dice against the reference, and "Save correction". Keyboard: PageDown / PageUp for the
+next / previous case; Ctrl+Alt+A / R / F to accept / reject / flag.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import (
+    QAbstractItemView, QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
+    QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+)
+
+from unetr_app.review import layers, measures
+from unetr_app.review.cases import label_color, label_name
+from unetr_app.review.session import OpenCase, ReviewSession
+from unetr_app.review.windows import AUTO, CT_WINDOWS, default_preset
+
+STATUS_COLOURS = {"pending": "#9e9e9e", "accepted": "#4caf50", "rejected": "#f44336", "flagged": "#ff9800"}
+KEYS = {"PageDown": "next_case", "PageUp": "previous_case", "Control-Alt-A": "accept", "Control-Alt-R": "reject", "Control-Alt-F": "flag"}
+
+
+class ReviewWidget(QWidget):
+    def __init__(self, napari_viewer, session: ReviewSession | None = None):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session: ReviewSession | None = None
+        self.opened: OpenCase | None = None
+        self._build()
+        for key, method in KEYS.items():
+            self.viewer.bind_key(key, lambda _viewer, method=method: getattr(self, method)(), overwrite=True)
+        if session is not None:
+            self.set_session(session)
+
+    # --- building the panel -------------------------------------------------------------------
+
+    def _build(self) -> None:
+        self.open_button = _button("Open folders…", self.choose_folders, "choose scans, predictions and (optionally) references")
+        self.title = QLabel("no case open")
+        self.title.setWordWrap(True)
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["case", "status", "volumes (mL)"])
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        self.table.horizontalHeader().setStretchLastSection(True)
+        self.table.cellClicked.connect(lambda row, _column: self.show_case(row))
+        self.note = QLineEdit()
+        self.note.setPlaceholderText("note (optional)")
+        self.window_box = QComboBox()
+        self.window_box.addItems([*(f"{name}  W{w:g}/L{l:g}" for name, (w, l) in CT_WINDOWS.items()), AUTO])
+        self.window_box.currentIndexChanged.connect(lambda _index: self.apply_window())
+        self.labels_info = QLabel("")
+        self.labels_info.setTextFormat(Qt.TextFormat.RichText)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        self.buttons = {
+            "previous": _button("◀ Previous", self.previous_case, "previous case (PageUp)"),
+            "next": _button("Next ▶", self.next_case, "next case (PageDown)"),
+            "accept": _button("Accept", self.accept, "prediction is right (Ctrl+Alt+A); goes to the next case"),
+            "reject": _button("Reject", self.reject, "prediction is unusable (Ctrl+Alt+R); goes to the next case"),
+            "flag": _button("Flag", self.flag, "needs a second look (Ctrl+Alt+F); goes to the next case"),
+            "save": _button("Save correction", self.save_correction, "write the edited labels on the scan's grid"),
+        }
+        layout = QVBoxLayout(self)
+        for row in ([self.open_button], [self.title], [self.table], [self.buttons["previous"], self.buttons["next"]],
+                    [self.note], [self.buttons["accept"], self.buttons["reject"], self.buttons["flag"]],
+                    [QLabel("window"), self.window_box], [self.labels_info], [self.buttons["save"]], [self.message]):
+            line = QHBoxLayout()
+            for item in row:
+                line.addWidget(item)
+            layout.addLayout(line)
+        self._set_enabled(False)
+
+    def _set_enabled(self, enabled: bool) -> None:
+        for button in self.buttons.values():
+            button.setEnabled(enabled)
+
+    # --- session and cases ----------------------------------------------------------------------
+
+    def set_session(self, session: ReviewSession, index: int | None = None) -> None:
+        self.session = session
+        self.table.setRowCount(len(session.cases))
+        for row, case in enumerate(session.cases):
+            self.table.setItem(row, 0, QTableWidgetItem(case.name))
+            self._refresh_row(row)
+        self._set_enabled(True)
+        self.show_case(session.index if index is None else index)
+        self._volume_queue = [row for row in range(len(session.cases)) if session.cases[row].name not in session._volumes]
+        QTimer.singleShot(0, self._fill_one_volume)
+
+    def choose_folders(self) -> None:
+        images = QFileDialog.getExistingDirectory(self, "Folder of scans")
+        predictions = images and QFileDialog.getExistingDirectory(self, "Folder of predictions (unetr predict output)")
+        if not predictions:
+            return
+        references = QFileDialog.getExistingDirectory(self, "Folder of reference labels (cancel for none)")
+        self.set_session(ReviewSession(Path(images), Path(predictions), Path(references) if references else None))
+
+    def show_case(self, index: int) -> None:
+        session = self.session
+        self.opened = session.open(index)
+        preset = self.window_preset() if self.viewer.layers and "scan" in self.viewer.layers else default_preset(self.opened.image)
+        layers.show_case(self.viewer, self.opened, session.label_names, preset)
+        self._select_preset(preset)
+        self.viewer.layers["prediction"].events.paint.connect(lambda _event: self._refresh_labels_info())
+        self.go_to_largest_region()
+        self.table.selectRow(session.index)
+        self._refresh_row(session.index)
+        self._refresh_title()
+        self._refresh_labels_info()
+
+    def go_to_largest_region(self) -> None:
+        slice_index = measures.largest_region_slice(self.opened.labels)
+        if slice_index is not None:
+            self.viewer.dims.set_point(0, slice_index * self.opened.grid.display_scale[0])
+
+    def next_case(self) -> None:
+        if self.session and self.session.index < len(self.session.cases) - 1:
+            self.show_case(self.session.index + 1)
+
+    def previous_case(self) -> None:
+        if self.session and self.session.index > 0:
+            self.show_case(self.session.index - 1)
+
+    # --- verdicts and corrections -----------------------------------------------------------------
+
+    def accept(self) -> None:
+        self.set_status("accepted")
+
+    def reject(self) -> None:
+        self.set_status("rejected")
+
+    def flag(self) -> None:
+        self.set_status("flagged")
+
+    def set_status(self, status: str) -> None:
+        """Record the verdict (with the note) in review.csv, then move on to the next case."""
+        if self.session is None:
+            return
+        self.session.set_status(status, self.note.text().strip())
+        self.message.setText(f"{self.session.current.name}: {status}")
+        self._refresh_row(self.session.index)
+        self.note.clear()
+        if self.session.index < len(self.session.cases) - 1:
+            self.next_case()
+        else:
+            self._refresh_title()
+
+    def save_correction(self) -> None:
+        edited = np.asarray(self.viewer.layers["prediction"].data)
+        changed = self.session.save_correction(self.opened, edited)
+        path = self.session.correction_path(self.opened.case)
+        self.message.setText(f"saved {path} ({changed} voxels changed from the prediction)")
+        self._refresh_row(self.session.index)
+        self._refresh_labels_info()
+
+    # --- window -----------------------------------------------------------------------------
+
+    def window_preset(self) -> str:
+        return self.window_box.currentText().split("  ")[0]
+
+    def _select_preset(self, preset: str) -> None:
+        names = [self.window_box.itemText(i).split("  ")[0] for i in range(self.window_box.count())]
+        self.window_box.blockSignals(True)
+        self.window_box.setCurrentIndex(names.index(preset))
+        self.window_box.blockSignals(False)
+
+    def apply_window(self) -> None:
+        if self.opened is not None and "scan" in self.viewer.layers:
+            layers.apply_window(self.viewer.layers["scan"], self.opened.image, self.window_preset())
+
+    # --- refreshing the text ------------------------------------------------------------------
+
+    def _refresh_title(self) -> None:
+        session, opened = self.session, self.opened
+        record = session.log[session.current.name]
+        source = "saved correction" if opened.corrected else "prediction"
+        self.title.setText(f"<b>{session.current.name}</b> ({session.index + 1}/{len(session.cases)}): {record.status}, showing the {source}")
+
+    def _refresh_row(self, row: int) -> None:
+        session = self.session
+        record = session.log[session.cases[row].name]
+        status = QTableWidgetItem(record.status + (" ✎" if record.voxels_changed else ""))
+        status.setForeground(_qcolor(STATUS_COLOURS[record.status]))
+        self.table.setItem(row, 1, status)
+        volumes = session._volumes.get(session.cases[row].name)
+        text = "…" if volumes is None else ", ".join(f"{label_name(session.label_names, v)} {ml:.1f}" for v, ml in volumes.items())
+        self.table.setItem(row, 2, QTableWidgetItem(text))
+
+    def _refresh_labels_info(self) -> None:
+        session, opened = self.session, self.opened
+        labels = np.asarray(self.viewer.layers["prediction"].data)
+        volumes = session.volumes_of(labels, opened.grid.voxel_ml)
+        dice = session.dice(opened, labels)
+        lines = []
+        for value, ml in volumes.items():
+            name = label_name(session.label_names, value)
+            colour = "#%02x%02x%02x" % tuple(int(c * 255) for c in label_color(value)[:3])
+            score = dice.get(name)
+            dice_text = "" if not dice else f", Dice {score:.3f}" if score is not None else ", Dice —"
+            lines.append(f"<span style='color:{colour}'>■</span> {value} {name}: {ml:.1f} mL{dice_text}")
+        header = "Dice against the reference" if dice else "no reference labels (--labels) for Dice"
+        self.labels_info.setText("<br>".join([header, *lines]))
+
+    def _fill_one_volume(self) -> None:
+        """Compute one case's label volumes per event-loop turn, so the panel stays responsive."""
+        if self._volume_queue:
+            row = self._volume_queue.pop(0)
+            self.session.volumes_ml(row)
+            self._refresh_row(row)
+            QTimer.singleShot(0, self._fill_one_volume)
+
+    def fill_all_volumes(self) -> None:
+        while self._volume_queue:
+            row = self._volume_queue.pop(0)
+            self.session.volumes_ml(row)
+            self._refresh_row(row)
+
+
+def _button(text: str, slot, tip: str) -> QPushButton:
+    button = QPushButton(text)
+    button.setToolTip(tip)
+    button.clicked.connect(lambda _checked=False: slot())
+    return button
+
+
+def _qcolor(hex_colour: str):
+    from qtpy.QtGui import QBrush, QColor
+
+    return QBrush(QColor(hex_colour))
