@@ -50,6 +50,10 @@ def _register_commands() -> None:
     data_app.command("synth")(data.synth)
     data_app.command("check")(data.check)
     app.command("train")(train.train)
+    from unetr_app.cli import predict; app.command("predict")(predict.predict); app.command("evaluate")(predict.evaluate)  # noqa: E702
+    from unetr_app.cli import review
+
+    app.command("review")(review.review)
 
 
 _register_commands()

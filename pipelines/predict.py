@@ -1,0 +1,117 @@
+"""`unetr predict`: a trained checkpoint over a file or folder of scans.
+
+The recipe: find the cases; load the model once; clear temporaries a killed run left behind; skip
+cases already done; predict the rest (each mask on its input's exact grid); write one report.
+Under torchrun each process takes its share of the cases and rank 0 writes the merged report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from unetr_app.device import resolve_device
+from unetr_app.errors import UsageError
+from unetr_app.inference import distributed
+from unetr_app.inference.batch import OutputOptions, predict_cases
+from unetr_app.inference.io import find_cases
+from unetr_app.inference.predictor import PredictSettings, Predictor
+from unetr_app.inference.report import FAILED, build_report, write_report
+from unetr_app.io.atomic import remove_stale_temporaries
+from unetr_app.training.checkpoint import load_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictRequest:
+    input: Path
+    output_dir: Path
+    checkpoint: Path
+    device: str = "auto"
+    stitch_device: str | None = None
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    tta: bool | None = None  # None: on for CUDA, off for CPU (mirroring costs 8x the compute)
+    save_probabilities: bool = False
+    overwrite: bool = False
+    preview: bool = False
+    max_memory_gb: float | None = None  # None: 80% of this machine's memory
+    show_progress: bool = True
+
+
+def run_predict(request: PredictRequest) -> dict:
+    """Predict every case; returns the merged report (on every process)."""
+    shard = distributed.start()
+    try:
+        cases = find_cases(request.input)
+        _check_output_dir(request, cases)
+        device = distributed.device_for(shard, resolve_device(request.device))
+        predictor = Predictor(load_model(request.checkpoint, device), _settings(request, device))
+        options = OutputOptions(request.output_dir, request.overwrite, request.save_probabilities, request.preview)
+        if shard.is_main:
+            request.output_dir.mkdir(parents=True, exist_ok=True)
+            for path in remove_stale_temporaries(request.output_dir):
+                log.info("removed %s left by an interrupted run", path.name)
+        distributed.barrier(shard)
+        mine = distributed.my_part(cases, shard)
+        records = predict_cases(predictor, mine, options, show_progress=request.show_progress and shard.is_main)
+        everyone = distributed.gather_to_main(records, shard)
+        report = None
+        if shard.is_main:
+            order = {case.name: i for i, case in enumerate(cases)}
+            everyone.sort(key=lambda record: order[record.case])
+            report = build_report(everyone, predictor.loaded.labels, _run_info(request, predictor, shard))
+            write_report(request.output_dir, report)
+        return distributed.broadcast_from_main(report, shard)
+    finally:
+        distributed.stop(shard)
+
+
+def exit_code(report: dict) -> int:
+    return 1 if any(case["status"] == FAILED for case in report["cases"]) else 0
+
+
+def _settings(request: PredictRequest, device) -> PredictSettings:
+    if request.overlap is not None and not 0 <= request.overlap < 1:
+        raise UsageError(f"--overlap {request.overlap}: expected a fraction in [0, 1), e.g. 0.5")
+    stitch = resolve_device(request.stitch_device) if request.stitch_device else None
+    limit_gb = request.max_memory_gb if request.max_memory_gb is not None else 0.8 * _machine_memory_gb()
+    return PredictSettings(
+        device=device,
+        stitch_device=stitch,
+        overlap=request.overlap,
+        sw_batch_size=request.sw_batch_size,
+        tta=device.type == "cuda" if request.tta is None else request.tta,
+        max_memory_bytes=limit_gb * 2**30,
+    )
+
+
+def _check_output_dir(request: PredictRequest, cases) -> None:
+    out = request.output_dir.resolve()
+    clash = [c.path for c in cases if (out / f"{c.name}.nii.gz") == c.path.resolve()]
+    if clash:
+        raise UsageError(f"{request.output_dir}: writing there would overwrite the input {clash[0].name}; choose another output folder")
+
+
+def _run_info(request: PredictRequest, predictor: Predictor, shard) -> dict:
+    inferer = predictor.inferer
+    return {
+        "checkpoint": str(predictor.loaded.path),
+        "model": predictor.loaded.name,
+        "device": str(predictor.settings.device),
+        "stitch_device": str(predictor.settings.stitch_device or predictor.settings.device),
+        "overlap": inferer.overlap,
+        "sw_batch_size": inferer.sw_batch_size,
+        "tta": predictor.settings.tta,
+        "processes": shard.world_size,
+    }
+
+
+def _machine_memory_gb() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError, AttributeError):
+        return float("inf")

@@ -1,0 +1,81 @@
+"""`unetr predict` and `unetr evaluate`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from unetr_app.cli.options import DeviceOption, OutDirOption, OverwriteOption
+
+
+def predict(
+    input: Annotated[Path, typer.Argument(help="a scan (.nii, .nii.gz, .nrrd, .mha), a folder of them, or a DICOM series folder")],
+    output_dir: Annotated[Path, typer.Argument(help="folder for <case>.nii.gz masks and predict_report.json")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="run folder (uses checkpoints/best.pt) or a .pt file")],
+    device: DeviceOption = "auto",
+    overlap: Annotated[float | None, typer.Option("--overlap", help="sliding-window overlap in [0, 1); default: the checkpoint's")] = None,
+    sw_batch_size: Annotated[int | None, typer.Option("--sw-batch-size", min=1, help="windows per forward pass; default: the checkpoint's")] = None,
+    tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="average 8 mirrored predictions; default on for CUDA, off for CPU")] = None,
+    save_probabilities: Annotated[bool, typer.Option("--save-probabilities", help="also write <case>_probabilities.npz (float16)")] = False,
+    overwrite: OverwriteOption = False,
+    preview: Annotated[bool, typer.Option("--preview", help="also write <case>.png: the axial slice through the largest region")] = False,
+    stitch_device: Annotated[str | None, typer.Option("--stitch-device", help="blend windows here (cpu keeps whole-volume logits off the GPU)")] = None,
+    max_memory_gb: Annotated[float | None, typer.Option("--max-memory-gb", min=0, help="refuse scans estimated to need more; default 80% of RAM")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Segment every scan; masks land on each input's exact grid. Exit 1 if any case failed."""
+    from pipelines.predict import PredictRequest, exit_code, run_predict
+
+    request = PredictRequest(
+        input=input,
+        output_dir=output_dir,
+        checkpoint=checkpoint,
+        device=device,
+        stitch_device=stitch_device,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        tta=tta,
+        save_probabilities=save_probabilities,
+        overwrite=overwrite,
+        preview=preview,
+        max_memory_gb=max_memory_gb,
+        show_progress=not quiet,
+    )
+    report = run_predict(request)
+    summary = report["summary"]
+    if report.get("processes", 1) == 1 or _is_main_process():
+        typer.echo(
+            f"{summary['ok']} predicted, {summary['skipped']} already done, {summary['failed']} failed "
+            f"-> {output_dir / 'predict_report.json'}"
+        )
+    raise typer.Exit(exit_code(report))
+
+
+def evaluate(
+    pred_dir: Annotated[Path, typer.Argument(help="folder of predicted masks (<case>.nii.gz)")],
+    label_dir: Annotated[Path, typer.Argument(help="folder of reference masks with the same case names")],
+    out: OutDirOption = None,
+    tolerance_mm: Annotated[float, typer.Option("--tolerance-mm", min=0, help="surface Dice tolerance in mm")] = 2.0,
+) -> None:
+    """Dice, HD95 and surface Dice per case and label (mm); writes evaluation.csv and evaluation_summary.json."""
+    from pipelines.evaluate import run_evaluate
+
+    summary = run_evaluate(pred_dir, label_dir, out or pred_dir, tolerance_mm=tolerance_mm)
+    for name, stats in summary["mean"].items():
+        typer.echo(f"{name}: Dice {_fmt(stats['dice'])}  HD95 {_fmt(stats['hd95_mm'])} mm  NSD {_fmt(stats['nsd'])}")
+    for side, cases in summary["missing"].items():
+        if cases:
+            typer.secho(f"{len(cases)} cases {side.replace('_', ' ')}: {', '.join(cases)}", fg="yellow", err=True)
+    typer.echo(f"{summary['cases_evaluated']} cases evaluated -> {summary['csv']}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _is_main_process() -> bool:
+    import os
+
+    return os.environ.get("RANK", "0") == "0"

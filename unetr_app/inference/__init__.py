@@ -1,0 +1,1 @@
+"""Batch inference: read any scan, predict with a checkpoint, write masks on the input's grid."""

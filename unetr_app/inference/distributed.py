@@ -1,0 +1,81 @@
+"""Sharding a prediction batch across `torchrun` processes.
+
+Under `torchrun --nproc-per-node N -m unetr_app predict ...` every process gets the cases
+`cases[rank::world_size]`, writes its own outputs, and sends its records to rank 0, which writes the
+one merged report. The process group only carries these small Python objects, so it uses gloo on
+every device; each process runs its model on `cuda:LOCAL_RANK` when CUDA is chosen.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def start() -> Shard:
+    """Join torchrun's process group when launched by it; a single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Shard()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    return Shard(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def stop(shard: Shard) -> None:
+    if shard.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(shard: Shard, device: torch.device) -> torch.device:
+    """One GPU per process on a node: `cuda` becomes `cuda:LOCAL_RANK`."""
+    if device.type == "cuda" and shard.distributed and device.index is None:
+        return torch.device("cuda", shard.local_rank % torch.cuda.device_count())
+    return device
+
+
+def my_part(items: list[T], shard: Shard) -> list[T]:
+    return items[shard.rank :: shard.world_size]
+
+
+def barrier(shard: Shard) -> None:
+    if shard.distributed:
+        dist.barrier()
+
+
+def gather_to_main(items: list[Any], shard: Shard) -> list[Any] | None:
+    """Every process's list, concatenated on rank 0 (None elsewhere)."""
+    if not shard.distributed:
+        return list(items)
+    gathered: list[list[Any]] | None = [None] * shard.world_size if shard.is_main else None  # type: ignore[list-item]
+    dist.gather_object(items, gathered, dst=0)
+    return [item for part in gathered for item in part] if gathered is not None else None
+
+
+def broadcast_from_main(value: T, shard: Shard) -> T:
+    if not shard.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
