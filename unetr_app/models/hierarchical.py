@@ -2,8 +2,9 @@
 
 Every encoder here shrinks the grid in four stages (strides 4, 8, 16, 32), returns those four
 channels-first maps from `forward_features`, and describes them in `feature_info`. This module
-holds the input-size check those strides impose and the one builder that turns an encoder class
-into a classifier or a segmentation model, so each family file keeps only its numbers.
+holds the input-size check those strides impose and the per-stage bookkeeping, so each family
+file keeps its blocks and its numbers. Classifier vs segmentation model is `build_for_task`
+(segmentation.py); the default decoder for these encoders is "unet" (decoders_hierarchical.py).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from unetr_app.models.segmentation import SegmentationModel, build_decoder
+from unetr_app.models import decoders_hierarchical  # noqa: F401  (registers the "unet" decoder)
+from unetr_app.models.layers import check_heads, feature_entry, to_tuple
 
 STAGE_STRIDES = (4, 8, 16, 32)
 
@@ -40,67 +42,7 @@ def stage_drop_path_rates(depths: Sequence[int], drop_path_rate: float) -> list[
 
 def stage_feature_info(widths: Sequence[int], module: str = "stages") -> list[dict[str, Any]]:
     """timm-style feature_info for four stages at strides 4, 8, 16, 32."""
-    return [
-        {"num_chs": int(w), "reduction": r, "module": f"{module}.{i}"}
-        for i, (w, r) in enumerate(zip(widths, STAGE_STRIDES))
-    ]
-
-
-def build_hierarchical(
-    encoder_cls: type[nn.Module],
-    *,
-    task: str = "classification",
-    spatial_dims: int = 3,
-    in_channels: int = 1,
-    img_size: Sequence[int] | int = 96,
-    num_classes: int = 1000,
-    out_channels: int = 2,
-    decoder: str = "unet",
-    decoder_params: dict[str, Any] | None = None,
-    **encoder_params: Any,
-) -> nn.Module:
-    """A classifier (encoder with its own head) or a segmentation model (headless encoder + decoder).
-
-    `decoder` names a registered decoder ("unet" by default; SegFormer passes "segformer_mlp");
-    `decoder_params` go to it unchanged (e.g. {"feature_size": 16}).
-    """
-    img_size = _as_size(img_size, spatial_dims)
-    if task == "classification":
-        return encoder_cls(
-            spatial_dims=spatial_dims, in_channels=in_channels, img_size=img_size,
-            num_classes=num_classes, **encoder_params,
-        )
-    encoder = encoder_cls(
-        spatial_dims=spatial_dims, in_channels=in_channels, img_size=img_size, num_classes=0, **encoder_params
-    )
-    head = build_decoder(
-        decoder, feature_info=encoder.feature_info, spatial_dims=spatial_dims,
-        in_channels=in_channels, out_channels=out_channels, **(decoder_params or {}),
-    )
-    return SegmentationModel(encoder, head)
-
-
-def _as_size(img_size: Sequence[int] | int, spatial_dims: int) -> tuple[int, ...]:
-    if isinstance(img_size, int):
-        return (img_size,) * spatial_dims
-    size = tuple(int(s) for s in img_size)
-    if len(size) != spatial_dims:
-        raise ValueError(
-            f"img_size {size} has {len(size)} axes but spatial_dims is {spatial_dims}; "
-            f"give one size per axis or a single int"
-        )
-    return size
-
-
-def tokens_to_grid(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
-    """(B, N, C) tokens -> (B, C, *grid) channels-first map."""
-    batch, _, channels = tokens.shape
-    return tokens.transpose(1, 2).reshape(batch, channels, *grid)
-
-
-def grid_to_tokens(feature_map: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """(B, C, *grid) channels-first map -> (B, N, C) tokens and the grid size beside them."""
-    return feature_map.flatten(2).transpose(1, 2), tuple(feature_map.shape[2:])
+    return [feature_entry(w, r, f"{module}.{i}") for i, (w, r) in enumerate(zip(widths, STAGE_STRIDES))]
 
 
 def check_stage_config(model: str, num_stages: int = 4, **per_stage: Sequence[Any]) -> None:
@@ -113,9 +55,19 @@ def check_stage_config(model: str, num_stages: int = 4, **per_stage: Sequence[An
 
 
 def check_heads_divide(model: str, widths: Sequence[int], num_heads: Sequence[int]) -> None:
-    for width, heads in zip(widths, num_heads):
-        if width % heads:
-            raise ValueError(
-                f"{model}: stage width {width} is not divisible by its {heads} attention heads; "
-                f"choose embed_dims that are multiples of num_heads (widths {list(widths)}, heads {list(num_heads)})"
-            )
+    for stage, (width, heads) in enumerate(zip(widths, num_heads)):
+        try:
+            check_heads(width, heads)
+        except ValueError as err:
+            raise ValueError(f"{model}, stage {stage + 1}: {err}") from None
+
+
+def image_size(img_size: Sequence[int] | int | None, spatial_dims: int, model: str) -> tuple[int, ...]:
+    """`img_size` as one int per axis, checked against the deepest stride."""
+    if img_size is None:
+        raise ValueError(
+            f"{model} needs img_size (the training ROI, e.g. img_size=[96, 96, 96]): parts of it are sized for it"
+        )
+    size = to_tuple(img_size, spatial_dims, "img_size")
+    check_spatial_size(size, STAGE_STRIDES[-1], model)
+    return size

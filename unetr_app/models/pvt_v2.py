@@ -23,20 +23,20 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from monai.networks.layers import Conv, DropPath, Pool
+from monai.networks.layers import Conv, Pool
 from torch import nn
 
 from unetr_app.models.hierarchical import (
-    build_hierarchical,
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
-    grid_to_tokens,
+    image_size,
     stage_drop_path_rates,
     stage_feature_info,
-    tokens_to_grid,
 )
+from unetr_app.models.layers import DropPath, PatchEmbed, classifier_head, grid_to_tokens, tokens_to_grid
 from unetr_app.models.registry import register_model
+from unetr_app.models.segmentation import build_for_task
 
 DEEPEST_STRIDE = 32
 
@@ -126,31 +126,13 @@ class PyramidBlock(nn.Module):
         self.attn = SpatialReductionAttention(
             spatial_dims, dim, num_heads, sr_ratio, linear, qkv_bias, attn_drop, proj_drop=drop
         )
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = PyramidMlp(spatial_dims, dim, int(dim * mlp_ratio), depthwise_conv, linear, drop)
 
     def forward(self, x: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), grid))
         return x + self.drop_path(self.mlp(self.norm2(x), grid))
-
-
-class OverlapPatchEmbed(nn.Module):
-    """Strided conv + LayerNorm: channels-first map -> tokens (B, N, C) and their grid.
-
-    With `patch_size > stride` neighbouring patches overlap (PVT-v2, SegFormer); with
-    `patch_size == stride` this is PVT-v1's non-overlapping embedding.
-    """
-
-    def __init__(self, spatial_dims: int, in_channels: int, embed_dim: int, patch_size: int, stride: int) -> None:
-        super().__init__()
-        padding = patch_size // 2 if patch_size > stride else 0
-        self.proj = Conv[Conv.CONV, spatial_dims](in_channels, embed_dim, patch_size, stride=stride, padding=padding)
-        self.norm = nn.LayerNorm(embed_dim)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
-        tokens, grid = grid_to_tokens(self.proj(x))
-        return self.norm(tokens), grid
 
 
 class PyramidStage(nn.Module):
@@ -162,7 +144,8 @@ class PyramidStage(nn.Module):
         drop: float, attn_drop: float, drop_path: Sequence[float],
     ) -> None:
         super().__init__()
-        self.downsample = OverlapPatchEmbed(spatial_dims, in_channels, dim, patch_size, stride)
+        # overlapping: kernel wider than stride, padded so the grid is exactly size / stride
+        self.downsample = PatchEmbed(spatial_dims, in_channels, dim, patch_size, stride, padding=patch_size // 2, norm=True)
         self.blocks = nn.ModuleList(
             PyramidBlock(
                 spatial_dims, dim, num_heads, mlp_ratio, sr_ratio, linear=linear, qkv_bias=qkv_bias,
@@ -199,7 +182,7 @@ class PyramidVisionTransformerV2(nn.Module):
         *,
         spatial_dims: int = 3,
         in_channels: int = 1,
-        img_size: Sequence[int] | None = None,
+        img_size: Sequence[int] | int | None = None,
         num_classes: int = 1000,
         embed_dims: Sequence[int] = (64, 128, 320, 512),
         depths: Sequence[int] = (3, 4, 6, 3),
@@ -221,7 +204,7 @@ class PyramidVisionTransformerV2(nn.Module):
         )
         check_heads_divide(model_name, embed_dims, num_heads)
         if img_size is not None:
-            check_spatial_size(img_size, DEEPEST_STRIDE, model_name)
+            image_size(img_size, spatial_dims, model_name)
         rates = stage_drop_path_rates(depths, drop_path_rate)
         widths = [in_channels, *embed_dims]
         self.stages = nn.ModuleList(
@@ -236,7 +219,7 @@ class PyramidVisionTransformerV2(nn.Module):
         self.feature_info = stage_feature_info(embed_dims)
         self.num_features = int(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = classifier_head(self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_spatial_size(x.shape[2:], DEEPEST_STRIDE, self.model_name)
@@ -255,7 +238,8 @@ class PyramidVisionTransformerV2(nn.Module):
 
 
 def _create_pvt_v2(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:
-    return build_hierarchical(PyramidVisionTransformerV2, model_name=name, **{**architecture, **overrides})
+    params = {"decoder": "unet", **architecture, **overrides}
+    return build_for_task(PyramidVisionTransformerV2, model_name=name, **params)
 
 
 _B1_TO_B5_WIDTHS = (64, 128, 320, 512)
