@@ -92,8 +92,8 @@ def build_for_task(
     backbone_cls: Callable[..., nn.Module],
     *,
     task: str = "classification",
-    spatial_dims: int = 2,
-    in_channels: int = 3,
+    spatial_dims: int = 3,
+    in_channels: int | None = None,
     num_classes: int = 1000,
     out_channels: int | None = None,
     decoder: str = "unetr",
@@ -102,9 +102,11 @@ def build_for_task(
     """Build a backbone as a classifier, or as a segmentation model with the named decoder.
 
     For segmentation, keys of `params` that the decoder's builder names (e.g. `feature_size`,
-    `norm_name` for "unetr") go to the decoder; the rest go to the backbone.
+    `norm_name` for "unetr") go to the decoder; the rest go to the backbone. `in_channels`
+    defaults to 3 in 2D (RGB, as the published models) and 1 in 3D (one scan).
     """
     check_spatial_dims(spatial_dims)
+    in_channels = in_channels or (3 if spatial_dims == 2 else 1)
     if task == "classification":
         return backbone_cls(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, **params)
     if task != "segmentation":
