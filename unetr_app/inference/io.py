@@ -133,7 +133,7 @@ def read_header_shape(source: CaseSource) -> tuple[int, ...]:
         try:
             return tuple(int(s) for s in nib.load(source.path).shape)
         except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
-            raise InputError(f"{source.path}: {_describe_read_error(err)}") from None
+            raise InputError(f"{source.path}: {_describe_read_error(err, source.path)}") from None
     return ()  # SimpleITK formats: checked after reading
 
 
@@ -144,7 +144,7 @@ def read_volume(source: CaseSource) -> Volume:
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
-        raise InputError(f"{source.path}: {_describe_read_error(err)}") from None
+        raise InputError(f"{source.path}: {_describe_read_error(err, source.path)}") from None
     check_volume(volume)
     return volume
 
@@ -208,9 +208,11 @@ def check_volume(volume: Volume) -> None:
         raise InputError(f"{volume.source.path}: the affine (voxel-to-world matrix) is singular or not finite")
 
 
-def _describe_read_error(err: Exception) -> str:
-    text = " ".join(str(err).split()) or type(err).__name__
-    if isinstance(err, (EOFError, zlib.error)) or "end-of-stream" in text or "gzip" in text.lower():
+def _describe_read_error(err: Exception, path: Path) -> str:
+    text = " ".join(str(err).replace(str(path), "the file").split()) or type(err).__name__
+    if "not a gzip file" in text:
+        return "not a readable image (named .gz but not gzip-compressed)"
+    if isinstance(err, (EOFError, zlib.error)) or "end-of-stream" in text or "CRC" in text:
         return f"truncated or corrupt compressed data ({text})"
     if isinstance(err, nib.filebasedimages.ImageFileError):
         return f"not a readable image ({text})"

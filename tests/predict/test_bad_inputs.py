@@ -1,0 +1,85 @@
+"""One bad file is reported in one line and skipped; the good file beside it is still predicted."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from predict_helpers import axis_affine, save_nifti
+from unetr_app.cli.app import app
+
+AFFINE = axis_affine("RAS", (4.0, 4.0, 4.0))
+EXPECTED = {  # case -> words its error must contain
+    "truncated": "truncated",
+    "not_an_image": "not a readable image",
+    "flat": "2D image",
+    "series": "4D image",
+    "holes": "NaN",
+    "empty_axis": "zero size",
+    "huge": "too large",
+}
+
+
+def write_bad_inputs(folder):
+    body = np.full((24, 24, 24), -1000, np.int16)
+    body[4:20, 4:20, 4:20] = 40
+    save_nifti(body, AFFINE, folder / "good.nii.gz")
+    whole = gzip.compress(nib.Nifti1Image(body, AFFINE).to_bytes())
+    (folder / "truncated.nii.gz").write_bytes(whole[: len(whole) // 2])
+    (folder / "not_an_image.nii.gz").write_text("patient notes, not a scan\n")
+    save_nifti(np.zeros((24, 24), np.int16), np.eye(4), folder / "flat.nii.gz")
+    save_nifti(np.zeros((8, 8, 8, 3), np.int16), AFFINE, folder / "series.nii.gz")
+    holes = body.astype(np.float32)
+    holes[5, 5, 5] = np.nan
+    save_nifti(holes, AFFINE, folder / "holes.nii.gz")
+    save_nifti(np.zeros((0, 8, 8), np.int16), AFFINE, folder / "empty_axis.nii.gz")
+    save_nifti(np.zeros((400, 400, 300), np.uint8), AFFINE, folder / "huge.nii.gz")  # header decides; data compresses
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_checkpoint):
+    root = tmp_path_factory.mktemp("bad")
+    (root / "in").mkdir()
+    write_bad_inputs(root / "in")
+    args = ["predict", str(root / "in"), str(root / "out"), "-c", str(tiny_checkpoint), "--quiet", "--max-memory-gb", "0.5"]
+    result = CliRunner().invoke(app, args)
+    return result, root / "out"
+
+
+def test_batch_goes_on_and_exits_1(run):
+    result, out = run
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    assert (out / "good.nii.gz").is_file()
+    report = json.loads((out / "predict_report.json").read_text())
+    assert {c["case"]: c["status"] for c in report["cases"]} == {"good": "ok", **{name: "failed" for name in EXPECTED}}
+    assert report["summary"]["failed"] == len(EXPECTED)
+
+
+@pytest.mark.parametrize("case", EXPECTED)
+def test_each_bad_input_has_its_one_line_error(run, case):
+    result, out = run
+    report = json.loads((out / "predict_report.json").read_text())
+    error = next(c["error"] for c in report["cases"] if c["case"] == case)
+    assert "\n" not in error
+    assert f"{case}.nii.gz" in error and EXPECTED[case] in error, error
+    assert not (out / f"{case}.nii.gz").exists()
+    assert f"{case}.nii.gz" in result.output  # told on the terminal too
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path, tiny_checkpoint):
+    runner = CliRunner()
+    missing = runner.invoke(app, ["predict", str(tmp_path / "nowhere"), str(tmp_path / "out"), "-c", str(tiny_checkpoint)])
+    assert missing.exit_code == 2 and "no such file or folder" in missing.output
+    save_nifti(np.zeros((8, 8, 8), np.int16), AFFINE, tmp_path / "a.nii.gz")
+    overlap = runner.invoke(app, ["predict", str(tmp_path / "a.nii.gz"), str(tmp_path / "out"), "-c", str(tiny_checkpoint), "--overlap", "1.5"])
+    assert overlap.exit_code == 2 and "--overlap" in overlap.output
+    same_folder = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path), "-c", str(tiny_checkpoint)])
+    assert same_folder.exit_code == 2 and "overwrite the input" in same_folder.output
+    for result in (missing, overlap, same_folder):
+        assert "Traceback" not in result.output
