@@ -109,7 +109,7 @@ class ReviewWidget(QWidget):
         preset = self.window_preset() if self.viewer.layers and "scan" in self.viewer.layers else default_preset(self.opened.image)
         layers.show_case(self.viewer, self.opened, session.label_names, preset)
         self._select_preset(preset)
-        self.viewer.layers["prediction"].events.paint.connect(lambda _event: self._refresh_labels_info())
+        self.viewer.layers["prediction"].events.paint.connect(self._on_paint)  # once per layer: same callback
         self.go_to_largest_region()
         self.table.selectRow(session.index)
         self._refresh_row(session.index)
@@ -208,6 +208,9 @@ class ReviewWidget(QWidget):
             lines.append(f"<span style='color:{colour}'>■</span> {value} {name}: {ml:.1f} mL{dice_text}")
         header = "Dice against the reference" if dice else "no reference labels (--labels) for Dice"
         self.labels_info.setText("<br>".join([header, *lines]))
+
+    def _on_paint(self, _event=None) -> None:
+        self._refresh_labels_info()
 
     def _fill_one_volume(self) -> None:
         """Compute one case's label volumes per event-loop turn, so the panel stays responsive."""
