@@ -4,18 +4,19 @@ Every encoder here shrinks the grid in four stages (strides 4, 8, 16, 32), retur
 channels-first maps from `forward_features`, and describes them in `feature_info`. This module
 holds the input-size check those strides impose and the per-stage bookkeeping, so each family
 file keeps its blocks and its numbers. Classifier vs segmentation model is `build_for_task`
-(segmentation.py); the default decoder for these encoders is "unet" (decoders_hierarchical.py).
+(segmentation.py), called through `create_hierarchical`, whose default decoder for these
+encoders is "unet" (decoders_hierarchical.py).
 """
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-import torch
 from torch import nn
 
 from unetr_app.models import decoders_hierarchical  # noqa: F401  (registers the "unet" decoder)
-from unetr_app.models.layers import check_heads, feature_entry, to_tuple
+from unetr_app.models.layers import check_heads, feature_entry, stochastic_depth_rates, to_tuple
+from unetr_app.models.segmentation import build_for_task
 
 STAGE_STRIDES = (4, 8, 16, 32)
 
@@ -35,7 +36,7 @@ def check_spatial_size(spatial_size: Sequence[int], stride: int, model: str) -> 
 
 def stage_drop_path_rates(depths: Sequence[int], drop_path_rate: float) -> list[list[float]]:
     """Stochastic depth rising linearly over all blocks, split per stage."""
-    rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+    rates = stochastic_depth_rates(drop_path_rate, sum(depths))
     starts = [sum(depths[:i]) for i in range(len(depths))]
     return [rates[s : s + d] for s, d in zip(starts, depths)]
 
@@ -71,3 +72,26 @@ def image_size(img_size: Sequence[int] | int | None, spatial_dims: int, model: s
     size = to_tuple(img_size, spatial_dims, "img_size")
     check_spatial_size(size, STAGE_STRIDES[-1], model)
     return size
+
+
+def create_hierarchical(
+    encoder_cls: type[nn.Module], name: str, overrides: dict[str, Any], **architecture: Any
+) -> nn.Module:
+    """A registered variant: its `architecture` numbers, overridden by the caller's keys."""
+    params = {"decoder": "unet", **architecture, **overrides}
+    if params.get("task") == "segmentation" and params["decoder"] == "unet" and params.get("img_size"):
+        check_trainable_norm(params["img_size"], params.get("spatial_dims", 2), params.get("norm_name", "instance"), name)
+    return build_for_task(encoder_cls, model_name=name, **params)
+
+
+def check_trainable_norm(img_size: Sequence[int] | int, spatial_dims: int, norm_name: Any, model: str) -> None:
+    """Instance norm on a single voxel fails only once training starts: say so at build time."""
+    if "instance" not in str(norm_name).lower():
+        return
+    size = to_tuple(img_size, spatial_dims, "img_size")
+    if all(s // STAGE_STRIDES[-1] == 1 for s in size):
+        raise ValueError(
+            f"{model}: img_size {size} leaves a single voxel at stride {STAGE_STRIDES[-1]}, where the decoder's "
+            f"instance norm cannot train; use at least {2 * STAGE_STRIDES[-1]} on one axis "
+            f"(e.g. {(2 * STAGE_STRIDES[-1], *size[1:])}) or norm_name='batch'"
+        )

@@ -28,13 +28,13 @@ from unetr_app.models.hierarchical import (
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
+    create_hierarchical,
     image_size,
     stage_drop_path_rates,
     stage_feature_info,
 )
 from unetr_app.models.layers import DropPath, Mlp, classifier_head, grid_to_tokens, tokens_to_grid
 from unetr_app.models.registry import register_model
-from unetr_app.models.segmentation import build_for_task
 
 DEEPEST_STRIDE = 32
 _AXES = "xyz"
@@ -262,8 +262,7 @@ class MultiscaleVisionTransformerV2(nn.Module):
 
 
 def _create_mvitv2(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:
-    params = {"decoder": "unet", **architecture, **overrides}
-    return build_for_task(MultiscaleVisionTransformerV2, model_name=name, **params)
+    return create_hierarchical(MultiscaleVisionTransformerV2, name, overrides, **architecture)
 
 
 @register_model(family="mvitv2")

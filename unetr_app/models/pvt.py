@@ -24,6 +24,7 @@ from unetr_app.models.hierarchical import (
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
+    create_hierarchical,
     image_size,
     stage_drop_path_rates,
     stage_feature_info,
@@ -31,7 +32,6 @@ from unetr_app.models.hierarchical import (
 from unetr_app.models.pvt_v2 import PyramidBlock
 from unetr_app.models.layers import PatchEmbed, classifier_head, grid_to_tokens, tokens_to_grid
 from unetr_app.models.registry import register_model
-from unetr_app.models.segmentation import build_for_task
 
 DEEPEST_STRIDE = 32
 
@@ -162,8 +162,7 @@ class PyramidVisionTransformer(nn.Module):
 
 
 def _create_pvt(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:
-    params = {"decoder": "unet", **architecture, **overrides}
-    return build_for_task(PyramidVisionTransformer, model_name=name, **params)
+    return create_hierarchical(PyramidVisionTransformer, name, overrides, **architecture)
 
 
 @register_model(family="pvt")

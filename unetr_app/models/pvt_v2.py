@@ -30,13 +30,13 @@ from unetr_app.models.hierarchical import (
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
+    create_hierarchical,
     image_size,
     stage_drop_path_rates,
     stage_feature_info,
 )
 from unetr_app.models.layers import DropPath, PatchEmbed, classifier_head, grid_to_tokens, tokens_to_grid
 from unetr_app.models.registry import register_model
-from unetr_app.models.segmentation import build_for_task
 
 DEEPEST_STRIDE = 32
 
@@ -238,8 +238,7 @@ class PyramidVisionTransformerV2(nn.Module):
 
 
 def _create_pvt_v2(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:
-    params = {"decoder": "unet", **architecture, **overrides}
-    return build_for_task(PyramidVisionTransformerV2, model_name=name, **params)
+    return create_hierarchical(PyramidVisionTransformerV2, name, overrides, **architecture)
 
 
 _B1_TO_B5_WIDTHS = (64, 128, 320, 512)

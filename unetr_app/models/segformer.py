@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from monai.networks.layers import Conv, Norm
 from torch import nn
 
+from unetr_app.models.hierarchical import create_hierarchical
 from unetr_app.models.layers import grid_to_tokens, tokens_to_grid
 from unetr_app.models.pvt_v2 import PyramidVisionTransformerV2
 from unetr_app.models.registry import register_model
-from unetr_app.models.segmentation import build_for_task
 from unetr_app.models.segmentation import register_decoder
 
 _INTERPOLATION = {2: "bilinear", 3: "trilinear"}
@@ -69,8 +69,7 @@ class SegFormerHead(nn.Module):
 
 def _create_mit(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:
     architecture = {"num_heads": (1, 2, 5, 8), "mlp_ratios": (4, 4, 4, 4), "sr_ratios": (8, 4, 2, 1), **architecture}
-    params = {"decoder": "unet", **architecture, **overrides}
-    return build_for_task(PyramidVisionTransformerV2, model_name=name, **params)
+    return create_hierarchical(PyramidVisionTransformerV2, name, overrides, **architecture)
 
 
 def _create_segformer(name: str, overrides: dict[str, Any], decoder_dim: int, **architecture: Any) -> nn.Module:

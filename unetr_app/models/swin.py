@@ -28,13 +28,14 @@ from unetr_app.models.hierarchical import (
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
+    check_trainable_norm,
+    create_hierarchical,
     image_size,
     stage_drop_path_rates,
     stage_feature_info,
 )
 from unetr_app.models.layers import classifier_head
 from unetr_app.models.registry import register_model
-from unetr_app.models.segmentation import build_for_task
 
 DEEPEST_STRIDE = 32
 
@@ -136,8 +137,7 @@ class SwinTransformer(nn.Module):
 
 
 def _create_swin(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:
-    params = {"decoder": "unet", **architecture, **overrides}
-    return build_for_task(SwinTransformer, model_name=name, **params)
+    return create_hierarchical(SwinTransformer, name, overrides, **architecture)
 
 
 @register_model(family="swin")
@@ -180,6 +180,7 @@ def swin_unetr(
     """MONAI SwinUNETR as it is (patch 2, window 7, feature_size 48): segmentation only."""
     if img_size is not None:
         image_size(img_size, spatial_dims, "swin_unetr")
+        check_trainable_norm(img_size, spatial_dims, norm_name, "swin_unetr")
     return SwinUNETR(
         in_channels=in_channels, out_channels=out_channels, depths=depths, num_heads=num_heads,
         window_size=window_size, feature_size=feature_size, norm_name=norm_name, drop_rate=drop_rate,
