@@ -15,7 +15,8 @@ from torch import nn
 
 from unetr_app.models.layers import classifier_head
 from unetr_app.models.registry import register_model
-from unetr_app.models.vit import VisionTransformer, create_vit
+from unetr_app.models.segmentation import create_variant
+from unetr_app.models.vit import VisionTransformer
 
 TINY_PARAMS = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -54,19 +55,19 @@ class DistilledVisionTransformer(VisionTransformer):
 @register_model(family="deit")
 def deit_tiny_distilled_patch16(**kwargs) -> nn.Module:
     """DeiT-Ti/16 distilled: width 192, 12 blocks, 3 heads."""
-    return create_vit(DistilledVisionTransformer, "deit_tiny_distilled_patch16", kwargs,
+    return create_variant(DistilledVisionTransformer, "deit_tiny_distilled_patch16", kwargs,
                       embed_dim=192, depth=12, num_heads=3)
 
 
 @register_model(family="deit")
 def deit_small_distilled_patch16(**kwargs) -> nn.Module:
     """DeiT-S/16 distilled: width 384, 12 blocks, 6 heads."""
-    return create_vit(DistilledVisionTransformer, "deit_small_distilled_patch16", kwargs,
+    return create_variant(DistilledVisionTransformer, "deit_small_distilled_patch16", kwargs,
                       embed_dim=384, depth=12, num_heads=6)
 
 
 @register_model(family="deit")
 def deit_base_distilled_patch16(**kwargs) -> nn.Module:
     """DeiT-B/16 distilled: width 768, 12 blocks, 12 heads."""
-    return create_vit(DistilledVisionTransformer, "deit_base_distilled_patch16", kwargs,
+    return create_variant(DistilledVisionTransformer, "deit_base_distilled_patch16", kwargs,
                       embed_dim=768, depth=12, num_heads=12)

@@ -63,7 +63,13 @@ def check_input_size(x: torch.Tensor, img_size: Sequence[int], model: str) -> No
 
 def check_input_multiple(x: torch.Tensor, patch_size: Sequence[int], model: str) -> None:
     """Size-agnostic models accept any input whose axes are multiples of the patch size."""
-    check_divisible(tuple(x.shape[2:]), patch_size, f"{model} input")
+    got = tuple(x.shape[2:])
+    if any(s % p for s, p in zip(got, patch_size)):
+        nearest = tuple(max(p, round(s / p) * p) for s, p in zip(got, patch_size))
+        raise ValueError(
+            f"{model}: input size {got} must be a multiple of the patch size {tuple(patch_size)} on every axis "
+            f"(allowed: multiples of {tuple(patch_size)}, e.g. {nearest}); crop or pad the input"
+        )
 
 
 def check_heads(dim: int, num_heads: int) -> None:

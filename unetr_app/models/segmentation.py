@@ -122,6 +122,11 @@ def build_for_task(
     return SegmentationModel(encoder, head)
 
 
+def create_variant(model_cls: Callable[..., nn.Module], name: str, overrides: dict, **numbers) -> nn.Module:
+    """The shared body of every registered variant: its numbers, then the caller's overrides."""
+    return build_for_task(model_cls, **{**numbers, "model_name": name, **overrides})
+
+
 # --- the UNETR decoder -----------------------------------------------------------------------
 
 

@@ -34,7 +34,7 @@ from unetr_app.models.layers import (
     tokens_to_grid,
 )
 from unetr_app.models.registry import register_model
-from unetr_app.models.segmentation import build_for_task
+from unetr_app.models.segmentation import create_variant
 
 DEFAULT_IMG_SIZE = {2: 224, 3: 96}
 # Small enough for tests and CPU smoke runs (not a recipe).
@@ -160,24 +160,19 @@ class VisionTransformer(nn.Module):
         return self.forward_head(self.norm(self.hidden_states(x)[-1]))
 
 
-def create_vit(model_cls: type[nn.Module], name: str, kwargs: dict, **defaults) -> nn.Module:
-    """The shared builder of the ViT-like families: variant numbers, then the caller's overrides."""
-    return build_for_task(model_cls, **{**defaults, "model_name": name, **kwargs})
-
-
 @register_model(family="vit")
 def vit_tiny_patch16(**kwargs) -> nn.Module:
     """ViT-Ti/16: width 192, 12 blocks, 3 heads."""
-    return create_vit(VisionTransformer, "vit_tiny_patch16", kwargs, embed_dim=192, depth=12, num_heads=3)
+    return create_variant(VisionTransformer, "vit_tiny_patch16", kwargs, embed_dim=192, depth=12, num_heads=3)
 
 
 @register_model(family="vit")
 def vit_small_patch16(**kwargs) -> nn.Module:
     """ViT-S/16: width 384, 12 blocks, 6 heads."""
-    return create_vit(VisionTransformer, "vit_small_patch16", kwargs, embed_dim=384, depth=12, num_heads=6)
+    return create_variant(VisionTransformer, "vit_small_patch16", kwargs, embed_dim=384, depth=12, num_heads=6)
 
 
 @register_model(family="vit")
 def vit_base_patch16(**kwargs) -> nn.Module:
     """ViT-B/16: width 768, 12 blocks, 12 heads (UNETR's encoder)."""
-    return create_vit(VisionTransformer, "vit_base_patch16", kwargs, embed_dim=768, depth=12, num_heads=12)
+    return create_variant(VisionTransformer, "vit_base_patch16", kwargs, embed_dim=768, depth=12, num_heads=12)
