@@ -218,3 +218,10 @@ def test_prediction_of_another_shape_names_the_file(review_folders):
     session = ReviewSession(review_folders.images, review_folders.predictions)
     with pytest.raises(InputError, match=r"spleen_2.nii.gz: mask shape \(5, 5, 5\) differs"):
         session.open(1)
+
+
+def test_stale_display_is_not_reachable():
+    from unetr_app.review.display import x_server_reachable
+
+    assert not x_server_reachable(":987")  # no X socket: Qt would abort on it, so a private Xvfb is used
+    assert not x_server_reachable("not-a-display")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import socket
 import subprocess
 
 from unetr_app.errors import UsageError
@@ -21,8 +22,12 @@ _started: list[subprocess.Popen] = []
 def ensure_display() -> str:
     """Return a usable DISPLAY, starting a private Xvfb if there is none; raise `UsageError` when
     neither a display nor Xvfb is available. Call before anything creates a QApplication."""
-    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
-        return os.environ.get("DISPLAY") or os.environ["WAYLAND_DISPLAY"]
+    if os.environ.get("WAYLAND_DISPLAY"):
+        return os.environ["WAYLAND_DISPLAY"]
+    if os.environ.get("DISPLAY"):
+        if x_server_reachable(os.environ["DISPLAY"]):
+            return os.environ["DISPLAY"]
+        del os.environ["DISPLAY"]  # stale (a closed SSH session, a dead Xvfb): Qt would abort on it
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         raise UsageError(
@@ -45,6 +50,21 @@ def ensure_display() -> str:
     os.environ["DISPLAY"] = f":{number}"
     os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
     return os.environ["DISPLAY"]
+
+
+def x_server_reachable(display: str) -> bool:
+    """Whether an X server answers at `display` (":1", "unix:1.0", "localhost:10.0")."""
+    host, _, number = display.rpartition(":")
+    number = number.split(".")[0]
+    if not number.isdigit():
+        return False
+    if host in ("", "unix"):
+        return os.path.exists(f"/tmp/.X11-unix/X{number}")
+    try:
+        with socket.create_connection((host, 6000 + int(number)), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def stop_displays() -> None:
