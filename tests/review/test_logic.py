@@ -225,3 +225,11 @@ def test_stale_display_is_not_reachable():
 
     assert not x_server_reachable(":987")  # no X socket: Qt would abort on it, so a private Xvfb is used
     assert not x_server_reachable("not-a-display")
+
+
+def test_interactive_review_without_display_is_one_line_error(review_folders, cli, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    result = cli("review", review_folders.images, review_folders.predictions)
+    assert result.exit_code == 2
+    assert "error: no display for the napari viewer" in result.output and "--screenshot" in result.output

@@ -175,3 +175,30 @@ def test_bad_case_name_is_one_line_error(review_folders, cli):
     assert result.exit_code == 2
     assert "error: --case 'nope' is not among the 3 cases" in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("answer, moves, saved", [("Cancel", False, False), ("Discard", True, False), ("Save", True, True)])
+def test_leaving_a_case_with_unsaved_edits_asks_first(review, monkeypatch, answer, moves, saved):
+    from qtpy.QtWidgets import QMessageBox
+
+    viewer, widget, folders = review
+    asked = []
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: asked.append(args) or getattr(QMessageBox.StandardButton, answer))
+    widget.next_case()
+    assert not asked and widget.session.index == 1  # no edits: no question
+    layer = viewer.layers["prediction"]
+    edited = layer.data.copy()
+    edited[0, 0, :4] = 1
+    layer.data = edited
+    widget.previous_case()
+    assert len(asked) == 1
+    assert widget.session.index == (0 if moves else 1)
+    assert (folders.corrections / "spleen_2.nii.gz").exists() == saved
+
+
+def test_widget_from_the_plugin_menu_starts_empty(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _dock, widget = viewer.window.add_plugin_dock_widget("unetr", "UNETR review")
+    assert widget.session is None and widget.open_button.isEnabled()
+    assert not widget.buttons["save"].isEnabled()
+    widget.save_correction()  # nothing open: a message, not a crash

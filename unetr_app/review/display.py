@@ -19,21 +19,30 @@ SCREEN = "1600x1200x24"
 _started: list[subprocess.Popen] = []
 
 
-def ensure_display() -> str:
-    """Return a usable DISPLAY, starting a private Xvfb if there is none; raise `UsageError` when
-    neither a display nor Xvfb is available. Call before anything creates a QApplication."""
+def ensure_display(start_xvfb: bool = True, private: bool = False) -> str:
+    """Return a usable DISPLAY, starting a private Xvfb if there is none (or, with `private`, even if
+    there is one, so a batch screenshot opens no window on the user's screen); raise `UsageError`
+    when there is no display and none may or can be started. Call before Qt's QApplication exists."""
+    if private and shutil.which("Xvfb"):
+        return _start_xvfb(shutil.which("Xvfb"))
     if os.environ.get("WAYLAND_DISPLAY"):
         return os.environ["WAYLAND_DISPLAY"]
     if os.environ.get("DISPLAY"):
         if x_server_reachable(os.environ["DISPLAY"]):
             return os.environ["DISPLAY"]
         del os.environ["DISPLAY"]  # stale (a closed SSH session, a dead Xvfb): Qt would abort on it
+    if not start_xvfb:
+        raise UsageError("no display for the napari viewer; run it on a desktop, or render without one with --screenshot OUT.png")
     xvfb = shutil.which("Xvfb")
     if xvfb is None:
         raise UsageError(
             "no display for the napari viewer and no Xvfb to make one; install it "
             "(`bash scripts/install_viewer_deps.sh`, or apt-get install xvfb) or run under `xvfb-run -a`"
         )
+    return _start_xvfb(xvfb)
+
+
+def _start_xvfb(xvfb: str) -> str:
     read_end, write_end = os.pipe()
     process = subprocess.Popen(
         [xvfb, "-displayfd", str(write_end), "-screen", "0", SCREEN, "-nolisten", "tcp"],
@@ -48,7 +57,7 @@ def ensure_display() -> str:
     _started.append(process)
     atexit.register(stop_displays)
     os.environ["DISPLAY"] = f":{number}"
-    os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    os.environ["QT_QPA_PLATFORM"] = "xcb"  # offscreen does not render napari's canvas
     return os.environ["DISPLAY"]
 
 

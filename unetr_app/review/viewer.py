@@ -14,8 +14,8 @@ WINDOW_SIZE = (1500, 900)  # width, height of the screenshot window (pixels)
 
 
 def open_review(session: ReviewSession, index: int | None = None, show: bool = True):
-    """A napari viewer with the "UNETR review" widget docked on the right; returns (viewer, widget)."""
-    ensure_display()
+    """A napari viewer with the "UNETR review" widget docked on the right; returns (viewer, widget).
+    A display must exist already (see `display.ensure_display`)."""
     import napari
 
     from unetr_app.review.widget import ReviewWidget
@@ -28,6 +28,7 @@ def open_review(session: ReviewSession, index: int | None = None, show: bool = T
 
 
 def run_review(session: ReviewSession, index: int | None = None) -> None:
+    ensure_display(start_xvfb=False)  # an invisible Xvfb window would help nobody
     import napari
 
     open_review(session, index)
@@ -37,6 +38,10 @@ def run_review(session: ReviewSession, index: int | None = None) -> None:
 def screenshot_review(session: ReviewSession, out: Path, index: int | None = None) -> np.ndarray:
     """Render one case (the axial slice through its largest predicted region, the overlay and the
     widget) to a PNG, close the viewer and return the RGBA pixels."""
+    from qtpy.QtWidgets import QApplication
+
+    if QApplication.instance() is None:  # once Qt runs, it stays on the display it started on
+        ensure_display(private=True)
     viewer, widget = open_review(session, index, show=True)
     try:
         viewer.window._qt_window.resize(*WINDOW_SIZE)

@@ -13,13 +13,14 @@ import numpy as np
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QAbstractItemView, QComboBox, QFileDialog, QHBoxLayout, QHeaderView, QLabel, QLineEdit,
-    QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
+    QMessageBox, QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
+from unetr_app.errors import UnetrError
 from unetr_app.review import layers, measures
 from unetr_app.review.cases import label_color, label_name
 from unetr_app.review.session import OpenCase, ReviewSession
-from unetr_app.review.windows import AUTO, CT_WINDOWS, default_preset
+from unetr_app.review.windows import AUTO, CT_WINDOWS, default_preset, looks_like_ct
 
 STATUS_COLOURS = {"pending": "#9e9e9e", "accepted": "#4caf50", "rejected": "#f44336", "flagged": "#ff9800"}
 KEYS = {"PageDown": "next_case", "PageUp": "previous_case", "Control-Alt-A": "accept", "Control-Alt-R": "reject", "Control-Alt-F": "flag"}
@@ -91,6 +92,7 @@ class ReviewWidget(QWidget):
             self.table.setItem(row, 0, QTableWidgetItem(case.name))
             self._refresh_row(row)
         self._set_enabled(True)
+        self.opened = None
         self.show_case(session.index if index is None else index)
         self._volume_queue = [row for row in range(len(session.cases)) if session.cases[row].name not in session._volumes]
         QTimer.singleShot(0, self._fill_one_volume)
@@ -101,12 +103,24 @@ class ReviewWidget(QWidget):
         if not predictions:
             return
         references = QFileDialog.getExistingDirectory(self, "Folder of reference labels (cancel for none)")
-        self.set_session(ReviewSession(Path(images), Path(predictions), Path(references) if references else None))
+        try:
+            session = ReviewSession(Path(images), Path(predictions), Path(references) if references else None)
+        except UnetrError as err:
+            self.message.setText(f"error: {err}")
+            return
+        self.set_session(session)
 
-    def show_case(self, index: int) -> None:
+    def show_case(self, index: int) -> bool:
+        """Open case `index` (after asking about unsaved edits); False if it stayed where it was."""
+        if not self._may_leave_case():
+            return False
         session = self.session
-        self.opened = session.open(index)
-        preset = self.window_preset() if self.viewer.layers and "scan" in self.viewer.layers else default_preset(self.opened.image)
+        try:
+            self.opened = session.open(index)
+        except UnetrError as err:  # a broken file: say which, stay usable for the other cases
+            self.message.setText(f"error: {err}")
+            return False
+        preset = self._preset_for(self.opened.image)
         layers.show_case(self.viewer, self.opened, session.label_names, preset)
         self._select_preset(preset)
         self.viewer.layers["prediction"].events.paint.connect(self._on_paint)  # once per layer: same callback
@@ -115,6 +129,31 @@ class ReviewWidget(QWidget):
         self._refresh_row(session.index)
         self._refresh_title()
         self._refresh_labels_info()
+        return True
+
+    def has_unsaved_edits(self) -> bool:
+        if self.opened is None or "prediction" not in self.viewer.layers:
+            return False
+        return not np.array_equal(np.asarray(self.viewer.layers["prediction"].data), self.opened.labels)
+
+    def _may_leave_case(self) -> bool:
+        """Unsaved edits are never dropped silently: save them, discard them, or stay."""
+        if not self.has_unsaved_edits():
+            return True
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(
+            self, "Unsaved correction", f"{self.opened.case.name} has edits that are not saved. Save the correction?",
+            buttons.Save | buttons.Discard | buttons.Cancel, buttons.Save,
+        )
+        if answer == buttons.Save:
+            self.save_correction()
+        return answer in (buttons.Save, buttons.Discard)
+
+    def _preset_for(self, image: np.ndarray) -> str:
+        """CT keeps the window the reviewer chose (abdomen at first); anything else gets auto-contrast."""
+        if not looks_like_ct(image):
+            return AUTO
+        return self.window_preset() if "scan" in self.viewer.layers else default_preset(image)
 
     def go_to_largest_region(self) -> None:
         slice_index = measures.largest_region_slice(self.opened.labels)
@@ -154,6 +193,9 @@ class ReviewWidget(QWidget):
             self._refresh_title()
 
     def save_correction(self) -> None:
+        if self.opened is None or "prediction" not in self.viewer.layers:
+            self.message.setText("nothing to save: the prediction layer is gone; reopen the case")
+            return
         edited = np.asarray(self.viewer.layers["prediction"].data)
         changed = self.session.save_correction(self.opened, edited)
         path = self.session.correction_path(self.opened.case)
