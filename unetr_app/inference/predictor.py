@@ -95,6 +95,8 @@ class Predictor:
         with torch.inference_mode():
             inverted = self.invert({IMAGE: prepared[IMAGE], PRED: MetaTensor(probabilities.cpu())})[PRED]
             inverted = torch.as_tensor(inverted)
+            # undoing the foreground crop pads with zeros: outside the body, all mass is background
+            inverted[0] += 1.0 - inverted.sum(dim=0)
             labels = torch.argmax(inverted, dim=0).to(torch.uint8).numpy()
         probs = inverted.permute(1, 2, 3, 0).numpy() if keep_probabilities else None
         return Prediction(labels, probs)

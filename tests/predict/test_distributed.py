@@ -1,0 +1,40 @@
+"""`torchrun --nproc-per-node 2 -m unetr_app predict` (gloo, CPU) gives what one process gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from test_outputs import write_phantoms
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def predict(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in both runs (torchrun sets 1 too)
+    return subprocess.run([*launcher, "-m", "unetr_app", "predict", *args, "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_two_processes_match_one(tmp_path, tiny_checkpoint):
+    names = write_phantoms(tmp_path / "in", 4, step=2)
+    single = predict([str(tmp_path / "in"), str(tmp_path / "single"), "-c", str(tiny_checkpoint)], [sys.executable])
+    assert single.returncode == 0, single.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    pair = predict([str(tmp_path / "in"), str(tmp_path / "pair"), "-c", str(tiny_checkpoint)], torchrun)
+    assert pair.returncode == 0, pair.stderr
+
+    for name in names:
+        one, two = nib.load(tmp_path / "single" / f"{name}.nii.gz"), nib.load(tmp_path / "pair" / f"{name}.nii.gz")
+        np.testing.assert_array_equal(np.asarray(one.dataobj), np.asarray(two.dataobj))
+        np.testing.assert_array_equal(one.affine, two.affine)
+    reports = [json.loads((tmp_path / run / "predict_report.json").read_text()) for run in ("single", "pair")]
+    assert reports[1]["processes"] == 2
+    strip = lambda report: [(c["case"], c["status"], c["volumes"]) for c in report["cases"]]  # noqa: E731
+    assert strip(reports[0]) == strip(reports[1])
+    assert [c["case"] for c in reports[1]["cases"]] == names  # merged once, in case order
