@@ -202,3 +202,16 @@ def test_widget_from_the_plugin_menu_starts_empty(make_napari_viewer):
     assert widget.session is None and widget.open_button.isEnabled()
     assert not widget.buttons["save"].isEnabled()
     widget.save_correction()  # nothing open: a message, not a crash
+
+
+def test_empty_prediction_shows_the_slice_of_what_was_missed(make_napari_viewer, review_folders):
+    from unetr_app.review.widget import ReviewWidget
+
+    from .conftest import LPS_AFFINE, write_nifti
+
+    write_nifti(review_folders.predictions / "spleen_1.nii.gz", np.zeros(SHAPE, np.uint8), LPS_AFFINE)
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer, ReviewSession(review_folders.images, review_folders.predictions, review_folders.labels))
+    # the reference organ spans file k = 3..6 -> display slices 3..6 (all equal): the first, 3, at 2.5 mm
+    assert viewer.dims.point[0] == pytest.approx(3 * 2.5)
+    assert "Dice 0.000" in widget.labels_info.text()

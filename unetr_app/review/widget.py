@@ -156,7 +156,11 @@ class ReviewWidget(QWidget):
         return self.window_preset() if "scan" in self.viewer.layers else default_preset(image)
 
     def go_to_largest_region(self) -> None:
+        """Show the axial slice through the largest predicted region; with an empty prediction,
+        through the largest reference region (what the model missed)."""
         slice_index = measures.largest_region_slice(self.opened.labels)
+        if slice_index is None and self.opened.reference is not None:
+            slice_index = measures.largest_region_slice(self.opened.reference)
         if slice_index is not None:
             self.viewer.dims.set_point(0, slice_index * self.opened.grid.display_scale[0])
 
