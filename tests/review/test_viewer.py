@@ -215,3 +215,21 @@ def test_empty_prediction_shows_the_slice_of_what_was_missed(make_napari_viewer,
     # the reference organ spans file k = 3..6 -> display slices 3..6 (all equal): the first, 3, at 2.5 mm
     assert viewer.dims.point[0] == pytest.approx(3 * 2.5)
     assert "Dice 0.000" in widget.labels_info.text()
+
+
+def test_a_broken_prediction_is_reported_and_the_others_stay_usable(make_napari_viewer, review_folders):
+    from unetr_app.review.widget import ReviewWidget
+
+    broken = review_folders.predictions / "spleen_2.nii.gz"
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated gzip
+    viewer = make_napari_viewer()
+    widget = ReviewWidget(viewer, ReviewSession(review_folders.images, review_folders.predictions))
+    widget.fill_all_volumes()
+    assert widget.table.item(1, 2).text() == "unreadable" and widget.table.item(2, 2).text().startswith("spleen")
+    assert not widget.show_case(1)  # clicking it: reported, the reviewer stays where they were
+    assert widget.session.index == 0 and widget.opened.case.name == "spleen_1"
+    assert "error:" in widget.message.text() and "spleen_2.nii.gz" in widget.message.text()
+    widget.next_case()  # Next skips the broken case
+    assert widget.session.index == 2 and widget.opened.case.name == "spleen_3" and viewer.layers["prediction"].data.any()
+    widget.previous_case()
+    assert widget.session.index == 0

@@ -71,7 +71,8 @@ class ReviewSession:
     # --- reading a case -------------------------------------------------------------------------
 
     def open(self, index: int | None = None) -> OpenCase:
-        case = self.go_to(self.index if index is None else index)
+        index = min(max(self.index if index is None else index, 0), len(self.cases) - 1)
+        case = self.cases[index]
         scan = read_volume(case.image)
         grid = DisplayGrid(scan.affine, scan.array.shape)
         prediction = grid.to_display(_read_mask(case.prediction, scan))
@@ -80,6 +81,7 @@ class ReviewSession:
         reference = grid.to_display(_read_mask(case.reference.path, scan)) if case.reference else None
         opened = OpenCase(case, scan, grid, grid.to_display(scan.array), prediction, labels, reference, correction.is_file())
         self._volumes[case.name] = self.volumes_of(labels, grid.voxel_ml)
+        self.index = index  # only once the case could be read: a broken file leaves the reviewer where they were
         return opened
 
     def correction_path(self, case: ReviewCase) -> Path:
@@ -97,10 +99,18 @@ class ReviewSession:
         case = self.cases[index]
         if case.name not in self._volumes:
             path = self.correction_path(case) if self.correction_path(case).is_file() else case.prediction
-            image = nib.load(path)
+            try:
+                image = nib.load(path)
+                labels = np.asarray(image.dataobj).astype(np.int64)
+            except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
+                raise InputError(f"{path}: could not be read as a mask ({' '.join(str(err).split())})") from None
             voxel_ml = float(abs(np.linalg.det(image.affine[:3, :3]))) / 1000.0
-            self._volumes[case.name] = self.volumes_of(np.asarray(image.dataobj).astype(np.int64), voxel_ml)
+            self._volumes[case.name] = self.volumes_of(labels, voxel_ml)
         return self._volumes[case.name]
+
+    def known_volumes(self, index: int) -> dict[int, float] | None:
+        """Label volumes of a case if already computed (without reading anything)."""
+        return self._volumes.get(self.cases[index].name)
 
     def dice(self, opened: OpenCase, labels: np.ndarray | None = None) -> dict[str, float | None]:
         """Dice of the (edited) mask against the reference, per label name; {} without a reference."""

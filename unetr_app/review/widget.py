@@ -32,6 +32,7 @@ class ReviewWidget(QWidget):
         self.viewer = napari_viewer
         self.session: ReviewSession | None = None
         self.opened: OpenCase | None = None
+        self._volume_queue: list[int] = []  # rows whose label volumes are still to be computed
         self._build()
         for key, method in KEYS.items():
             self.viewer.bind_key(key, lambda _viewer, method=method: getattr(self, method)(), overwrite=True)
@@ -86,6 +87,8 @@ class ReviewWidget(QWidget):
     # --- session and cases ----------------------------------------------------------------------
 
     def set_session(self, session: ReviewSession, index: int | None = None) -> None:
+        if not self._may_leave_case():
+            return
         self.session = session
         self.table.setRowCount(len(session.cases))
         for row, case in enumerate(session.cases):
@@ -94,7 +97,7 @@ class ReviewWidget(QWidget):
         self._set_enabled(True)
         self.opened = None
         self.show_case(session.index if index is None else index)
-        self._volume_queue = [row for row in range(len(session.cases)) if session.cases[row].name not in session._volumes]
+        self._volume_queue = [row for row in range(len(session.cases)) if session.known_volumes(row) is None]
         QTimer.singleShot(0, self._fill_one_volume)
 
     def choose_folders(self) -> None:
@@ -147,6 +150,8 @@ class ReviewWidget(QWidget):
         )
         if answer == buttons.Save:
             self.save_correction()
+        elif answer == buttons.Discard:
+            self.viewer.layers["prediction"].data = self.opened.labels.copy()
         return answer in (buttons.Save, buttons.Discard)
 
     def _preset_for(self, image: np.ndarray) -> str:
@@ -165,12 +170,18 @@ class ReviewWidget(QWidget):
             self.viewer.dims.set_point(0, slice_index * self.opened.grid.display_scale[0])
 
     def next_case(self) -> None:
-        if self.session and self.session.index < len(self.session.cases) - 1:
-            self.show_case(self.session.index + 1)
+        self._step(+1)
 
     def previous_case(self) -> None:
-        if self.session and self.session.index > 0:
-            self.show_case(self.session.index - 1)
+        self._step(-1)
+
+    def _step(self, direction: int) -> None:
+        """Open the next case in `direction` that can be read (a broken one is reported and skipped)."""
+        if self.session is None or not self._may_leave_case():
+            return
+        index = self.session.index + direction
+        while 0 <= index < len(self.session.cases) and not self.show_case(index):
+            index += direction
 
     # --- verdicts and corrections -----------------------------------------------------------------
 
@@ -191,10 +202,8 @@ class ReviewWidget(QWidget):
         self.message.setText(f"{self.session.current.name}: {status}")
         self._refresh_row(self.session.index)
         self.note.clear()
-        if self.session.index < len(self.session.cases) - 1:
-            self.next_case()
-        else:
-            self._refresh_title()
+        self._refresh_title()
+        self.next_case()
 
     def save_correction(self) -> None:
         if self.opened is None or "prediction" not in self.viewer.layers:
@@ -236,7 +245,7 @@ class ReviewWidget(QWidget):
         status = QTableWidgetItem(record.status + (" ✎" if record.voxels_changed else ""))
         status.setForeground(_qcolor(STATUS_COLOURS[record.status]))
         self.table.setItem(row, 1, status)
-        volumes = session._volumes.get(session.cases[row].name)
+        volumes = session.known_volumes(row)
         text = "…" if volumes is None else ", ".join(f"{label_name(session.label_names, v)} {ml:.1f}" for v, ml in volumes.items())
         self.table.setItem(row, 2, QTableWidgetItem(text))
 
@@ -261,16 +270,21 @@ class ReviewWidget(QWidget):
     def _fill_one_volume(self) -> None:
         """Compute one case's label volumes per event-loop turn, so the panel stays responsive."""
         if self._volume_queue:
-            row = self._volume_queue.pop(0)
-            self.session.volumes_ml(row)
-            self._refresh_row(row)
+            self._fill_volume(self._volume_queue.pop(0))
             QTimer.singleShot(0, self._fill_one_volume)
 
     def fill_all_volumes(self) -> None:
         while self._volume_queue:
-            row = self._volume_queue.pop(0)
+            self._fill_volume(self._volume_queue.pop(0))
+
+    def _fill_volume(self, row: int) -> None:
+        try:
             self.session.volumes_ml(row)
-            self._refresh_row(row)
+        except UnetrError as err:
+            self.table.setItem(row, 2, QTableWidgetItem("unreadable"))
+            self.table.item(row, 2).setToolTip(str(err))
+            return
+        self._refresh_row(row)
 
 
 def _button(text: str, slot, tip: str) -> QPushButton:
