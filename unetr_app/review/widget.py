@@ -122,6 +122,8 @@ class ReviewWidget(QWidget):
             self.opened = session.open(index)
         except UnetrError as err:  # a broken file: say which, stay usable for the other cases
             self.message.setText(f"error: {err}")
+            if self.opened is not None:
+                self.table.selectRow(session.index)
             return False
         preset = self._preset_for(self.opened.image)
         layers.show_case(self.viewer, self.opened, session.label_names, preset)
