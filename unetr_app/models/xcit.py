@@ -178,6 +178,9 @@ class ClassAttentionBlock(nn.Module):
         cls = self.gamma2 * self.mlp(x[:, :1])
         return x + self.drop_path(torch.cat([cls, x[:, 1:]], dim=1))
 
+    def extra_repr(self) -> str:
+        return f"tokens_norm={self.tokens_norm}"
+
 
 class XCiT(nn.Module):
     """XCiT over 2D or 3D input of any size that is a multiple of `patch_size`.

@@ -7,7 +7,8 @@ anterior at the top, the patient's right on the screen's left. So the display ar
 nibabel's axis codes (the direction each index increases towards) is ("S", "P", "L").
 
 The reorientation is a permutation plus flips of the voxel grid, never a resampling: every display
-voxel is exactly one file voxel, so an edited mask maps back to the file's grid voxel for voxel.
+voxel is exactly one file voxel, so an edited mask maps back to the file's grid voxel for voxel. A slightly oblique scan is shown on its nearest axes, unresampled, as radiology
+viewers do; the spacing is the true voxel size.
 """
 
 from __future__ import annotations
@@ -59,10 +60,12 @@ class DisplayGrid:
     def voxel_ml(self) -> float:
         return float(abs(np.linalg.det(self.affine[:3, :3]))) / 1000.0
 
-    def to_display(self, array: np.ndarray) -> np.ndarray:
-        """File-ordered (i, j, k) array -> display-ordered (slice, row, column) array."""
+    def to_display(self, array: np.ndarray, copy: bool = True) -> np.ndarray:
+        """File-ordered (i, j, k) array -> display-ordered (slice, row, column) array; with
+        `copy=False` a strided view (no extra memory for a large scan that is only looked at)."""
         self._check(array.shape, self.shape, "file")
-        return np.ascontiguousarray(apply_orientation(array, self.to_display_ornt))
+        view = apply_orientation(array, self.to_display_ornt)
+        return np.ascontiguousarray(view) if copy else view
 
     def from_display(self, array: np.ndarray) -> np.ndarray:
         """The exact inverse of `to_display`."""

@@ -79,7 +79,7 @@ class ReviewSession:
         correction = self.correction_path(case)
         labels = grid.to_display(_read_mask(correction, scan)) if correction.is_file() else prediction.copy()
         reference = grid.to_display(_read_mask(case.reference.path, scan)) if case.reference else None
-        opened = OpenCase(case, scan, grid, grid.to_display(scan.array), prediction, labels, reference, correction.is_file())
+        opened = OpenCase(case, scan, grid, grid.to_display(scan.array, copy=False), prediction, labels, reference, correction.is_file())
         self._volumes[case.name] = self.volumes_of(labels, grid.voxel_ml)
         self.index = index  # only once the case could be read: a broken file leaves the reviewer where they were
         return opened

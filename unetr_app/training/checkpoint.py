@@ -18,6 +18,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 from __future__ import annotations
 
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,8 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read and validate a checkpoint file (or `RUN_DIR`, meaning RUN_DIR/checkpoints/best.pt)."""
     path = resolve_checkpoint_path(path)
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a torch.save archive)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:

@@ -1,0 +1,41 @@
+"""Shared fixtures: a small phantom dataset, the tiny training profile, a CLI runner."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from unetr_app.data.phantom import write_phantom_dataset
+
+TESTS = Path(__file__).resolve().parent
+TINY_PROFILE = TESTS / "configs" / "tiny.yaml"
+
+# Tests share 2 cores with each other's subprocesses; more threads only adds contention.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def phantom_dir(tmp_path_factory) -> Path:
+    """Six labelled and two test phantom cases in MSD layout (read-only: copy before breaking)."""
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom") / "Task09_Spleen", cases=6, test_cases=2, seed=7)
+
+
+@pytest.fixture(scope="session")
+def tiny_profile() -> Path:
+    return TINY_PROFILE
+
+
+@pytest.fixture
+def cli():
+    from unetr_app.cli.app import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict | None = None):
+        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+
+    return invoke
