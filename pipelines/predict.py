@@ -35,6 +35,7 @@ class PredictRequest:
     overlap: float | None = None
     sw_batch_size: int | None = None
     tta: bool | None = None  # None: on for CUDA, off for CPU (mirroring costs 8x the compute)
+    amp: bool | None = None  # None: float16 on CUDA, float32 on CPU; True on CPU: bfloat16
     save_probabilities: bool = False
     overwrite: bool = False
     preview: bool = False
@@ -85,6 +86,7 @@ def _settings(request: PredictRequest, device) -> PredictSettings:
         overlap=request.overlap,
         sw_batch_size=request.sw_batch_size,
         tta=device.type == "cuda" if request.tta is None else request.tta,
+        amp=request.amp,
         max_memory_bytes=limit_gb * 2**30,
     )
 
@@ -106,6 +108,7 @@ def _run_info(request: PredictRequest, predictor: Predictor, shard) -> dict:
         "overlap": inferer.overlap,
         "sw_batch_size": inferer.sw_batch_size,
         "tta": predictor.settings.tta,
+        "amp": str(predictor.amp_dtype).removeprefix("torch.") if predictor.use_amp else "float32",
         "processes": shard.world_size,
     }
 
