@@ -143,9 +143,14 @@ def test_dice_volumes_and_largest_region_known_answers():
     prediction = np.roll(reference, 1, axis=0)  # overlap 3*4*4 = 48
     assert measures.dice(prediction, reference, 1) == pytest.approx(2 * 48 / 128)
     assert measures.dice(prediction, reference, 2) is None
-    assert measures.label_volumes_ml(reference, 1.8 / 1000, [1]) == {1: pytest.approx(64 * 0.0018)}
+    assert measures.label_counts(reference) == {0: 1000 - 64, 1: 64} == measures.label_counts(reference.astype(np.int32))
+    assert measures.label_volumes_ml({0: 936, 1: 64}, 1.8 / 1000, [1, 2]) == {1: pytest.approx(64 * 0.0018), 2: 0.0}
     prediction[8, 0:2, 0:2] = 1  # a small separate blob: the largest region still decides
-    assert measures.largest_region_slice(prediction) in (3, 4, 5, 6)
+    prediction[3, 2:6, 2:4] = 0  # make slice 3 the thinnest of the box's slices 3..6
+    prediction[5, 6, 2:6] = 1  # and slice 5 the fullest
+    assert measures.largest_region_slice(prediction) == 5
+    prediction[9, :, :] = 1  # now a whole slab is the largest region
+    assert measures.largest_region_slice(prediction) == 9
     assert measures.largest_region_slice(np.zeros((3, 3, 3))) is None
 
 

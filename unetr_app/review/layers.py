@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from unetr_app.review.cases import PALETTE, label_color, label_name
+from unetr_app.review.measures import label_counts
 from unetr_app.review.session import OpenCase
 from unetr_app.review.windows import contrast_limits
 
@@ -31,7 +32,7 @@ def show_case(viewer, opened: OpenCase, names: dict[int, str], preset: str) -> N
     fill); other layers are left alone. Existing case layers are updated in place: removing and
     re-adding napari layers costs seconds per case."""
     metadata = {**opened.grid.as_metadata(), "case": opened.case.name, "source": str(opened.case.image.path)}
-    values = sorted((set(names) | set(np.unique(opened.labels).tolist()) | set(np.unique(opened.prediction).tolist())) - {0})
+    values = sorted((set(names) | set(label_counts(opened.labels)) | set(label_counts(opened.prediction))) - {0})
     common = {"scale": opened.grid.display_scale, "metadata": metadata}
     _put(viewer, "scan", opened.image, viewer.add_image, colormap="gray",
          contrast_limits=contrast_limits(opened.image, preset), **common)
@@ -44,9 +45,9 @@ def show_case(viewer, opened: OpenCase, names: dict[int, str], preset: str) -> N
         if "reference" in viewer.layers:
             viewer.layers.remove("reference")
     else:
-        reference_values = np.unique(opened.reference)
+        reference_values = sorted(set(label_counts(opened.reference)) - {0})
         reference = _put(viewer, "reference", opened.reference, viewer.add_labels, opacity=1.0,
-                         colormap=label_colormap(reference_values[reference_values > 0], lambda _v: REFERENCE_COLOUR), **common)
+                         colormap=label_colormap(reference_values, lambda _v: REFERENCE_COLOUR), **common)
         reference.contour = 1
         reference.editable = False
     viewer.layers.selection.active = prediction

@@ -88,11 +88,13 @@ class ReviewSession:
         return self.corrections_dir / f"{case.name}.nii.gz"
 
     def label_values(self, *masks: np.ndarray | None) -> list[int]:
-        present = set().union(*(np.unique(m).tolist() for m in masks if m is not None))
+        """Foreground values to report: the named ones and any other present in the masks."""
+        present = set().union(*(measures.label_counts(m) for m in masks if m is not None))
         return sorted((set(self.label_names) | present) - {0})
 
     def volumes_of(self, labels: np.ndarray, voxel_ml: float) -> dict[int, float]:
-        return measures.label_volumes_ml(labels, voxel_ml, self.label_values(labels))
+        counts = measures.label_counts(labels)
+        return measures.label_volumes_ml(counts, voxel_ml, sorted((set(self.label_names) | set(counts)) - {0}))
 
     def volumes_ml(self, index: int) -> dict[int, float]:
         """Label volumes of a case's current mask (its correction if saved), read once and kept."""
