@@ -70,7 +70,9 @@ PARAMETER_COUNTS = {
     "segformer_b4": (64_108_374, "derived; paper 64.1 M"),
     "segformer_b5": (84_708_694, "derived; paper 84.7 M"),
 }
-SEGFORMER_PAPER_TOTALS_M = {"segformer_b1": 13.7, "segformer_b2": 27.5, "segformer_b3": 47.3, "segformer_b4": 64.1, "segformer_b5": 84.7}
+SEGFORMER_PAPER_TOTALS_M = {
+    "segformer_b1": 13.7, "segformer_b2": 27.5, "segformer_b3": 47.3, "segformer_b4": 64.1, "segformer_b5": 84.7,
+}
 
 # Tiny widths and depths per family: seconds on a CPU, same code paths as the full models.
 TINY = {
@@ -172,7 +174,9 @@ def test_3d_non_cubic_forward_backward_and_feature_maps(name):
     common = {"spatial_dims": 3, "in_channels": 1, "img_size": list(size)}
     x = torch.randn(1, 1, *size)
     if get_model_entry(name).tasks != ("segmentation",):
-        backbone = create_model(name, task="classification", num_classes=0, **common, **tiny_params(name, "classification"))
+        backbone = create_model(
+            name, task="classification", num_classes=0, **common, **tiny_params(name, "classification")
+        )
         features = backbone.forward_features(x)
         assert [f["reduction"] for f in backbone.feature_info] == [4, 8, 16, 32]
         assert [tuple(f.shape) for f in features] == [
@@ -191,7 +195,9 @@ def test_2d_classifier_and_segmentation_on_a_non_square_image(name):
     common = {"spatial_dims": 2, "in_channels": 3, "img_size": [64, 96]}
     x = torch.randn(2, 3, 64, 96)
     if get_model_entry(name).tasks != ("segmentation",):
-        classifier = create_model(name, task="classification", num_classes=7, **common, **tiny_params(name, "classification"))
+        classifier = create_model(
+            name, task="classification", num_classes=7, **common, **tiny_params(name, "classification")
+        )
         assert classifier(x).shape == (2, 7)
     segmenter = create_model(name, task="segmentation", out_channels=4, **common, **tiny_params(name))
     assert segmenter(x).shape == (2, 4, 64, 96)
@@ -233,7 +239,8 @@ def test_a_forward_input_the_strides_do_not_divide_is_refused():
 
 def test_single_voxel_deepest_stage_with_instance_norm_is_refused_at_build_time():
     with pytest.raises(ValueError, match="single voxel at stride 32.*norm_name='batch'"):
-        create_model("swin_t", task="segmentation", spatial_dims=3, in_channels=1, out_channels=2, img_size=[32, 32, 32])
+        create_model("swin_t", task="segmentation", spatial_dims=3, in_channels=1, out_channels=2,
+                     img_size=[32, 32, 32], **tiny_params("swin_t"))
     model = create_model("swin_t", task="segmentation", spatial_dims=3, in_channels=1, out_channels=2,
                          img_size=[32, 32, 32], norm_name="batch", **tiny_params("swin_t"))
     assert model(torch.randn(2, 1, 32, 32, 32)).shape == (2, 2, 32, 32, 32)

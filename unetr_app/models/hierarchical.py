@@ -19,6 +19,7 @@ from unetr_app.models.layers import check_heads, feature_entry, stochastic_depth
 from unetr_app.models.segmentation import build_for_task
 
 STAGE_STRIDES = (4, 8, 16, 32)
+DEEPEST_STRIDE = STAGE_STRIDES[-1]  # every axis of an input must be a multiple of it
 
 
 def check_spatial_size(spatial_size: Sequence[int], stride: int, model: str) -> None:
@@ -70,7 +71,7 @@ def image_size(img_size: Sequence[int] | int | None, spatial_dims: int, model: s
             f"{model} needs img_size (the training ROI, e.g. img_size=[96, 96, 96]): parts of it are sized for it"
         )
     size = to_tuple(img_size, spatial_dims, "img_size")
-    check_spatial_size(size, STAGE_STRIDES[-1], model)
+    check_spatial_size(size, DEEPEST_STRIDE, model)
     return size
 
 
@@ -80,7 +81,8 @@ def create_hierarchical(
     """A registered variant: its `architecture` numbers, overridden by the caller's keys."""
     params = {"decoder": "unet", **architecture, **overrides}
     if params.get("task") == "segmentation" and params["decoder"] == "unet" and params.get("img_size"):
-        check_trainable_norm(params["img_size"], params.get("spatial_dims", 2), params.get("norm_name", "instance"), name)
+        norm_name = params.get("norm_name", "instance")
+        check_trainable_norm(params["img_size"], params.get("spatial_dims", 2), norm_name, name)
     return build_for_task(encoder_cls, model_name=name, **params)
 
 
@@ -89,9 +91,9 @@ def check_trainable_norm(img_size: Sequence[int] | int, spatial_dims: int, norm_
     if "instance" not in str(norm_name).lower():
         return
     size = to_tuple(img_size, spatial_dims, "img_size")
-    if all(s // STAGE_STRIDES[-1] == 1 for s in size):
+    if all(s // DEEPEST_STRIDE == 1 for s in size):
         raise ValueError(
-            f"{model}: img_size {size} leaves a single voxel at stride {STAGE_STRIDES[-1]}, where the decoder's "
-            f"instance norm cannot train; use at least {2 * STAGE_STRIDES[-1]} on one axis "
-            f"(e.g. {(2 * STAGE_STRIDES[-1], *size[1:])}) or norm_name='batch'"
+            f"{model}: img_size {size} leaves a single voxel at stride {DEEPEST_STRIDE}, where the decoder's "
+            f"instance norm cannot train; use at least {2 * DEEPEST_STRIDE} on one axis "
+            f"(e.g. {(2 * DEEPEST_STRIDE, *size[1:])}) or norm_name='batch'"
         )

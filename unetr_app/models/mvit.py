@@ -25,6 +25,7 @@ from monai.networks.layers import Conv, Pool
 from torch import nn
 
 from unetr_app.models.hierarchical import (
+    DEEPEST_STRIDE,
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
@@ -33,10 +34,8 @@ from unetr_app.models.hierarchical import (
     stage_drop_path_rates,
     stage_feature_info,
 )
-from unetr_app.models.layers import DropPath, Mlp, classifier_head, grid_to_tokens, tokens_to_grid
+from unetr_app.models.layers import DropPath, Mlp, classifier_head, grid_to_tokens, init_vit_weights, tokens_to_grid
 from unetr_app.models.registry import register_model
-
-DEEPEST_STRIDE = 32
 _AXES = "xyz"
 
 
@@ -230,7 +229,8 @@ class MultiscaleVisionTransformerV2(nn.Module):
         stage_kv_stride = kv_stride
         for i in range(4):
             q_stride = 1 if i == 0 else 2
-            stage_kv_stride = max(stage_kv_stride // q_stride, 1)  # keys/values stay on a stride-16 grid until queries pass it
+            # keys/values stay on a stride-16 grid until the queries pass it
+            stage_kv_stride = max(stage_kv_stride // q_stride, 1)
             stage = MultiScaleStage(
                 spatial_dims, widths[max(i - 1, 0)], widths[i], depths[i], heads[i], grid,
                 q_stride=q_stride, kv_stride=stage_kv_stride, drop_path=rates[i],
@@ -243,6 +243,7 @@ class MultiscaleVisionTransformerV2(nn.Module):
         self.num_features = widths[-1]
         self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier_head(self.num_features, num_classes)
+        self.apply(init_vit_weights)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_spatial_size(x.shape[2:], DEEPEST_STRIDE, self.model_name)

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from unetr_app.models.hierarchical import (
+    DEEPEST_STRIDE,
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
@@ -30,10 +31,8 @@ from unetr_app.models.hierarchical import (
     stage_feature_info,
 )
 from unetr_app.models.pvt_v2 import PyramidBlock
-from unetr_app.models.layers import PatchEmbed, classifier_head, grid_to_tokens, tokens_to_grid
+from unetr_app.models.layers import PatchEmbed, classifier_head, grid_to_tokens, init_vit_weights, tokens_to_grid
 from unetr_app.models.registry import register_model
-
-DEEPEST_STRIDE = 32
 
 
 def resize_pos_embed(pos_embed: torch.Tensor, grid: Sequence[int], new_grid: Sequence[int]) -> torch.Tensor:
@@ -136,6 +135,7 @@ class PyramidVisionTransformer(nn.Module):
         self.feature_info = stage_feature_info(embed_dims)
         self.num_features = int(embed_dims[-1])
         self.head = classifier_head(self.num_features, num_classes)
+        self.apply(init_vit_weights)
 
     def _forward_tokens(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Four feature maps, and the normed last-stage tokens (class token first if built)."""

@@ -27,6 +27,7 @@ from monai.networks.layers import Conv, Pool
 from torch import nn
 
 from unetr_app.models.hierarchical import (
+    DEEPEST_STRIDE,
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
@@ -35,10 +36,15 @@ from unetr_app.models.hierarchical import (
     stage_drop_path_rates,
     stage_feature_info,
 )
-from unetr_app.models.layers import DropPath, PatchEmbed, classifier_head, grid_to_tokens, tokens_to_grid
+from unetr_app.models.layers import (
+    DropPath,
+    PatchEmbed,
+    classifier_head,
+    grid_to_tokens,
+    init_vit_weights,
+    tokens_to_grid,
+)
 from unetr_app.models.registry import register_model
-
-DEEPEST_STRIDE = 32
 
 
 class PyramidMlp(nn.Module):
@@ -145,7 +151,9 @@ class PyramidStage(nn.Module):
     ) -> None:
         super().__init__()
         # overlapping: kernel wider than stride, padded so the grid is exactly size / stride
-        self.downsample = PatchEmbed(spatial_dims, in_channels, dim, patch_size, stride, padding=patch_size // 2, norm=True)
+        self.downsample = PatchEmbed(
+            spatial_dims, in_channels, dim, patch_size, stride, padding=patch_size // 2, norm=True
+        )
         self.blocks = nn.ModuleList(
             PyramidBlock(
                 spatial_dims, dim, num_heads, mlp_ratio, sr_ratio, linear=linear, qkv_bias=qkv_bias,
@@ -220,6 +228,7 @@ class PyramidVisionTransformerV2(nn.Module):
         self.num_features = int(embed_dims[-1])
         self.head_drop = nn.Dropout(drop_rate)
         self.head = classifier_head(self.num_features, num_classes)
+        self.apply(init_vit_weights)
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_spatial_size(x.shape[2:], DEEPEST_STRIDE, self.model_name)

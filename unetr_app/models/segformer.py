@@ -64,10 +64,12 @@ class SegFormerHead(nn.Module):
             projected.append(F.interpolate(x, size=finest, mode=self.mode, align_corners=False))
         x = self.fuse(torch.cat(projected[::-1], dim=1))  # coarsest first, as the reference concatenates
         logits = self.classifier(self.dropout(self.act(self.norm(x))))
-        return F.interpolate(logits, size=image.shape[2:], mode=self.mode, align_corners=False)  # stride 4 -> input size
+        # stride 4 -> the input's size
+        return F.interpolate(logits, size=image.shape[2:], mode=self.mode, align_corners=False)
 
 
 def _create_mit(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:
+    # PVT-v2's heads and reduction ratios, with MLP ratio 4 in every stage
     architecture = {"num_heads": (1, 2, 5, 8), "mlp_ratios": (4, 4, 4, 4), "sr_ratios": (8, 4, 2, 1), **architecture}
     return create_hierarchical(PyramidVisionTransformerV2, name, overrides, **architecture)
 

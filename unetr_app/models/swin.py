@@ -25,6 +25,7 @@ from monai.utils import ensure_tuple_rep
 from torch import nn
 
 from unetr_app.models.hierarchical import (
+    DEEPEST_STRIDE,
     check_heads_divide,
     check_spatial_size,
     check_stage_config,
@@ -36,8 +37,6 @@ from unetr_app.models.hierarchical import (
 )
 from unetr_app.models.layers import classifier_head
 from unetr_app.models.registry import register_model
-
-DEEPEST_STRIDE = 32
 
 
 class SwinStage(nn.Module):
