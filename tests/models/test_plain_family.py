@@ -228,3 +228,37 @@ def test_segmentation_needs_out_channels_and_a_known_decoder():
         create_model("mixer_s16", task="segmentation", spatial_dims=3, img_size=32)
     with pytest.raises(ValueError, match=r"unknown decoder 'unetrr'; registered decoders: .*unetr"):
         create_model("mixer_s16", task="segmentation", spatial_dims=3, img_size=32, out_channels=2, decoder="unetrr")
+
+
+# --- `unetr models list` ---------------------------------------------------------------------
+
+
+def test_models_list_json_gives_published_parameters_and_flops(cli):
+    import json
+
+    result = cli("models", "list", "vit_base_patch16", "--size", "224,224", "--task", "classification",
+                 "--in-channels", 3, "--classes", 1000, "--json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(result.output)
+    assert row["params"] == 86_567_656 and row["family"] == "vit" and row["spatial_dims"] == [2, 3]
+    # published 17.6 G multiply-adds for ViT-B/16 at 224² (we count a multiply-add as 2 FLOPs)
+    assert row["flops"] / 2 == pytest.approx(17.6e9, rel=0.01)
+
+
+def test_models_list_table_covers_every_name_and_says_why_a_size_cannot_work(cli):
+    result = cli("models", "list", "*patch16*", "--size", "40,48,48", "--no-flops", env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    for name in list_models("*patch16*"):
+        assert name in result.output
+    assert "multiple of the patch" in result.output
+    bad = cli("models", "list", "--size", "96,a")
+    assert bad.exit_code == 2 and "--size '96,a'" in bad.output
+
+
+def test_timesformer_costs_196_gflops_per_clip_as_published(cli):
+    import json
+
+    result = cli("models", "list", "timesformer_base_divided", "--size", "8,224,224", "--task", "classification",
+                 "--in-channels", 3, "--classes", 400, "--json")
+    (row,) = json.loads(result.output)
+    assert row["flops"] / 2 == pytest.approx(196e9, rel=0.01)  # paper: 0.59 T for 3 crops
