@@ -233,3 +233,18 @@ def test_a_broken_prediction_is_reported_and_the_others_stay_usable(make_napari_
     assert widget.session.index == 2 and widget.opened.case.name == "spleen_3" and viewer.layers["prediction"].data.any()
     widget.previous_case()
     assert widget.session.index == 0
+
+
+def test_canvas_is_radiological_patient_left_on_screen_right_anterior_up(make_napari_viewer, review_folders):
+    """The organ sits at the patient's left-anterior (file i 12-17 of 24 running left, j 6-11 of 20
+    running posterior, LPS): on screen it must be right of centre and above it."""
+    from unetr_app.review.widget import ReviewWidget
+
+    viewer = make_napari_viewer(show=True)
+    ReviewWidget(viewer, ReviewSession(review_folders.images, review_folders.predictions))
+    viewer.layers["prediction"].opacity = 1.0
+    pixels = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    red, green = pixels[..., 0], pixels[..., 1]
+    rows, cols = np.nonzero((red > 180) & (green < 80))  # label 1 at full opacity: (230, 26, 31)
+    assert rows.size > 500
+    assert np.median(cols) > pixels.shape[1] / 2 and np.median(rows) < pixels.shape[0] / 2
