@@ -44,7 +44,7 @@ def screenshot_review(session: ReviewSession, out: Path, index: int | None = Non
         ensure_display(private=True)
     viewer, widget = open_review(session, index, show=True)
     try:
-        viewer.window._qt_window.resize(*WINDOW_SIZE)
+        viewer.window.resize(*WINDOW_SIZE)
         widget.fill_all_volumes()
         viewer.reset_view()
         widget.go_to_largest_region()
