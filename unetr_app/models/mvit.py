@@ -34,7 +34,15 @@ from unetr_app.models.hierarchical import (
     stage_drop_path_rates,
     stage_feature_info,
 )
-from unetr_app.models.layers import DropPath, Mlp, classifier_head, grid_to_tokens, init_vit_weights, tokens_to_grid
+from unetr_app.models.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    classifier_head,
+    grid_to_tokens,
+    init_vit_weights,
+    tokens_to_grid,
+)
 from unetr_app.models.registry import register_model
 _AXES = "xyz"
 
@@ -222,14 +230,14 @@ class MultiscaleVisionTransformerV2(nn.Module):
         widths = [embed_dim * 2**i for i in range(4)]
         heads = [num_heads * 2**i for i in range(4)]
         check_heads_divide(model_name, widths, heads)
-        self.patch_embed = Conv[Conv.CONV, spatial_dims](in_channels, embed_dim, 7, stride=4, padding=3)
+        self.patch_embed = PatchEmbed(spatial_dims, in_channels, embed_dim, 7, stride=4, padding=3)
         grid = tuple(s // 4 for s in img_size)
         rates = stage_drop_path_rates(depths, drop_path_rate)
         self.stages = nn.ModuleList()
         stage_kv_stride = kv_stride
         for i in range(4):
             q_stride = 1 if i == 0 else 2
-            # keys/values stay on a stride-16 grid until the queries pass it
+            # keys/values stay on one grid (stride 16 with kv_stride 4) until the queries pass it
             stage_kv_stride = max(stage_kv_stride // q_stride, 1)
             stage = MultiScaleStage(
                 spatial_dims, widths[max(i - 1, 0)], widths[i], depths[i], heads[i], grid,
@@ -247,7 +255,7 @@ class MultiscaleVisionTransformerV2(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_spatial_size(x.shape[2:], DEEPEST_STRIDE, self.model_name)
-        x, grid = grid_to_tokens(self.patch_embed(x))  # (B, N, C) at stride 4
+        x, grid = self.patch_embed(x)  # (B, N, C) at stride 4
         features = []
         for i, stage in enumerate(self.stages):
             x, grid = stage(x, grid)

@@ -120,6 +120,11 @@ class PyramidVisionTransformer(nn.Module):
         )
         check_heads_divide(model_name, embed_dims, num_heads)
         img_size = image_size(img_size, spatial_dims, model_name)
+        if num_classes > 0 and sr_ratios[3] != 1:
+            raise ValueError(
+                f"{model_name}: the classifier's class token joins the last stage, whose sr_ratio must be 1 "
+                f"(got sr_ratios {list(sr_ratios)}); use sr_ratios ending in 1, or num_classes=0 for a backbone"
+            )
         rates = stage_drop_path_rates(depths, drop_path_rate)
         widths = [in_channels, *embed_dims]
         self.stages = nn.ModuleList(
