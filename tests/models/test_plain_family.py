@@ -262,3 +262,29 @@ def test_timesformer_costs_196_gflops_per_clip_as_published(cli):
                  "--in-channels", 3, "--classes", 400, "--json")
     (row,) = json.loads(result.output)
     assert row["flops"] / 2 == pytest.approx(196e9, rel=0.01)  # paper: 0.59 T for 3 crops
+
+
+# --- training through the CLI ----------------------------------------------------------------
+
+# One model per architecture; the other variants of each family are the same code with other
+# widths and depths, which the tiny settings replace anyway.
+TRAINED = ["vit_tiny_patch16", "deit_tiny_distilled_patch16", "xcit_nano_12_p16", "mixer_s16", "convmixer_768_32",
+           "vit_tiny_patch16_divided", "timesformer_base_divided"]
+
+
+@pytest.mark.parametrize("name", TRAINED)
+def test_trains_on_the_phantom_through_unetr_train_and_reloads(name, cli, tmp_path, phantom_dir, tiny_profile):
+    import sys
+
+    from unetr_app.training.checkpoint import load_model
+
+    tiny = {**sys.modules[get_model_entry(name).builder.__module__].TINY_PARAMS, "feature_size": 4}
+    overrides = [arg for key, value in tiny.items() for arg in ("--set", f"model.params.{key}={value}")]
+    run = tmp_path / "run"
+    result = cli("train", "--data-dir", phantom_dir, "--profile", tiny_profile, "--model", name, "--out", run,
+                 "--device", "cpu", "--epochs", 1, "--set", "training.val_fraction=0.34", *overrides)
+    assert result.exit_code == 0, result.output
+    loaded = load_model(run)
+    assert loaded.name == name
+    with torch.no_grad():
+        assert loaded.model(torch.rand(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)
