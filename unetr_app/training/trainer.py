@@ -7,6 +7,7 @@ and augmentations as one that was never interrupted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.data.utils import set_rnd
 from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
@@ -66,11 +68,7 @@ class Trainer:
 
     def fit(self, train_loader, val_loader) -> TrainState:
         train = self.config.training
-        steps = self.steps_per_epoch(train_loader)
-        self.scheduler = WarmupCosineSchedule(
-            self.optimizer, warmup_steps=train.warmup_epochs * steps, t_total=max(train.epochs * steps, 1)
-        )
-        self._apply_restored_state()
+        steps = self.prepare(train_loader)
         self.records.restart_metrics(self.state.history)
         self.reporter.start(first_epoch=self.state.epoch + 1, epochs=train.epochs, steps=steps)
         try:
@@ -84,6 +82,16 @@ class Trainer:
         finally:
             self.reporter.stop()
         return self.state
+
+    def prepare(self, train_loader) -> int:
+        """Build the per-step LR schedule (it needs the epoch length) and apply a restored state."""
+        train = self.config.training
+        steps = self.steps_per_epoch(train_loader)
+        self.scheduler = WarmupCosineSchedule(
+            self.optimizer, warmup_steps=train.warmup_epochs * steps, t_total=max(train.epochs * steps, 1)
+        )
+        self._apply_restored_state()
+        return steps
 
     def steps_per_epoch(self, train_loader) -> int:
         cap = self.config.training.max_steps_per_epoch
@@ -115,41 +123,58 @@ class Trainer:
     def train_one_epoch(self, loader, steps: int) -> float:
         self.model.train()
         total = 0.0
-        for step, batch in enumerate(loader):
-            if step == steps:
-                break
-            image = batch["image"].to(self.device, non_blocking=True)
-            label = batch["label"].to(self.device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                loss = self.loss_fn(self.model(image), label)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.scheduler.step()
-            total += loss.item()
-            self.reporter.step_done()
+        with self._metadata_only_if_needed():
+            for step, batch in enumerate(loader):
+                if step == steps:
+                    break
+                total += self.train_step(batch)
+                self.reporter.step_done()
         return total / max(steps, 1)
+
+    def train_step(self, batch) -> float:
+        image = as_plain_tensor(batch["image"]).to(self.device, non_blocking=True)
+        label = as_plain_tensor(batch["label"]).to(self.device, non_blocking=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            loss = self.loss_fn(self.model(image), label)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.item()
+
+    @contextlib.contextmanager
+    def _metadata_only_if_needed(self):
+        """Fully cached data needs no metadata: random crops and the network run faster on plain tensors."""
+        previous = get_track_meta()
+        set_track_meta(self.config.training.cache_rate < 1.0)
+        try:
+            yield
+        finally:
+            set_track_meta(previous)
 
     @torch.no_grad()
     def validate(self, loader) -> dict[str, float]:
         """Mean foreground Dice per validation case, on whole volumes at the training spacing."""
         self.model.eval()
-        inference, roi = self.config.inference, self.config.preprocessing.roi_size
         scores = {}
-        for batch in loader:
-            image = batch["image"].to(self.device)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                logits = sliding_window_inference(
-                    image, roi, inference.sw_batch_size, self.model, overlap=inference.overlap, mode=inference.blend_mode
-                )
-            prediction = logits.argmax(dim=1, keepdim=True)
-            one_hot = _one_hot(prediction, self.config.task.out_channels)
-            truth = _one_hot(batch["label"].to(self.device).long(), self.config.task.out_channels)
-            dice = self.dice(one_hot, truth)  # (batch, classes without background)
-            for name, row in zip(batch["case"], dice):
-                scores[name] = float(row.mean())
+        with self._metadata_only_if_needed():
+            for batch in loader:
+                scores.update(self._validate_batch(batch))
         return scores
+
+    def _validate_batch(self, batch) -> dict[str, float]:
+        inference, classes = self.config.inference, self.config.task.out_channels
+        image = as_plain_tensor(batch["image"]).to(self.device)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            logits = sliding_window_inference(
+                image, self.config.preprocessing.roi_size, inference.sw_batch_size, self.model,
+                overlap=inference.overlap, mode=inference.blend_mode,
+            )
+        prediction = _one_hot(logits.argmax(dim=1, keepdim=True), classes)
+        truth = _one_hot(as_plain_tensor(batch["label"]).to(self.device), classes)
+        dice = self.dice(prediction, truth)  # (batch, classes without background)
+        return {name: float(row.mean()) for name, row in zip(batch["case"], dice)}
 
     # --- checkpoints ----------------------------------------------------------------------
 
@@ -213,6 +238,11 @@ class Trainer:
         set_rnd(loader.dataset, seed=seed)
         if getattr(loader, "generator", None) is not None:
             loader.generator.manual_seed(seed)
+
+
+def as_plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """Drop MONAI metadata: every op on a MetaTensor pays for a metadata dispatch."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
 
 
 def _one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
