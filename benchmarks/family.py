@@ -2,7 +2,7 @@
 forward time, training-step (forward + backward) time and peak memory. JSON out, PNG chart.
 
     python benchmarks/family.py                                   # all models, 96³, this machine
-    python benchmarks/family.py --pattern 'vit_*' --size 64,64,64 --device cpu
+    python benchmarks/family.py --pattern 'vit_*,deit_*' --size 64,64,64 --device cpu
     python benchmarks/family.py --device cuda --batch 2
 
 Each model runs in its own subprocess, so its peak memory is its own (CPU: peak resident set
@@ -116,7 +116,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pattern", default="*", help="shell-style pattern over registered names")
+    parser.add_argument("--pattern", default="*", help="shell-style patterns over registered names, comma-separated")
     parser.add_argument("--size", default="96,96,96", help="common 3D input D,H,W")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from unetr_app.models import list_models
 
+    names = sorted({n for pattern in args.pattern.split(",") for n in list_models(pattern.strip())})
     rows = []
-    for name in list_models(args.pattern):
+    for name in names:
         rows.append(run_worker(name, args))
         r = rows[-1]
         print(f"{name:32s} " + (r["error"] if r.get("error") else

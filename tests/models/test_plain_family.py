@@ -141,17 +141,26 @@ def test_xcit_runs_on_any_multiple_of_its_patch():
     assert [tuple(f.shape) for f in model.forward_features(torch.randn(1, 1, 16, 64, 48))] == [(1, 32, 1, 4, 3)] * 4
 
 
-def test_xcit_attention_is_between_channels_so_costs_linear_in_tokens():
+def test_xcit_attention_is_the_papers_cross_covariance_formula():
+    # XCA(Q, K, V) = V softmax(temperature * Q̂ᵀ K̂)ᵀ per head, Q̂ and K̂ L2-normalised along the
+    # tokens: a (C/h x C/h) map between channels, so the cost grows linearly with the tokens.
     from unetr_app.models.xcit import CrossCovarianceAttention
 
+    torch.manual_seed(0)
     attention = CrossCovarianceAttention(dim=8, num_heads=2)
-    seen = []
-    attention.register_forward_hook(lambda m, i, o: seen.append(o.shape))
-    for tokens in (10, 1000):
-        attention(torch.randn(1, tokens, 8))
-    q = attention.qkv(torch.randn(1, 1000, 8)).reshape(1, 1000, 3, 2, 4).permute(2, 0, 3, 4, 1)[0]
-    assert (q @ q.transpose(-2, -1)).shape == (1, 2, 4, 4)  # the attention map: channels x channels
-    assert seen == [(1, 10, 8), (1, 1000, 8)]
+    with torch.no_grad():
+        attention.temperature.copy_(torch.tensor([0.5, 3.0]).view(2, 1, 1))
+    x = torch.randn(1, 50, 8)
+    q, k, v = attention.qkv(x)[0].split(8, dim=-1)  # (N, C) each
+    heads = []
+    for h, temperature in enumerate((0.5, 3.0)):
+        cols = slice(4 * h, 4 * h + 4)
+        q_hat = torch.nn.functional.normalize(q[:, cols], dim=0)
+        k_hat = torch.nn.functional.normalize(k[:, cols], dim=0)
+        channel_map = (temperature * q_hat.T @ k_hat).softmax(dim=-1)  # (4, 4)
+        heads.append(v[:, cols] @ channel_map.T)
+    expected = attention.out_proj(torch.cat(heads, dim=1)).unsqueeze(0)
+    torch.testing.assert_close(attention(x), expected)
 
 
 def test_divided_block_first_attends_along_the_slice_axis_only():

@@ -127,6 +127,9 @@ class DividedViT(nn.Module):
         self.feature_info = plain_feature_info(embed_dim, self.patch_size, self.taps)
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_vit_weights)
+        for block in list(self.blocks)[1:]:  # as TimeSformer: later blocks start as spatial-only
+            nn.init.zeros_(block.temporal_fc.weight)
+            nn.init.zeros_(block.temporal_fc.bias)
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.img_size, self.model_name)
