@@ -13,8 +13,8 @@ class UsageError(UnetrError):
     exit_code = 2
 
 
-class ConfigError(UsageError):
-    """A configuration file or override is invalid; the message names the key."""
+class ConfigError(UsageError, ValueError):
+    """A configuration file or override is invalid; the message names the key (a ValueError too)."""
 
 
 class DataNotFoundError(UsageError):

@@ -129,3 +129,5 @@ def test_resume_extends_a_finished_run(cli, tmp_path, phantom_dir, tiny_profile)
     assert result.exit_code == 0, result.output
     assert [m["epoch"] for m in metrics(run)] == [1, 2]
     assert yaml.safe_load((run / "config.yaml").read_text())["training"]["epochs"] == 2
+    # the cosine schedule is stretched to the new length and ends at zero, not restarted
+    assert metrics(run)[-1]["lr"] == pytest.approx(0.0, abs=1e-9)

@@ -79,7 +79,11 @@ def create_model(name: str, *, task: str | None = None, **kwargs) -> nn.Module:
         raise ConfigError(
             f"model {name!r} supports spatial_dims {entry.spatial_dims}, got {spatial_dims!r}"
         )
-    return entry.builder(task=task, **kwargs)
+    try:
+        return entry.builder(task=task, **kwargs)
+    except (ValueError, TypeError) as err:
+        # a size the patches or strides don't divide, a misspelt parameter: the user's config to fix
+        raise ConfigError(f"model {name!r}: {err}") from err
 
 
 def _import_families() -> None:

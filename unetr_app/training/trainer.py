@@ -228,7 +228,9 @@ class Trainer:
     def _apply_restored_state(self) -> None:
         if self._restored is None:
             return
-        self.scheduler.load_state_dict(self._restored["scheduler"])
+        restored = self._restored["scheduler"]
+        # keep where the schedule stands, but take its length from this config: --resume --epochs N extends it
+        self.scheduler.load_state_dict({**restored, "t_total": self.scheduler.t_total, "warmup_steps": self.scheduler.warmup_steps})
         self.scaler.load_state_dict(self._restored["scaler"])
         _set_rng_state(self._restored["rng"])
         self._restored = None
