@@ -152,9 +152,10 @@ def read_volume(source: CaseSource) -> Volume:
 def _read_nifti(source: CaseSource) -> Volume:
     image = nib.load(source.path)
     check_shape(source, image.shape)
-    array = np.asarray(image.get_fdata(dtype=np.float32))
+    # C order: resampling needs contiguous input, and copies (a second whole volume) otherwise
+    array = np.ascontiguousarray(image.get_fdata(dtype=np.float32))
     if array.ndim == 4:  # (x, y, z, 1): a 3D scan saved with a singleton time axis
-        array = array[..., 0]
+        array = np.ascontiguousarray(array[..., 0])
     return Volume(array, image.affine.astype(np.float64), image.header.copy(), source)
 
 

@@ -3,8 +3,9 @@
 The checkpoint's preprocessing (the same MONAI transforms training used, minus file loading, which
 `inference.io` does for every format) brings the scan to the network's orientation, spacing and
 intensity range; MONAI's sliding-window inference with Gaussian blending predicts it window by
-window; MONAI `Invertd` undoes crop, resampling and reorientation on the class probabilities, so the
-argmax is taken on the input's exact grid.
+window; the class probabilities are then resampled from the preprocessed grid straight onto the
+input's grid (the composition of the inverse crop, resampling and reorientation), so the argmax is
+taken on the input's exact grid.
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ from unetr_app.errors import InputError
 from unetr_app.inference.io import Volume
 from unetr_app.training.checkpoint import LoadedModel
 
-PRED = "pred"
+INPUT_GRID = "input_grid"
 FLOAT_BYTES = 4
+SLAB_VOXELS = 4_000_000  # voxels of the input grid resampled at a time (bounds the sampling grid's memory)
+RESTORE_SLAB_BYTES = SLAB_VOXELS * FLOAT_BYTES * 8  # its grid, resampled probabilities and temporaries
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,8 @@ class Predictor:
         steps = preprocessing_transforms(pre, keys=(IMAGE,))
         # inference.io reads files itself (NIfTI headers kept, DICOM/NRRD supported), so no LoadImaged
         self.preprocess = mt.Compose([step for step in steps if not isinstance(step, mt.LoadImaged)])
-        self.invert = mt.Invertd(keys=PRED, transform=self.preprocess, orig_keys=IMAGE, nearest_interp=False)
+        # back to the input grid: bilinear like the forward resampling; zero mass outside the crop
+        self.resample = mt.SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
         inference = loaded.inference
         self.inferer = SlidingWindowInferer(
             roi_size=pre.roi_size,
@@ -86,7 +90,9 @@ class Predictor:
             affine=torch.from_numpy(volume.affine),
             meta={"original_channel_dim": "no_channel", "filename_or_obj": str(volume.source.path)},
         )
-        return self.preprocess({IMAGE: image})
+        prepared = self.preprocess({IMAGE: image})
+        prepared[INPUT_GRID] = (tuple(volume.array.shape), volume.affine)
+        return prepared
 
     def infer(self, prepared: dict) -> torch.Tensor:
         """Class probabilities (classes, *preprocessed shape) for a prepared scan."""
@@ -96,15 +102,27 @@ class Predictor:
             return torch.softmax(logits[0].float(), dim=0)
 
     def restore(self, prepared: dict, probabilities: torch.Tensor, keep_probabilities: bool = False) -> Prediction:
-        """Map probabilities back through the inverse preprocessing; argmax on the input grid."""
+        """Probabilities on the input's grid, and their argmax.
+
+        Undoing crop, resampling and reorientation one after another (MONAI `Invertd`) samples the
+        same points as one resampling from the preprocessed grid straight to the input grid, whose
+        voxel-to-world affines are both known; done slab by slab, that never holds a whole-volume
+        sampling grid (three floats per input voxel, 1.2 GB for 512 x 512 x 400)."""
+        shape, affine = prepared[INPUT_GRID]
+        source = MetaTensor(probabilities.cpu(), affine=prepared[IMAGE].affine)
+        labels = np.empty(shape, np.uint8)
+        kept = np.empty((*shape, probabilities.shape[0]), np.float32) if keep_probabilities else None
+        slab = max(1, SLAB_VOXELS // (shape[0] * shape[1]))
         with torch.inference_mode():
-            inverted = self.invert({IMAGE: prepared[IMAGE], PRED: MetaTensor(probabilities.cpu())})[PRED]
-            inverted = torch.as_tensor(inverted)
-            # undoing the foreground crop pads with zeros: outside the body, all mass is background
-            inverted[0] += 1.0 - inverted.sum(dim=0)
-            labels = torch.argmax(inverted, dim=0).to(torch.uint8).numpy()
-        probs = inverted.permute(1, 2, 3, 0).numpy() if keep_probabilities else None
-        return Prediction(labels, probs)
+            for start in range(0, shape[2], slab):
+                stop = min(shape[2], start + slab)
+                part = torch.as_tensor(self.resample(source, dst_affine=_shifted(affine, start), spatial_size=(*shape[:2], stop - start)))
+                # outside the cropped body nothing was predicted (zero mass): that is background
+                part[0] += 1.0 - part.sum(dim=0)
+                labels[:, :, start:stop] = torch.argmax(part, dim=0).to(torch.uint8).numpy()
+                if kept is not None:
+                    kept[:, :, start:stop] = part.permute(1, 2, 3, 0).numpy()
+        return Prediction(labels, kept)
 
     def __call__(self, volume: Volume, keep_probabilities: bool = False) -> Prediction:
         prepared = self.prepare(volume)
@@ -128,13 +146,13 @@ class Predictor:
         return total / len(self.flips)
 
     def estimate_bytes(self, shape: tuple[int, ...], affine: np.ndarray) -> float:
-        """Rough peak memory for one scan: the image, resampling grids and class probabilities,
-        both at the input resolution and at the network's spacing."""
+        """Rough peak memory for one scan, from measurements on a 512 x 512 x 400 CT: about four
+        floats per input voxel (the volume, its copy while reading, the forward resampling), and at
+        the network's spacing the image, its sampling grid, logits, probabilities and blending weights."""
         spacing = np.linalg.norm(affine[:3, :3], axis=0)
         voxels = float(np.prod(shape[:3], dtype=np.float64))
         resampled = voxels * float(np.prod(spacing / np.asarray(self.loaded.preprocessing.spacing)))
-        per_voxel = 1 + 3 + 2 * self.num_classes  # image, sampling grid, probabilities and their copy
-        return FLOAT_BYTES * per_voxel * (voxels + resampled)
+        return FLOAT_BYTES * (4 * voxels + (1 + 3 + 3 * self.num_classes + 1) * resampled) + RESTORE_SLAB_BYTES
 
     def check_memory(self, volume: Volume) -> None:
         limit = self.settings.max_memory_bytes
@@ -146,6 +164,13 @@ class Predictor:
                 f"{volume.source.path}: too large: shape {tuple(volume.array.shape)} needs about "
                 f"{need / 2**30:.1f} GB, over the memory limit of {limit / 2**30:.1f} GB (raise --max-memory-gb)"
             )
+
+
+def _shifted(affine: np.ndarray, slices: int) -> torch.Tensor:
+    """The affine of the same grid starting `slices` voxels further along the last axis."""
+    shift = np.eye(4)
+    shift[2, 3] = slices
+    return torch.from_numpy(affine @ shift)
 
 
 def _flip_axes(spatial_dims: int) -> list[tuple[int, ...]]:
