@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"size": size, "batch": args.batch, "device": args.device, "repeats": args.repeats,
             "threads": args.threads, "torch": torch.__version__, "machine": platform.platform(),
-            "cpu_count": __import__("os").cpu_count(), "pattern": args.pattern,
+            "cpu_count": os.cpu_count(), "load_average_at_end": os.getloadavg(), "pattern": args.pattern,
             "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None}
     out.write_text(json.dumps({"meta": meta, "models": rows}, indent=2))
     plot(rows, out.with_suffix(".png"), f"segmentation models at {'x'.join(map(str, size))}, batch {args.batch}, "
