@@ -44,7 +44,8 @@ def list_command(
     names = list_models(pattern)
     if not names:
         raise UsageError(f"no registered model matches {pattern!r}; `unetr models list` shows them all")
-    rows = [summarize(n, input_size, task, in_channels, classes, flops) for n in names]
+    with Console(stderr=True).status(f"building {len(names)} models on the meta device (no weights)..."):
+        rows = [summarize(n, input_size, task, in_channels, classes, flops) for n in names]
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
         return
