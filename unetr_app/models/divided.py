@@ -134,7 +134,8 @@ class DividedViT(nn.Module):
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         check_input_size(x, self.img_size, self.model_name)
         patches = self.patch_embed(x)[0]  # (B, T*S, C), slice-major
-        batch, slices, dim = patches.shape[0], self.grid[0], patches.shape[-1]
+        batch, dim = patches.shape[0], patches.shape[-1]
+        # within-slice position (1, 1, S, C) + slice position (1, T, 1, C)
         position = self.pos_embed[:, self.num_prefix_tokens:].unsqueeze(1) + self.time_embed.unsqueeze(2)
         patches = patches + position.reshape(1, -1, dim)  # (1, T, S, C) -> (1, T*S, C)
         if self.num_prefix_tokens:

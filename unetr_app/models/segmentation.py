@@ -13,7 +13,7 @@ full-resolution skip) and the list of feature maps, and returns logits at the im
 
 The "unetr" decoder is MONAI's UNETR decoder (Hatamizadeh et al., WACV 2022) made generic over
 the backbone; with our `vit_base_patch16` it is MONAI's UNETR parameter for parameter, and MONAI
-UNETR state dicts load into it unchanged (see `SegmentationModel._accept_monai_unetr_keys`).
+UNETR state dicts load into it unchanged (see `_accept_monai_unetr_keys`).
 """
 
 from __future__ import annotations
@@ -64,28 +64,30 @@ def build_decoder(name: str, feature_info: list[dict], *, spatial_dims: int, in_
 class SegmentationModel(nn.Module):
     """A backbone (`encoder`) whose `forward_features` feed a decoder: (B, C, *size) -> logits."""
 
-    # MONAI's UNETR names its modules vit.*, encoder1-4.*, decoder2-5.*, out.*
-    _MONAI_UNETR_KEY = re.compile(r"^(encoder[1-4]|decoder[2-5]|out)\.")
-
     def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.feature_info = encoder.feature_info
-        self._register_load_state_dict_pre_hook(self._accept_monai_unetr_keys)
+        self.register_load_state_dict_pre_hook(_accept_monai_unetr_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(x, self.encoder.forward_features(x))
 
-    def _accept_monai_unetr_keys(self, state_dict, prefix, *args, **kwargs) -> None:
-        # A MONAI UNETR state dict (vit.*, encoder1.*, ...) is renamed in place to our layout
-        # (encoder.*, decoder.encoder1.*, ...) so published MONAI checkpoints load with strict=True.
-        for key in [k for k in state_dict if k.startswith(prefix)]:
-            local = key[len(prefix):]
-            if local.startswith("vit."):
-                state_dict[prefix + "encoder." + local[4:]] = state_dict.pop(key)
-            elif self._MONAI_UNETR_KEY.match(local):
-                state_dict[prefix + "decoder." + local] = state_dict.pop(key)
+
+# MONAI's UNETR names its modules vit.*, encoder1-4.*, decoder2-5.*, out.*
+_MONAI_UNETR_DECODER_KEY = re.compile(r"^(encoder[1-4]|decoder[2-5]|out)\.")
+
+
+def _accept_monai_unetr_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Rename a MONAI UNETR state dict (vit.*, encoder1.*, ...) in place to our layout (encoder.*,
+    decoder.encoder1.*, ...), so published MONAI UNETR checkpoints load with strict=True."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        local = key[len(prefix):]
+        if local.startswith("vit."):
+            state_dict[prefix + "encoder." + local[4:]] = state_dict.pop(key)
+        elif _MONAI_UNETR_DECODER_KEY.match(local):
+            state_dict[prefix + "decoder." + local] = state_dict.pop(key)
 
 
 def build_for_task(
