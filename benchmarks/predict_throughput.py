@@ -135,15 +135,24 @@ def measure(variant: str, inputs: Path, output: Path, checkpoint: Path, device: 
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def write_scans(folder: Path, count: int) -> list[Path]:
+def write_scans(folder: Path, count: int, in_plane: int | None = None) -> list[Path]:
+    """Phantom CTs; with `in_plane`, resampled (linear) to that many pixels per row and column, as
+    clinical CT is stored (512 x 512): same anatomy and field of view, finer pixels."""
+    from scipy.ndimage import zoom
+
     from unetr_app.data.phantom import make_phantom_case, save_nifti
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
         case = make_phantom_case(1000 + index)
+        image, affine = case.image, case.affine
+        if in_plane:
+            factors = [in_plane / image.shape[0], in_plane / image.shape[1], 1.0]
+            image = zoom(image.astype(np.float32), factors, order=1).round().astype(np.int16)
+            affine = affine @ np.diag([1 / factors[0], 1 / factors[1], 1.0, 1.0])
         paths.append(folder / f"scan{index:02d}.nii.gz")
-        save_nifti(case.image, case.affine, paths[-1])
+        save_nifti(image, affine, paths[-1])
     return paths
 
 
@@ -205,7 +214,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, help="run folder or .pt; default: an untrained cpu-demo-size UNETR")
     parser.add_argument("--scans", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each variant, alternating; the best counts")
+    parser.add_argument("--in-plane", type=int, default=512, help="resample phantoms to N x N pixels like clinical CT (0: native ~160)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating; the best counts")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ours-extra", default="", help="extra `unetr predict` options for a third variant, e.g. --amp")
     parser.add_argument("--large", action="store_true", help="also measure a 512x512x400 scan with --stitch-device cpu")
@@ -220,7 +230,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="unetr-bench-") as tmp:
         tmp = Path(tmp)
-        scans = write_scans(tmp / "scans", args.scans)
+        scans = write_scans(tmp / "scans", args.scans, args.in_plane or None)
         names = [p.name[: -len(".nii.gz")] for p in scans]
         checkpoint = args.checkpoint or untrained_checkpoint(tmp / "untrained.pt")
         variants = {"monai": ("monai", ""), "ours": ("ours", "")}
@@ -240,6 +250,7 @@ def main() -> None:
                         "load_average_at_start": os.getloadavg()[0]},
             "checkpoint": str(args.checkpoint) if args.checkpoint else "untrained cpu-demo-size UNETR (seed 0)",
             "scans": len(scans),
+            "in_plane_pixels": args.in_plane or "native phantom",
             "scan_shapes": [list(map(int, __import__("nibabel").load(p).shape)) for p in scans],
             "seconds_per_scan": {label: run["seconds"] / len(scans) for label, run in best.items()},
             "cpu_seconds_per_scan": {label: min(r["cpu_seconds"] for r in rs) / len(scans) for label, rs in runs.items()},

@@ -78,3 +78,23 @@ def test_series_beside_nifti_files_in_one_folder(series, tmp_path):
     assert [(c["case"], c["status"]) for c in report["cases"]] == [("abdomen_ct", "ok"), ("other", "ok")]
     spleen = int(label.sum())
     assert all(c["volumes"]["organ1"]["voxels"] == spleen for c in report["cases"])
+
+
+def test_folder_with_two_series_gives_two_cases(series, tmp_path):
+    root, label = series
+    folder = tmp_path / "two_series"
+    write_dicom_series(label, (2.0, 2.0, 4.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1), folder / "a")
+    for path in (folder / "a").iterdir():  # the same slices again under another series UID
+        image = sitk.ReadImage(str(path))
+        image.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.3")
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"b_{path.name}"))
+        writer.Execute(image)
+    for path in (folder / "a").iterdir():
+        path.rename(folder / path.name)
+    (folder / "a").rmdir()
+    checkpoint = echo_checkpoint(root, spacing=(2.0, 2.0, 2.0), classes=2)
+    result = CliRunner().invoke(app, ["predict", str(folder), str(tmp_path / "out"), "-c", str(checkpoint), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.nii.gz")) == ["two_series_1.nii.gz", "two_series_2.nii.gz"]

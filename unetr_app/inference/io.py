@@ -36,6 +36,7 @@ class CaseSource:
     name: str
     path: Path
     kind: str  # "nifti" | "sitk" | "dicom"
+    series: str | None = None  # DICOM series instance UID, when a folder holds several series
 
 
 @dataclass
@@ -85,15 +86,14 @@ def find_cases(input_path: str | Path) -> list[CaseSource]:
                 f"{root}: unsupported file type; expected .nii, .nii.gz, .nrrd, .mha or a DICOM series folder"
             )
         return [CaseSource(case_name(root), root, kind)]
-    if not any(file_kind(p) for p in root.iterdir()) and _has_dicom_series(root):
-        return [CaseSource(root.name, root, "dicom")]
+    if not any(file_kind(p) for p in root.iterdir()) and (series := _dicom_series(root)):
+        return _series_cases(root, series)
     cases = []
     for entry in sorted(root.iterdir()):
         if entry.name.startswith(".") or TMP_MARK in entry.name:
             continue  # hidden files and our own temporaries
         if entry.is_dir():
-            if _has_dicom_series(entry):
-                cases.append(CaseSource(entry.name, entry, "dicom"))
+            cases += _series_cases(entry, _dicom_series(entry))
         elif kind := file_kind(entry):
             cases.append(CaseSource(case_name(entry), entry, kind))
     _check_unique(cases, root)
@@ -113,13 +113,20 @@ def _check_unique(cases: list[CaseSource], root: Path) -> None:
         seen[case.name] = case.path
 
 
-def _has_dicom_series(folder: Path) -> bool:
+def _series_cases(folder: Path, series: list[str]) -> list[CaseSource]:
+    """One case per DICOM series: named by the folder, numbered when the folder holds several."""
+    if len(series) == 1:
+        return [CaseSource(folder.name, folder, "dicom", series[0])]
+    return [CaseSource(f"{folder.name}_{k}", folder, "dicom", uid) for k, uid in enumerate(sorted(series), start=1)]
+
+
+def _dicom_series(folder: Path) -> list[str]:
     import SimpleITK as sitk
 
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" is an answer, not a warning
     try:
-        return bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
+        return list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
@@ -164,8 +171,8 @@ def _read_sitk(source: CaseSource) -> Volume:
 
     if source.kind == "dicom":
         reader = sitk.ImageSeriesReader()
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(source.path))
-        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(source.path), series[0]))
+        series = source.series or sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(source.path))[0]
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(source.path), series))
         image = reader.Execute()
     else:
         image = sitk.ReadImage(str(source.path))

@@ -116,10 +116,11 @@ class Predictor:
         with torch.inference_mode():
             for start in range(0, shape[2], slab):
                 stop = min(shape[2], start + slab)
-                part = torch.as_tensor(self.resample(source, dst_affine=_shifted(affine, start), spatial_size=(*shape[:2], stop - start)))
+                part = self.resample(source, dst_affine=_shifted(affine, start), spatial_size=(*shape[:2], stop - start))
+                part = part.as_tensor() if isinstance(part, MetaTensor) else part  # plain ops from here
                 # outside the cropped body nothing was predicted (zero mass): that is background
                 part[0] += 1.0 - part.sum(dim=0)
-                labels[:, :, start:stop] = torch.argmax(part, dim=0).to(torch.uint8).numpy()
+                labels[:, :, start:stop] = _argmax_uint8(part).numpy()
                 if kept is not None:
                     kept[:, :, start:stop] = part.permute(1, 2, 3, 0).numpy()
         return Prediction(labels, kept)
@@ -164,6 +165,18 @@ class Predictor:
                 f"{volume.source.path}: too large: shape {tuple(volume.array.shape)} needs about "
                 f"{need / 2**30:.1f} GB, over the memory limit of {limit / 2**30:.1f} GB (raise --max-memory-gb)"
             )
+
+
+def _argmax_uint8(scores: torch.Tensor) -> torch.Tensor:
+    """`argmax` over the class axis (first wins ties), as uint8, by class-wise comparison: several
+    times faster than `torch.argmax` across a leading axis, and no int64 volume."""
+    labels = torch.zeros(scores.shape[1:], dtype=torch.uint8)
+    best = scores[0].clone()
+    for value in range(1, scores.shape[0]):
+        better = scores[value] > best
+        labels[better] = value
+        torch.maximum(best, scores[value], out=best)
+    return labels
 
 
 def _shifted(affine: np.ndarray, slices: int) -> torch.Tensor:
