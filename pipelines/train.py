@@ -17,7 +17,7 @@ from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
-from unetr_app.training.trainer import Trainer, count_parameters
+from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
 
 log = logging.getLogger(__name__)
 LAST = Path("checkpoints") / "last.pt"
@@ -32,6 +32,7 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     torch_device = resolve_device(device)
+    seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs())
     trainer = Trainer(config, model, torch_device, run_dir, reporter=reporter)
     if resume and (run_dir / LAST).is_file():

@@ -251,6 +251,13 @@ def _one_hot(labels: torch.Tensor, classes: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(labels[:, 0].long(), classes).movedim(-1, 1).float()
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and python: the same config and seed give the same initial weights."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def _rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
