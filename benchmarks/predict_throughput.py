@@ -122,13 +122,14 @@ def worker(args) -> None:
 # --- orchestration --------------------------------------------------------------------------------
 
 
-def measure(variant: str, inputs: Path, output: Path, checkpoint: Path, device: str, extra: str = "") -> dict:
+def measure(variant: str, inputs: Path, output: Path, checkpoint: Path, device: str, extra: str = "", threads: int = 0) -> dict:
     output.mkdir(parents=True, exist_ok=True)
     for old in output.glob("*"):
         old.unlink()
     command = [sys.executable, __file__, "--worker", variant, "--inputs", str(inputs), "--output", str(output),
                "--checkpoint", str(checkpoint), "--device", device, f"--extra={extra}"]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode != 0 or not lines:
         raise SystemExit(f"{variant} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}")
@@ -215,6 +216,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, help="run folder or .pt; default: an untrained cpu-demo-size UNETR")
     parser.add_argument("--scans", type=int, default=4)
     parser.add_argument("--in-plane", type=int, default=512, help="resample phantoms to N x N pixels like clinical CT (0: native ~160)")
+    parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for every run (0: torch's default); 1 makes\n"
+                        "CPU time a measure of work on a machine shared with other jobs")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each variant, alternating; the best counts")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--ours-extra", default="", help="extra `unetr predict` options for a third variant, e.g. --amp")
@@ -239,13 +242,14 @@ def main() -> None:
         runs: dict[str, list[dict]] = {v: [] for v in variants}
         for repeat in range(args.repeats):
             for label, (kind, extra) in variants.items():
-                runs[label].append(measure(kind, tmp / "scans", tmp / label.replace(" ", "_"), checkpoint, args.device, extra))
+                runs[label].append(measure(kind, tmp / "scans", tmp / label.replace(" ", "_"), checkpoint, args.device, extra, args.threads))
                 last = runs[label][-1]
                 print(f"repeat {repeat + 1}: {label:>16}: {last['seconds']:.1f} s wall, {last['cpu_seconds']:.1f} s CPU", flush=True)
         best = {label: min(r, key=lambda run: run["seconds"]) for label, r in runs.items()}
         result = {
             "what": "unetr predict vs a plain MONAI loop (bundle-style), same scans, model, device, overlap 0.5, sw_batch_size 4",
             "device": args.device,
+            "threads": args.threads or "default",
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                         "load_average_at_start": os.getloadavg()[0]},
             "checkpoint": str(args.checkpoint) if args.checkpoint else "untrained cpu-demo-size UNETR (seed 0)",

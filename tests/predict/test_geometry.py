@@ -118,3 +118,15 @@ def test_report_names_labels_and_volumes(predicted):
     rows = (outputs / "statistics.csv").read_text().splitlines()
     assert rows[0] == "case,status,organ1_voxels,organ1_ml,organ2_voxels,organ2_ml"
     assert len(rows) == 1 + len(CASES) + 2
+
+
+def test_mirroring_tta_undoes_its_flips(tmp_path):
+    """The echo model is voxel-wise, so averaging over the 8 mirrored copies must change nothing."""
+    label = blob_label(SHAPE, seed=5)
+    save_nifti(label, CASES["lps"], tmp_path / "case.nii.gz")
+    checkpoint = echo_checkpoint(tmp_path, spacing=(2.0, 2.0, 2.0))
+    args = ["predict", str(tmp_path / "case.nii.gz"), str(tmp_path / "out"), "-c", str(checkpoint), "--quiet"]
+    result = CliRunner().invoke(app, [*args, "--tta", "--stitch-device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "out" / "predict_report.json").read_text())["tta"] is True
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "out" / "case.nii.gz").dataobj), label)

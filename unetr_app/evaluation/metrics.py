@@ -7,6 +7,7 @@ perfectly (Dice 1, distance 0, surface Dice 1), and a distance to an empty mask 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -30,8 +31,10 @@ def label_metrics(
     y = torch.from_numpy(ref)[None, None].float()
     spacing = [float(s) for s in spacing]
     dice = compute_dice(y_pred, y, include_background=True)
-    distance = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=percentile, spacing=spacing)
-    nsd = compute_surface_dice(y_pred, y, class_thresholds=[tolerance_mm], include_background=True, spacing=spacing)
+    with warnings.catch_warnings():  # MONAI 1.6 warns about its own internal use of a deprecated argument
+        warnings.simplefilter("ignore", FutureWarning)
+        distance = compute_hausdorff_distance(y_pred, y, include_background=True, percentile=percentile, spacing=spacing)
+        nsd = compute_surface_dice(y_pred, y, class_thresholds=[tolerance_mm], include_background=True, spacing=spacing)
     return {"dice": _number(dice), "hd95_mm": _number(distance), "nsd": _number(nsd)}
 
 

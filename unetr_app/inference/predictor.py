@@ -11,6 +11,7 @@ taken on the input's exact grid.
 from __future__ import annotations
 
 import itertools
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,7 +59,9 @@ class Predictor:
         self.settings = settings
         self.num_classes = len(loaded.labels)
         pre = loaded.preprocessing
-        steps = preprocessing_transforms(pre, keys=(IMAGE,))
+        with warnings.catch_warnings():  # MONAI's notice about Orientationd's future default is not for users
+            warnings.simplefilter("ignore", FutureWarning)
+            steps = preprocessing_transforms(pre, keys=(IMAGE,))
         # inference.io reads files itself (NIfTI headers kept, DICOM/NRRD supported), so no LoadImaged
         self.preprocess = mt.Compose([step for step in steps if not isinstance(step, mt.LoadImaged)])
         # back to the input grid: bilinear like the forward resampling; zero mass outside the crop
