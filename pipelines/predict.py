@@ -92,6 +92,8 @@ def _settings(request: PredictRequest, device) -> PredictSettings:
 
 
 def _check_output_dir(request: PredictRequest, cases) -> None:
+    if request.output_dir.exists() and not request.output_dir.is_dir():
+        raise UsageError(f"{request.output_dir}: exists and is not a folder; OUTPUT_DIR must be a folder")
     out = request.output_dir.resolve()
     clash = [c.path for c in cases if (out / f"{c.name}.nii.gz") == c.path.resolve()]
     if clash:

@@ -82,5 +82,8 @@ def test_usage_errors_exit_2_without_traceback(tmp_path, tiny_checkpoint):
     assert overlap.exit_code == 2 and "--overlap" in overlap.output
     same_folder = runner.invoke(app, ["predict", str(tmp_path), str(tmp_path), "-c", str(tiny_checkpoint)])
     assert same_folder.exit_code == 2 and "overwrite the input" in same_folder.output
-    for result in (missing, overlap, same_folder):
+    (tmp_path / "file").write_text("")
+    not_a_folder = runner.invoke(app, ["predict", str(tmp_path / "a.nii.gz"), str(tmp_path / "file"), "-c", str(tiny_checkpoint)])
+    assert not_a_folder.exit_code == 2 and "not a folder" in not_a_folder.output
+    for result in (missing, overlap, same_folder, not_a_folder):
         assert "Traceback" not in result.output
