@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from predict_helpers import tiny_unetr_checkpoint
+from .predict_helpers import tiny_unetr_checkpoint
 
 
 @pytest.fixture(scope="session")

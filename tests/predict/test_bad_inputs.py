@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from predict_helpers import axis_affine, save_nifti
+from .predict_helpers import axis_affine, save_nifti
 from unetr_app.cli.app import app
 
 AFFINE = axis_affine("RAS", (4.0, 4.0, 4.0))

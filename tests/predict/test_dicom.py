@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from predict_helpers import echo_checkpoint, save_nifti, axis_affine, blob_label
+from .predict_helpers import echo_checkpoint, save_nifti, axis_affine, blob_label
 from unetr_app.cli.app import app
 from unetr_app.data.phantom import make_phantom_case
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from test_outputs import write_phantoms
+from .test_outputs import write_phantoms
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from predict_helpers import axis_affine, save_nifti
+from .predict_helpers import axis_affine, save_nifti
 from unetr_app.cli.app import app
 from unetr_app.evaluation import label_metrics
 

@@ -15,7 +15,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from predict_helpers import axis_affine, blob_label, echo_checkpoint, oblique_affine, save_nifti
+from .predict_helpers import axis_affine, blob_label, echo_checkpoint, oblique_affine, save_nifti
 from unetr_app.cli.app import app
 from unetr_app.inference.io import case_name
 

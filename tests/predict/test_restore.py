@@ -9,7 +9,7 @@ import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
 
-from predict_helpers import oblique_affine
+from .predict_helpers import oblique_affine
 from unetr_app.data.phantom import make_phantom_case
 from unetr_app.inference import predictor as predictor_module
 from unetr_app.inference.io import CaseSource, Volume
