@@ -41,7 +41,8 @@ class PredictSettings:
     sw_batch_size: int | None = None
     tta: bool = False
     amp: bool | None = None  # None: float16 autocast on CUDA, full float32 on CPU (bfloat16 when True)
-    channels_last: bool = True  # oneDNN / cuDNN run 3D convolutions faster channels-last, same result
+    channels_last: bool | None = None  # None: on CUDA (cuDNN's 3D convolutions prefer it); on this
+    # project's CPU (oneDNN, 1-2 threads) it measured no faster, so the CPU keeps the default layout
     max_memory_bytes: float | None = None
 
 
@@ -80,7 +81,8 @@ class Predictor:
         on_cuda = settings.device.type == "cuda"
         self.use_amp = on_cuda if settings.amp is None else settings.amp
         self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
-        self.memory_format = torch.channels_last_3d if settings.channels_last else torch.contiguous_format
+        channels_last = on_cuda if settings.channels_last is None else settings.channels_last
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         loaded.model.to(memory_format=self.memory_format)
 
     # --- the three steps -------------------------------------------------------------------
