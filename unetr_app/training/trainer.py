@@ -232,6 +232,9 @@ class Trainer:
         restored = self._restored["scheduler"]
         # keep where the schedule stands, but take its length from this config: --resume --epochs N extends it
         self.scheduler.load_state_dict({**restored, "t_total": self.scheduler.t_total, "warmup_steps": self.scheduler.warmup_steps})
+        # building the scheduler reset the optimizer to the schedule's first LR; the next step needs the saved one
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
         self.scaler.load_state_dict(self._restored["scaler"])
         _set_rng_state(self._restored["rng"])
         self._restored = None
