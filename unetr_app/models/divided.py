@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from unetr_app.models.layers import (
+    TokenBackbone,
     Attention,
     DropPath,
     Mlp,
@@ -32,7 +33,6 @@ from unetr_app.models.layers import (
     num_patches,
     stochastic_depth_rates,
     to_tuple,
-    tokens_to_grid,
 )
 from unetr_app.models.registry import register_model
 from unetr_app.models.segmentation import create_variant
@@ -79,7 +79,7 @@ class DividedBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class DividedViT(nn.Module):
+class DividedViT(TokenBackbone, nn.Module):
     """ViT with divided attention over 2D or 3D input of exactly `img_size`.
 
     Position embedding: one learned vector per within-slice position (and the class token),
@@ -149,16 +149,6 @@ class DividedViT(nn.Module):
             tokens = block(tokens, self.grid[0], self.num_prefix_tokens)
             states.append(tokens)
         return states
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Four evenly spaced block outputs as (B, D, *grid) maps; the last one normed."""
-        states = self.hidden_states(x)
-        taps = [states[i] for i in self.taps[:-1]] + [self.norm(states[-1])]
-        return [tokens_to_grid(t[:, self.num_prefix_tokens:], self.grid) for t in taps]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self.norm(self.hidden_states(x)[-1])
-        return self.head(tokens[:, 0] if self.num_prefix_tokens else tokens.mean(dim=1))
 
 
 @register_model(family="divided", spatial_dims=(3,))

@@ -249,3 +249,24 @@ def stochastic_depth_rates(drop_path_rate: float, depth: int) -> list[float]:
 
 def num_patches(grid: Sequence[int]) -> int:
     return math.prod(grid)
+
+
+class TokenBackbone:
+    """`forward_features`, `forward_head` and `forward` of the single-scale token backbones
+    (ViT, DeiT, divided attention, MLP-Mixer). A subclass provides `hidden_states(x)` (one
+    (B, P + N, D) tensor per block), `norm`, `head`, `taps`, `grid` and `num_prefix_tokens`."""
+
+    num_prefix_tokens = 0
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Four evenly spaced block outputs as (B, D, *grid) maps; the last one normed."""
+        states = self.hidden_states(x)
+        taps = [states[i] for i in self.taps[:-1]] + [self.norm(states[-1])]
+        return [tokens_to_grid(t[:, self.num_prefix_tokens:], self.grid) for t in taps]
+
+    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
+        pooled = tokens[:, 0] if self.num_prefix_tokens else tokens.mean(dim=1)
+        return self.head(pooled)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.norm(self.hidden_states(x)[-1]))

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from unetr_app.models.layers import (
+    TokenBackbone,
     DropPath,
     Mlp,
     PatchEmbed,
@@ -25,7 +26,6 @@ from unetr_app.models.layers import (
     num_patches,
     stochastic_depth_rates,
     to_tuple,
-    tokens_to_grid,
 )
 from unetr_app.models.registry import register_model
 from unetr_app.models.segmentation import create_variant
@@ -52,7 +52,7 @@ class MixerBlock(nn.Module):
         return x + self.drop_path(self.mlp_channels(self.norm2(x)))
 
 
-class MlpMixer(nn.Module):
+class MlpMixer(TokenBackbone, nn.Module):
     """MLP-Mixer over 2D or 3D input of exactly `img_size`.
 
     Args: as `VisionTransformer`; `mlp_ratio` is (token-mixing, channel-mixing) hidden width
@@ -98,15 +98,6 @@ class MlpMixer(nn.Module):
             tokens = block(tokens)
             states.append(tokens)
         return states
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Four evenly spaced block outputs as (B, D, *grid) maps; the last one normed."""
-        states = self.hidden_states(x)
-        taps = [states[i] for i in self.taps[:-1]] + [self.norm(states[-1])]
-        return [tokens_to_grid(t, self.grid) for t in taps]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.norm(self.hidden_states(x)[-1]).mean(dim=1))
 
 
 @register_model(family="mlp_mixer")

@@ -20,6 +20,7 @@ from monai.networks.blocks import TransformerBlock as MonaiTransformerBlock
 from torch import nn
 
 from unetr_app.models.layers import (
+    TokenBackbone,
     TransformerBlock,
     check_divisible,
     check_heads,
@@ -31,7 +32,6 @@ from unetr_app.models.layers import (
     init_vit_weights,
     stochastic_depth_rates,
     to_tuple,
-    tokens_to_grid,
 )
 from unetr_app.models.registry import register_model
 from unetr_app.models.segmentation import create_variant
@@ -52,7 +52,7 @@ def plain_feature_info(embed_dim: int, reduction, taps: Sequence[int], last: str
     ]
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TokenBackbone, nn.Module):
     """ViT over 2D images or 3D volumes: (B, C, *img_size) -> logits, or four feature maps.
 
     Args:
@@ -145,19 +145,6 @@ class VisionTransformer(nn.Module):
             tokens = block(tokens)
             states.append(tokens)
         return states
-
-    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Four evenly spaced hidden states as (B, D, *grid) maps; the last one normed."""
-        states = self.hidden_states(x)
-        taps = [states[i] for i in self.taps[:-1]] + [self.norm(states[-1])]
-        return [tokens_to_grid(t[:, self.num_prefix_tokens:], self.grid) for t in taps]
-
-    def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
-        pooled = tokens[:, 0] if self.num_prefix_tokens else tokens.mean(dim=1)
-        return self.head(pooled)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.norm(self.hidden_states(x)[-1]))
 
 
 @register_model(family="vit")
