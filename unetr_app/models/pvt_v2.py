@@ -250,7 +250,7 @@ def _create_pvt_v2(name: str, overrides: dict[str, Any], **architecture: Any) ->
     return create_hierarchical(PyramidVisionTransformerV2, name, overrides, **architecture)
 
 
-_B1_TO_B5_WIDTHS = (64, 128, 320, 512)
+B1_TO_B5_WIDTHS = (64, 128, 320, 512)
 
 
 @register_model(family="pvt_v2")
@@ -262,36 +262,36 @@ def pvt_v2_b0(**kwargs: Any) -> nn.Module:
 @register_model(family="pvt_v2")
 def pvt_v2_b1(**kwargs: Any) -> nn.Module:
     """PVT-v2-B1 (14.0 M): widths 64-128-320-512, depths 2-2-2-2."""
-    return _create_pvt_v2("pvt_v2_b1", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(2, 2, 2, 2))
+    return _create_pvt_v2("pvt_v2_b1", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(2, 2, 2, 2))
 
 
 @register_model(family="pvt_v2")
 def pvt_v2_b2(**kwargs: Any) -> nn.Module:
     """PVT-v2-B2 (25.4 M): widths 64-128-320-512, depths 3-4-6-3."""
-    return _create_pvt_v2("pvt_v2_b2", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3))
+    return _create_pvt_v2("pvt_v2_b2", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3))
 
 
 @register_model(family="pvt_v2")
 def pvt_v2_b2_li(**kwargs: Any) -> nn.Module:
     """PVT-v2-B2-Li (22.6 M): B2 with keys/values pooled to 7 per axis (linear attention cost)."""
-    return _create_pvt_v2("pvt_v2_b2_li", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3), linear=True)
+    return _create_pvt_v2("pvt_v2_b2_li", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3), linear=True)
 
 
 @register_model(family="pvt_v2")
 def pvt_v2_b3(**kwargs: Any) -> nn.Module:
     """PVT-v2-B3 (45.2 M): widths 64-128-320-512, depths 3-4-18-3."""
-    return _create_pvt_v2("pvt_v2_b3", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 4, 18, 3))
+    return _create_pvt_v2("pvt_v2_b3", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 4, 18, 3))
 
 
 @register_model(family="pvt_v2")
 def pvt_v2_b4(**kwargs: Any) -> nn.Module:
     """PVT-v2-B4 (62.6 M): widths 64-128-320-512, depths 3-8-27-3."""
-    return _create_pvt_v2("pvt_v2_b4", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 8, 27, 3))
+    return _create_pvt_v2("pvt_v2_b4", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 8, 27, 3))
 
 
 @register_model(family="pvt_v2")
 def pvt_v2_b5(**kwargs: Any) -> nn.Module:
     """PVT-v2-B5 (82.0 M): widths 64-128-320-512, depths 3-6-40-3, MLP ratio 4 everywhere."""
     return _create_pvt_v2(
-        "pvt_v2_b5", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4)
+        "pvt_v2_b5", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 6, 40, 3), mlp_ratios=(4, 4, 4, 4)
     )

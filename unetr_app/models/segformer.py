@@ -21,7 +21,7 @@ from torch import nn
 
 from unetr_app.models.hierarchical import create_hierarchical
 from unetr_app.models.layers import grid_to_tokens, tokens_to_grid
-from unetr_app.models.pvt_v2 import PyramidVisionTransformerV2
+from unetr_app.models.pvt_v2 import B1_TO_B5_WIDTHS, PyramidVisionTransformerV2
 from unetr_app.models.registry import register_model
 from unetr_app.models.segmentation import register_decoder
 
@@ -78,8 +78,6 @@ def _create_segformer(name: str, overrides: dict[str, Any], decoder_dim: int, **
     return _create_mit(name, {"decoder": "segformer_mlp", "decoder_dim": decoder_dim, **overrides}, **architecture)
 
 
-_B1_TO_B5_WIDTHS = (64, 128, 320, 512)
-
 
 @register_model(family="segformer")
 def mit_b0(**kwargs: Any) -> nn.Module:
@@ -90,31 +88,31 @@ def mit_b0(**kwargs: Any) -> nn.Module:
 @register_model(family="segformer")
 def mit_b1(**kwargs: Any) -> nn.Module:
     """Mix Transformer B1 (13.2 M without head): widths 64-128-320-512, depths 2-2-2-2."""
-    return _create_mit("mit_b1", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(2, 2, 2, 2))
+    return _create_mit("mit_b1", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(2, 2, 2, 2))
 
 
 @register_model(family="segformer")
 def mit_b2(**kwargs: Any) -> nn.Module:
     """Mix Transformer B2 (24.2 M without head): widths 64-128-320-512, depths 3-4-6-3."""
-    return _create_mit("mit_b2", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3))
+    return _create_mit("mit_b2", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3))
 
 
 @register_model(family="segformer")
 def mit_b3(**kwargs: Any) -> nn.Module:
     """Mix Transformer B3 (44.1 M without head): widths 64-128-320-512, depths 3-4-18-3."""
-    return _create_mit("mit_b3", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 4, 18, 3))
+    return _create_mit("mit_b3", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 4, 18, 3))
 
 
 @register_model(family="segformer")
 def mit_b4(**kwargs: Any) -> nn.Module:
     """Mix Transformer B4 (60.8 M without head): widths 64-128-320-512, depths 3-8-27-3."""
-    return _create_mit("mit_b4", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 8, 27, 3))
+    return _create_mit("mit_b4", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 8, 27, 3))
 
 
 @register_model(family="segformer")
 def mit_b5(**kwargs: Any) -> nn.Module:
     """Mix Transformer B5 (81.4 M without head): widths 64-128-320-512, depths 3-6-40-3."""
-    return _create_mit("mit_b5", kwargs, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 6, 40, 3))
+    return _create_mit("mit_b5", kwargs, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 6, 40, 3))
 
 
 @register_model(family="segformer", tasks=("segmentation",))
@@ -126,28 +124,28 @@ def segformer_b0(**kwargs: Any) -> nn.Module:
 @register_model(family="segformer", tasks=("segmentation",))
 def segformer_b1(**kwargs: Any) -> nn.Module:
     """SegFormer-B1 (13.7 M with 150 classes): mit_b1 + all-MLP decoder of width 256."""
-    return _create_segformer("segformer_b1", kwargs, 256, embed_dims=_B1_TO_B5_WIDTHS, depths=(2, 2, 2, 2))
+    return _create_segformer("segformer_b1", kwargs, 256, embed_dims=B1_TO_B5_WIDTHS, depths=(2, 2, 2, 2))
 
 
 @register_model(family="segformer", tasks=("segmentation",))
 def segformer_b2(**kwargs: Any) -> nn.Module:
     """SegFormer-B2 (27.5 M with 150 classes): mit_b2 + all-MLP decoder of width 768."""
-    return _create_segformer("segformer_b2", kwargs, 768, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3))
+    return _create_segformer("segformer_b2", kwargs, 768, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 4, 6, 3))
 
 
 @register_model(family="segformer", tasks=("segmentation",))
 def segformer_b3(**kwargs: Any) -> nn.Module:
     """SegFormer-B3 (47.3 M with 150 classes): mit_b3 + all-MLP decoder of width 768."""
-    return _create_segformer("segformer_b3", kwargs, 768, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 4, 18, 3))
+    return _create_segformer("segformer_b3", kwargs, 768, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 4, 18, 3))
 
 
 @register_model(family="segformer", tasks=("segmentation",))
 def segformer_b4(**kwargs: Any) -> nn.Module:
     """SegFormer-B4 (64.1 M with 150 classes): mit_b4 + all-MLP decoder of width 768."""
-    return _create_segformer("segformer_b4", kwargs, 768, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 8, 27, 3))
+    return _create_segformer("segformer_b4", kwargs, 768, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 8, 27, 3))
 
 
 @register_model(family="segformer", tasks=("segmentation",))
 def segformer_b5(**kwargs: Any) -> nn.Module:
     """SegFormer-B5 (84.7 M with 150 classes): mit_b5 + all-MLP decoder of width 768."""
-    return _create_segformer("segformer_b5", kwargs, 768, embed_dims=_B1_TO_B5_WIDTHS, depths=(3, 6, 40, 3))
+    return _create_segformer("segformer_b5", kwargs, 768, embed_dims=B1_TO_B5_WIDTHS, depths=(3, 6, 40, 3))

@@ -9,18 +9,11 @@ from monai.data import CacheDataset, DataLoader
 
 from unetr_app.config import RunConfig
 from unetr_app.data.transforms import eval_transforms, train_transforms
-
-
-def case_name(path: str) -> str:
-    name = Path(path).name
-    for ending in (".nii.gz", ".nii", ".nrrd", ".mha"):
-        if name.endswith(ending):
-            return name[: -len(ending)]
-    return name
+from unetr_app.inference.io import case_name
 
 
 def with_case_names(cases: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{**c, "case": case_name(c["image"])} for c in cases]
+    return [{**c, "case": case_name(Path(c["image"]))} for c in cases]
 
 
 def build_loaders(config: RunConfig, train_cases, val_cases, cache_workers: int = 2):
