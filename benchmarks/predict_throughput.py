@@ -60,7 +60,7 @@ def run_monai(inputs: Path, output: Path, checkpoint: Path, device: str) -> None
     from monai.inferers import sliding_window_inference
 
     from unetr_app.data.transforms import preprocessing_transforms
-    from unetr_app.training.checkpoint import load_model
+    from unetr_app.io.checkpoint import load_model
 
     loaded = load_model(checkpoint, device)
     pre = loaded.preprocessing
@@ -161,7 +161,7 @@ def untrained_checkpoint(path: Path) -> Path:
     import torch
 
     from unetr_app.models import create_model
-    from unetr_app.training.checkpoint import save_checkpoint
+    from unetr_app.io.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     model = create_model("unetr", **CPU_DEMO_UNETR)

@@ -16,7 +16,7 @@ import numpy as np
 
 from unetr_app.errors import InputError
 from unetr_app.evaluation import case_metrics
-from unetr_app.inference.io import CaseSource, find_cases, read_volume
+from unetr_app.io.scans import CaseSource, find_cases, read_volume
 from unetr_app.inference.report import REPORT_NAME
 from unetr_app.io.atomic import atomic_write_text
 

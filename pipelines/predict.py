@@ -16,11 +16,11 @@ from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app.inference import distributed
 from unetr_app.inference.batch import OutputOptions, predict_cases
-from unetr_app.inference.io import find_cases
+from unetr_app.io.scans import find_cases
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.inference.report import FAILED, build_report, write_report
 from unetr_app.io.atomic import remove_stale_temporaries
-from unetr_app.training.checkpoint import load_model
+from unetr_app.io.checkpoint import load_model
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from monai.networks.nets import SwinUNETR
 
 from unetr_app.models import create_model, get_model_entry, list_models
 from unetr_app.models.mvit import add_decomposed_rel_pos
-from unetr_app.training.checkpoint import load_model
+from unetr_app.io.checkpoint import load_model
 
 FAMILIES = ("pvt", "pvt_v2", "swin", "mvitv2", "segformer")
 

@@ -285,7 +285,7 @@ TRAINED = ["vit_tiny_patch16", "deit_tiny_distilled_patch16", "xcit_nano_12_p16"
 def test_trains_on_the_phantom_through_unetr_train_and_reloads(name, cli, tmp_path, phantom_dir, tiny_profile):
     import sys
 
-    from unetr_app.training.checkpoint import load_model
+    from unetr_app.io.checkpoint import load_model
 
     tiny = {**sys.modules[get_model_entry(name).builder.__module__].TINY_PARAMS, "feature_size": 4}
     overrides = [arg for key, value in tiny.items() for arg in ("--set", f"model.params.{key}={value}")]

@@ -12,7 +12,7 @@ from torch import nn
 
 from unetr_app.models import create_model
 from unetr_app.models.registry import register_model
-from unetr_app.training.checkpoint import save_checkpoint
+from unetr_app.io.checkpoint import save_checkpoint
 
 ECHO_MODEL = "label_echo_test"
 TINY_UNETR = {

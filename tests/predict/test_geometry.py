@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from .predict_helpers import axis_affine, blob_label, echo_checkpoint, oblique_affine, save_nifti
 from unetr_app.cli.app import app
-from unetr_app.inference.io import case_name
+from unetr_app.io.scans import case_name
 
 SHAPE = (40, 36, 30)
 CASES = {  # name -> affine; spacings differ from each other and (mostly) from the network's

@@ -12,9 +12,9 @@ from monai.data import MetaTensor
 from .predict_helpers import oblique_affine
 from unetr_app.data.phantom import make_phantom_case
 from unetr_app.inference import predictor as predictor_module
-from unetr_app.inference.io import CaseSource, Volume
+from unetr_app.io.scans import CaseSource, Volume
 from unetr_app.inference.predictor import Predictor, PredictSettings
-from unetr_app.training.checkpoint import load_model
+from unetr_app.io.checkpoint import load_model
 
 
 @pytest.mark.parametrize("geometry", ["LPS", "oblique"])

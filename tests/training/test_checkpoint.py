@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from unetr_app.errors import CheckpointError
-from unetr_app.training.checkpoint import FORMAT, load_checkpoint, save_checkpoint
+from unetr_app.io.checkpoint import FORMAT, load_checkpoint, save_checkpoint
 
 
 class _Payload:

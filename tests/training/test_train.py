@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from unetr_app.training.checkpoint import load_checkpoint, load_model
+from unetr_app.io.checkpoint import load_checkpoint, load_model
 
 FAST = ["--set", "training.val_fraction=0.34"]
 

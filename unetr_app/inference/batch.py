@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from unetr_app.errors import InputError
-from unetr_app.inference.io import CaseSource, Volume, read_header_shape, read_volume, write_like
+from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
 from unetr_app.inference.predictor import Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes

@@ -1,7 +1,7 @@
 """One scan in, one mask out on the scan's own grid.
 
 The checkpoint's preprocessing (the same MONAI transforms training used, minus file loading, which
-`inference.io` does for every format) brings the scan to the network's orientation, spacing and
+`io.scans` does for every format) brings the scan to the network's orientation, spacing and
 intensity range; MONAI's sliding-window inference with Gaussian blending predicts it window by
 window; the class probabilities are then resampled from the preprocessed grid straight onto the
 input's grid (the composition of the inverse crop, resampling and reorientation), so the argmax is
@@ -22,8 +22,8 @@ from monai.inferers import SlidingWindowInferer
 
 from unetr_app.data.transforms import IMAGE, preprocessing_transforms
 from unetr_app.errors import InputError
-from unetr_app.inference.io import Volume
-from unetr_app.training.checkpoint import LoadedModel
+from unetr_app.io.scans import Volume
+from unetr_app.io.checkpoint import LoadedModel
 
 INPUT_GRID = "input_grid"
 FLOAT_BYTES = 4
@@ -63,7 +63,7 @@ class Predictor:
         with warnings.catch_warnings():  # MONAI's notice about Orientationd's future default is not for users
             warnings.simplefilter("ignore", FutureWarning)
             steps = preprocessing_transforms(pre, keys=(IMAGE,))
-        # inference.io reads files itself (NIfTI headers kept, DICOM/NRRD supported), so no LoadImaged
+        # io.scans reads files itself (NIfTI headers kept, DICOM/NRRD supported), so no LoadImaged
         self.preprocess = mt.Compose([step for step in steps if not isinstance(step, mt.LoadImaged)])
         # back to the input grid: bilinear like the forward resampling; zero mass outside the crop
         self.resample = mt.SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from unetr_app.errors import InputError, UsageError
-from unetr_app.inference.io import CaseSource, find_cases, nifti_output_path
+from unetr_app.io.scans import CaseSource, find_cases, nifti_output_path
 
 log = logging.getLogger(__name__)
 

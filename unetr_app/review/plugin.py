@@ -16,7 +16,7 @@ import nibabel as nib
 import numpy as np
 
 from unetr_app.errors import InputError
-from unetr_app.inference.io import CaseSource, case_name, read_volume
+from unetr_app.io.scans import CaseSource, case_name, read_volume
 from unetr_app.io.atomic import atomic_path
 from unetr_app.review.geometry import DisplayGrid
 from unetr_app.review.layers import label_colormap

@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from unetr_app.errors import InputError, UsageError
-from unetr_app.inference.io import Volume, read_volume, write_like
+from unetr_app.io.scans import Volume, read_volume, write_like
 from unetr_app.review import measures
 from unetr_app.review.cases import ReviewCase, find_review_cases, label_name, read_label_names
 from unetr_app.review.geometry import DisplayGrid

@@ -9,7 +9,7 @@ from monai.data import CacheDataset, DataLoader
 
 from unetr_app.config import RunConfig
 from unetr_app.data.transforms import eval_transforms, train_transforms
-from unetr_app.inference.io import case_name
+from unetr_app.io.scans import case_name
 
 
 def with_case_names(cases: list[dict[str, str]]) -> list[dict[str, str]]:

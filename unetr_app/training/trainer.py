@@ -27,7 +27,7 @@ from torch import nn
 
 from unetr_app.config import RunConfig
 from unetr_app.errors import CheckpointError, UnetrError
-from unetr_app.training.checkpoint import load_checkpoint, save_checkpoint
+from unetr_app.io.checkpoint import load_checkpoint, save_checkpoint
 from unetr_app.training.records import RunRecords
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,80 @@
+"""The recipe contract and its registry (see the package docstring)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from unetr_app.errors import ConfigError
+
+_RECIPES: dict[str, type[Recipe]] = {}
+
+
+class Recipe(nn.Module):
+    """Base class. Subclasses set `name`, implement `forward(batch) -> dict` and may override the hooks.
+
+    `model` is the trainable network. Frozen modules (a teacher) must be registered so that they
+    are neither in `trainable_parameters()` nor in the optimizer; `state_dict()` of the recipe is
+    not what checkpoints store: they store `model.state_dict()` plus `extra_state()`.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+        self.params = params
+
+    @classmethod
+    def model_kwargs(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Extra keyword arguments for `create_model` that this recipe needs (e.g. a distillation head)."""
+        return {}
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        """Called after each optimizer step (an EMA teacher updates here)."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """Plain data recorded in the checkpoint beside the weights (tensors, numbers, strings)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Restore what `extra_state` returned, on resume."""
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a `name`")
+    if cls.name in _RECIPES:
+        raise ValueError(f"recipe name {cls.name!r} is already registered by {_RECIPES[cls.name].__module__}")
+    _RECIPES[cls.name] = cls
+    return cls
+
+
+def _import_recipes() -> None:
+    # each module registers its recipes on import
+    from unetr_app.training.recipes import supervised  # noqa: F401
+
+
+def list_recipes() -> list[str]:
+    _import_recipes()
+    return sorted(_RECIPES)
+
+
+def recipe_class(name: str) -> type[Recipe]:
+    _import_recipes()
+    if name not in _RECIPES:
+        close = difflib.get_close_matches(name, list(_RECIPES), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"recipe.name: unknown recipe {name!r}.{hint} Known: {', '.join(sorted(_RECIPES))}")
+    return _RECIPES[name]
+
+
+def build_recipe(name: str, model: nn.Module, config: Any, params: dict[str, Any] | None = None) -> Recipe:
+    return recipe_class(name)(model, config, **(params or {}))
