@@ -319,7 +319,7 @@ def _build(path: Path, data: dict, strict: bool) -> tuple[nn.Module, KeyReport |
     try:
         result = model.load_state_dict(data["state_dict"], strict=strict)
     except RuntimeError as err:
-        raise CheckpointError(f"{path}: weights do not fit model {spec['name']!r} ({_first_line(err)})") from None
+        raise CheckpointError(f"{path}: weights do not fit model {spec['name']!r} ({_load_error(err)})") from None
     if strict:
         return model, None
     report = KeyReport(len(model.state_dict()) - len(result.missing_keys), list(result.missing_keys), list(result.unexpected_keys))
@@ -334,6 +334,13 @@ def _is_json(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def _load_error(err: Exception) -> str:
+    """The informative line of a load_state_dict error (its first line only names the class)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line), lines[0] if lines else type(err).__name__)
+    return detail if len(detail) <= 240 else detail[:237] + "..."
 
 
 def _first_line(err: Exception) -> str:
