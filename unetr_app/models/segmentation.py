@@ -208,15 +208,25 @@ def refuse_recipe_heads(model: str, distillation: bool = False, aux_heads: bool 
 _MONAI_UNETR_DECODER_KEY = re.compile(r"^(encoder[1-4]|decoder[2-5]|out)\.")
 
 
+def monai_unetr_key(key: str, to_monai: bool) -> str:
+    """One state-dict key between our layout (encoder.*, decoder.encoder1.*, ...) and MONAI UNETR's
+    (vit.*, encoder1.*, ...): the single mapping that import and export both use."""
+    if to_monai:
+        if key.startswith("encoder."):
+            return "vit." + key[len("encoder."):]
+        return key[len("decoder."):] if key.startswith("decoder.") else key
+    if key.startswith("vit."):
+        return "encoder." + key[len("vit."):]
+    return "decoder." + key if _MONAI_UNETR_DECODER_KEY.match(key) else key
+
+
 def _accept_monai_unetr_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
     """Rename a MONAI UNETR state dict (vit.*, encoder1.*, ...) in place to our layout (encoder.*,
     decoder.encoder1.*, ...), so published MONAI UNETR checkpoints load with strict=True."""
     for key in [k for k in state_dict if k.startswith(prefix)]:
         local = key[len(prefix):]
-        if local.startswith("vit."):
-            state_dict[prefix + "encoder." + local[4:]] = state_dict.pop(key)
-        elif _MONAI_UNETR_DECODER_KEY.match(local):
-            state_dict[prefix + "decoder." + local] = state_dict.pop(key)
+        if local.startswith("vit.") or _MONAI_UNETR_DECODER_KEY.match(local):
+            state_dict[prefix + monai_unetr_key(local, to_monai=False)] = state_dict.pop(key)
 
 
 def build_for_task(
