@@ -95,7 +95,9 @@ class Trainer:
         self._restored_rng: list[dict[str, Any]] | None = None
         if shard.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            self.recipe.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # some models hold parameters their forward never uses (MONAI UNETR's cross-attention
+            # norms); without this DDP would wait for their gradients and never average the others
+            self.recipe.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
     @property
     def schedule(self) -> Schedule:
