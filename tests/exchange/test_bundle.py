@@ -11,6 +11,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 # the keys the MONAI bundle specification requires in configs/metadata.json
 REQUIRED_METADATA = {"version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
@@ -57,3 +58,30 @@ def test_bundle_runs_in_monai_and_matches_unetr_predict(cli, trained_run, phanto
         a, b = np.asarray(ours.dataobj) > 0, np.asarray(theirs.dataobj) > 0
         assert a.sum() > 0 and b.sum() > 0, "the trained model finds something to compare"
         assert dice(a, b) >= 0.99, (case, dice(a, b))
+
+
+def test_a_model_monai_lacks_ships_its_code_in_the_bundle(cli, tmp_path):
+    """A plain ViT with our own blocks: the bundle's scripts/ builds it without unetr installed."""
+    from unetr_app.io.checkpoint import load_model
+
+    from .conftest import build_checkpoint
+
+    kwargs = {"task": "segmentation", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "img_size": [32, 32, 32],
+              "embed_dim": 64, "num_heads": 2, "mlp_ratio": 2.0, "feature_size": 8}
+    checkpoint = build_checkpoint(tmp_path / "vit.pt", "vit_base_patch16", kwargs)
+    assert cli("export", checkpoint, tmp_path / "bundle").exit_code == 0
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(x, tmp_path / "x.pt")
+    script = (
+        "import sys, torch; sys.modules['unetr_app'] = None; sys.path.insert(0, '.')\n"  # unetr unimportable
+        "from monai.bundle import ConfigParser\n"
+        "parser = ConfigParser(); parser.read_config('configs/inference.json')\n"
+        "net = parser.get_parsed_content('network_def')\n"
+        "net.load_state_dict(torch.load('models/model.pt', weights_only=True), strict=True)\n"
+        f"torch.save(net.eval()(torch.load({str(tmp_path / 'x.pt')!r})).detach(), {str(tmp_path / 'y.pt')!r})\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "bundle", capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": ""})
+    assert run.returncode == 0, run.stderr[-2000:]
+    with torch.inference_mode():
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), load_model(checkpoint).model(x), rtol=0, atol=1e-6)

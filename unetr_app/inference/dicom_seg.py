@@ -95,6 +95,8 @@ def source_datasets(volume: Volume) -> list:
     datasets = [pydicom.dcmread(name) for name in files]
     if len(datasets) != volume.array.shape[2]:
         raise InputError(f"{folder}: {len(datasets)} files in series {series} but {volume.array.shape[2]} slices were read")
+    if not getattr(datasets[0], "FrameOfReferenceUID", None):
+        raise InputError(f"{folder}: series {series} has no Frame of Reference UID (0020,0052), which a DICOM SEG must reference")
     lps_affine = np.linalg.inv(LPS_TO_RAS) @ volume.affine
     for k, dataset in enumerate(datasets):
         expected = (lps_affine @ np.array([0.0, 0.0, k, 1.0]))[:3]
