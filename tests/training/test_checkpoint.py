@@ -139,3 +139,12 @@ def test_roundtrip_and_format_checks(tmp_path):
     torch.save({"format": FORMAT, "format_version": 99, **_minimal()}, tmp_path / "future.pt")
     with pytest.raises(CheckpointError, match="newer"):
         load_checkpoint(tmp_path / "future.pt")
+
+
+def test_remove_checkpoint_deletes_both_files(tmp_path):
+    from unetr_app.io.checkpoint import remove_checkpoint
+
+    save_checkpoint(tmp_path / "epoch_2.pt", _minimal(training_state={"epoch": 2}))
+    save_checkpoint(tmp_path / "epoch_3.pt", _minimal())
+    remove_checkpoint(tmp_path / "epoch_2.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_3.safetensors"]
