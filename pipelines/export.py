@@ -39,6 +39,7 @@ def run_export(run: Path, out_dir: Path, fmt: str, overwrite: bool = False) -> d
     if fmt in ("monai-bundle", "torchscript"):
         write_bundle(loaded, out_dir, name=out_dir.name, run_info={"checkpoint": loaded.path.name})
         report["files"] = ["configs/inference.json", "configs/metadata.json", "models/model.pt", "LICENSE", "docs/README.md"]
+        report["files"] += ["scripts/"] if (out_dir / "scripts").is_dir() else []
     if fmt == "torchscript":
         scripted = torch.jit.load(str(export_torchscript(out_dir)), map_location="cpu")
         window = example_window(loaded)

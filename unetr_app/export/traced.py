@@ -7,8 +7,10 @@ export is checked on one random window against PyTorch before it is kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import sys
 import warnings
 from pathlib import Path
 
@@ -44,14 +46,30 @@ def export_torchscript(bundle_dir: Path) -> Path:
     common = {"net_id": "network_def", "filepath": str(target), "ckpt_file": str(bundle_dir / "models" / "model.pt"),
               "meta_file": str(configs / "metadata.json"), "config_file": str(configs / "inference.json"),
               "bundle_root": str(bundle_dir)}
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _importable(bundle_dir):
         warnings.simplefilter("ignore")
         try:
             ckpt_export(**common)
         except Exception as err:  # noqa: BLE001 - scripting fails on dynamic Python; tracing handles it
             log.info("scripting failed (%s); tracing on one window of shape %s", type(err).__name__, shape)
-            ckpt_export(**common, use_trace=True, input_shape=shape)
+            try:
+                ckpt_export(**common, use_trace=True, input_shape=shape)
+            except Exception as err:  # noqa: BLE001 - one line naming the failure, not a traceback
+                raise UsageError(f"{bundle_dir}: the network neither scripts nor traces ({type(err).__name__}: {str(err).splitlines()[0]})") from None
     return target
+
+
+@contextlib.contextmanager
+def _importable(bundle_dir: Path):
+    """The bundle's scripts/ importable, as `monai.bundle run` makes it, for the duration."""
+    root = str(bundle_dir.resolve())
+    sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        sys.path.remove(root)
+        for name in [m for m in sys.modules if m == "scripts" or m.startswith("scripts.")]:
+            del sys.modules[name]
 
 
 def export_onnx(loaded: LoadedModel, path: Path) -> dict:

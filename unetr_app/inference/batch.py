@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from unetr_app.errors import InputError
 from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
-from unetr_app.inference.dicom_seg import write_dicom_seg
+from unetr_app.inference.dicom_seg import check_seg_input, write_dicom_seg
 from unetr_app.inference.predictor import Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes
@@ -122,6 +122,8 @@ def _check_header_memory(predictor: Predictor, case: CaseSource, shape: tuple[in
 def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRecord, Future | None]:
     record = CaseRecord(case=case.name, input=str(case.path), status=FAILED)
     try:
+        if options.writes_seg(case):
+            check_seg_input(case)  # before spending the inference on it
         volume, prepared, read_seconds = read.result()
         start = time.perf_counter()
         probabilities = predictor.infer(prepared)

@@ -15,7 +15,7 @@ import numpy as np
 
 from unetr_app.errors import InputError
 from unetr_app.io.atomic import atomic_path
-from unetr_app.io.scans import LPS_TO_RAS, Volume
+from unetr_app.io.scans import LPS_TO_RAS, CaseSource, Volume
 
 SEG_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.66.4"
 # SNOMED CT codes of organs our tasks segment; other labels are coded as a generic anatomical structure
@@ -36,8 +36,7 @@ def write_dicom_seg(volume: Volume, mask: np.ndarray, labels: dict[str, int], pa
     """Write `mask` (the volume's (i, j, k) shape, values = label values) as a DICOM SEG at `path`."""
     import highdicom as hd
 
-    if volume.source.kind != "dicom":
-        raise InputError(f"{volume.source.path}: a DICOM SEG needs a DICOM series input (this is {volume.source.kind}); use --output-format nifti")
+    check_seg_input(volume.source)
     sources = source_datasets(volume)
     frames = np.ascontiguousarray(mask.transpose(2, 1, 0)).astype(np.uint8)  # (slices, rows, columns)
     names = {value: name for name, value in labels.items() if value != 0}
@@ -60,6 +59,11 @@ def write_dicom_seg(volume: Volume, mask: np.ndarray, labels: dict[str, int], pa
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return path
+
+
+def check_seg_input(source: CaseSource) -> None:
+    if source.kind != "dicom":
+        raise InputError(f"{source.path}: a DICOM SEG needs a DICOM series input (this is {source.kind}); use --output-format nifti or both")
 
 
 def segment_description(value: int, name: str):
@@ -91,6 +95,8 @@ def source_datasets(volume: Volume) -> list:
     datasets = [pydicom.dcmread(name) for name in files]
     if len(datasets) != volume.array.shape[2]:
         raise InputError(f"{folder}: {len(datasets)} files in series {series} but {volume.array.shape[2]} slices were read")
+    if not getattr(datasets[0], "FrameOfReferenceUID", None):
+        raise InputError(f"{folder}: series {series} has no Frame of Reference UID (0020,0052), which a DICOM SEG must reference")
     lps_affine = np.linalg.inv(LPS_TO_RAS) @ volume.affine
     for k, dataset in enumerate(datasets):
         expected = (lps_affine @ np.array([0.0, 0.0, k, 1.0]))[:3]

@@ -89,6 +89,12 @@ def _umask() -> int:
     return mask
 
 
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint saved as `path` (both its files; either may be absent)."""
+    for file in checkpoint_files(path):
+        file.unlink(missing_ok=True)
+
+
 def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
     """(NAME.safetensors, NAME.pt) for a checkpoint called NAME.pt or NAME.safetensors."""
     path = Path(path)
