@@ -11,6 +11,7 @@ import yaml
 
 from unetr_app.config import RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
+from unetr_app.data.fingerprint import load_or_compute_fingerprint
 from unetr_app.data.manifest import load_manifest
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
@@ -34,7 +35,8 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
     torch_device = resolve_device(device)
     seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs())
-    trainer = Trainer(config, model, torch_device, run_dir, reporter=reporter)
+    fingerprint = load_or_compute_fingerprint(run_dir, train_cases, config.task.channel_modalities, config.training.seed)
+    trainer = Trainer(config, model, torch_device, run_dir, reporter=reporter, checkpoint_extras={"fingerprint": fingerprint})
     if resume and (run_dir / LAST).is_file():
         trainer.restore(run_dir / LAST)
     loaders = build_loaders(config, train_cases, val_cases)

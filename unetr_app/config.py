@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from unetr_app.errors import ConfigError
 
@@ -29,13 +29,33 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Modality = Literal["CT", "MRI"]
+
+
 class TaskConfig(Strict):
     name: str
     dataset_dir: str = Field(description="folder name of the dataset, e.g. Task09_Spleen")
     manifest: str = Field(description="name of the manifest in data_manifests/")
-    modality: Literal["CT", "MRI"]
+    modality: Modality
     in_channels: int = Field(1, ge=1)
+    channels: dict[str, Modality] | None = Field(
+        None, description="channel name -> modality, in file order (CASE_0000, CASE_0001, ...); default: one per in_channels"
+    )
     labels: dict[str, int]
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> "TaskConfig":
+        if self.channels is not None and len(self.channels) != self.in_channels:
+            raise ValueError(f"channels names {len(self.channels)} channels ({', '.join(self.channels)}) but in_channels is {self.in_channels}")
+        return self
+
+    @property
+    def channel_modalities(self) -> dict[str, str]:
+        """{channel name: modality} for every input channel."""
+        if self.channels is not None:
+            return dict(self.channels)
+        names = ["image"] if self.in_channels == 1 else [f"channel_{c}" for c in range(self.in_channels)]
+        return {name: self.modality for name in names}
 
     @field_validator("labels")
     @classmethod
@@ -62,6 +82,10 @@ class PreprocessingConfig(Strict):
         None, description="[low, high] mapped to [0, 1] and clipped (CT Hounsfield units); null: per-image z-score"
     )
     roi_size: tuple[int, int, int]
+    modalities: tuple[Modality, ...] | None = Field(
+        None, description="per input channel: CT is windowed by intensity_window, MRI z-scored inside the body; "
+        "filled from the task's channels"
+    )
 
     @field_validator("orientation")
     @classmethod
@@ -125,6 +149,20 @@ class RunConfig(Strict):
     training: TrainingConfig
     inference: InferenceConfig = InferenceConfig()
     profile: str = "custom"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_modalities(cls, data: Any) -> Any:
+        """The task's per-channel modalities travel with the preprocessing (and so into checkpoints)."""
+        if not isinstance(data, dict) or not isinstance(data.get("task"), dict) or not isinstance(data.get("preprocessing"), dict):
+            return data
+        if data["preprocessing"].get("modalities") is None:
+            try:
+                task = TaskConfig.model_validate(data["task"])
+            except ValidationError:
+                return data  # reported with its key by the normal validation
+            data = {**data, "preprocessing": {**data["preprocessing"], "modalities": list(task.channel_modalities.values())}}
+        return data
 
     def model_kwargs(self) -> dict[str, Any]:
         """Everything `create_model` needs for this task: the model's params plus the data's shape."""

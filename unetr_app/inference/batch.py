@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from unetr_app.errors import InputError
 from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
-from unetr_app.inference.predictor import Predictor
+from unetr_app.inference.predictor import INTENSITY_WARNINGS, Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes
 from unetr_app.io.atomic import atomic_path
@@ -110,6 +110,7 @@ def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRe
     record = CaseRecord(case=case.name, input=str(case.path), status=FAILED)
     try:
         volume, prepared, read_seconds = read.result()
+        record.warnings = prepared[INTENSITY_WARNINGS]
         start = time.perf_counter()
         probabilities = predictor.infer(prepared)
         record.seconds = read_seconds + time.perf_counter() - start
@@ -122,8 +123,8 @@ def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRe
 def _restore_and_write(predictor, volume: Volume, prepared, probabilities, options: OutputOptions, record) -> None:
     start = time.perf_counter()
     prediction = predictor.restore(prepared, probabilities, keep_probabilities=options.save_probabilities)
-    if prediction.labels.shape != volume.array.shape:
-        raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.array.shape}")
+    if prediction.labels.shape != volume.shape:
+        raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.shape}")
     case = volume.source
     labels = predictor.loaded.labels
     if options.save_probabilities:
@@ -136,7 +137,7 @@ def _restore_and_write(predictor, volume: Volume, prepared, probabilities, optio
             )
     if options.preview:
         window = predictor.loaded.preprocessing.intensity_window
-        write_preview(volume.array, prediction.labels, volume.affine, options.preview_path(case), case.name, window)
+        write_preview(volume.channel(0), prediction.labels, volume.affine, options.preview_path(case), case.name, window)
     write_like(volume, prediction.labels, options.mask_path(case))  # last: its presence marks the case done
     record.volumes = label_volumes(prediction.labels, volume.voxel_ml, labels)
     record.output = str(options.mask_path(case))
@@ -152,6 +153,8 @@ def _finish(writing: tuple[CaseRecord, Future | None], records, progress: Progre
         except Exception as err:  # noqa: BLE001
             record.error = _one_line(err, record.input)
     records[record.case] = record
+    for line in record.warnings:  # also in predict_report.json
+        progress.console.print(f"[yellow]warning[/yellow] {record.case}: {line}", highlight=False)
     if record.status == FAILED:
         log.warning("%s: %s", record.case, record.error)
         progress.console.print(f"[red]failed[/red] {record.case}: {record.error}", highlight=False)

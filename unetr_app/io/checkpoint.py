@@ -92,6 +92,8 @@ class LoadedModel:
     labels: dict[str, int]
     modality: str
     path: Path
+    in_channels: int = 1
+    fingerprint: dict | None = None  # the training data's intensities (data.fingerprint), when recorded
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
@@ -115,6 +117,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedMo
         labels=dict(data["labels"]),
         modality=data.get("modality", "CT"),
         path=ckpt_path,
+        in_channels=int(data.get("in_channels", 1)),
+        fingerprint=data.get("fingerprint"),
     )
 
 
