@@ -90,10 +90,10 @@ def _reoriented(array, affine, code):
     return ornt.apply_orientation(array, transform), affine @ ornt.inv_ornt_aff(transform, array.shape)
 
 
-@pytest.mark.parametrize("code", ["LAS", "SIL"])
+@pytest.mark.parametrize("code", ["LAS", "SLA"])
 def test_reference_in_another_voxel_order_gives_the_dice_of_manual_reorientation(tmp_path, code):
     """dcm2niix writes LAS, SimpleITK reads the same series as LPS: the same grid, other voxel order
-    (SIL: axes permuted as well as flipped)."""
+    (SLA: axes permuted as well as flipped)."""
     from unetr_app.evaluation import case_metrics
 
     preds, refs = tmp_path / "pred", tmp_path / "ref"
