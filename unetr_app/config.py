@@ -8,11 +8,18 @@ A run is resolved from three files and the command line, later ones overriding e
                                    plus `model.params` overrides (e.g. a smaller UNETR on CPU)
 
 Every error names the file and the dotted key, e.g. `training.lr: Input should be a valid number`.
+
+Where the YAML comes from: a path to a .yaml file is taken as it is; a name is looked up first in
+`$UNETR_CONFIG_DIR/<kind>/` (a user's own tasks, models, profiles and data_manifests), then in the
+files shipped with unetr: the repository's `configs/` and `data_manifests/`, which an installed
+wheel carries as package data (`unetr_app/_data/`, read through importlib.resources).
 """
 
 from __future__ import annotations
 
 import copy
+import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,8 +28,33 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from unetr_app.errors import ConfigError
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
-MANIFEST_ROOT = Path(__file__).resolve().parent.parent / "data_manifests"
+CONFIG_DIR_ENV = "UNETR_CONFIG_DIR"
+
+
+def _shipped(name: str) -> Path:
+    """configs/ or data_manifests/: the copy inside an installed wheel, else the source checkout's
+    (a plain checkout or an editable install, where the package sits beside them)."""
+    packaged = Path(str(resources.files("unetr_app") / "_data" / name))
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / name
+
+
+CONFIG_ROOT = _shipped("configs")
+MANIFEST_ROOT = _shipped("data_manifests")
+
+
+def search_dirs(kind: str) -> list[Path]:
+    """Folders searched for a named config of `kind` (tasks, models, profiles, data_manifests), in order."""
+    shipped = MANIFEST_ROOT if kind == "data_manifests" else CONFIG_ROOT / kind
+    user = os.environ.get(CONFIG_DIR_ENV)
+    return ([Path(user) / kind] if user else []) + [shipped]
+
+
+def find_named(kind: str, name: str) -> Path | None:
+    return next((d / f"{name}.yaml" for d in search_dirs(kind) if (d / f"{name}.yaml").is_file()), None)
+
+
+def known_names(kind: str) -> list[str]:
+    return sorted({p.stem for d in search_dirs(kind) if d.is_dir() for p in d.glob("*.yaml")})
 
 
 class Strict(BaseModel):
@@ -197,16 +229,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def find_config(kind: str, name_or_path: str) -> Path:
-    """`name` -> configs/<kind>/<name>.yaml; a path to a .yaml file is taken as it is."""
+    """`name` -> $UNETR_CONFIG_DIR/<kind>/<name>.yaml or the shipped configs/<kind>/<name>.yaml;
+    a path to a .yaml file is taken as it is."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():
             raise ConfigError(f"{kind[:-1]} config {name_or_path!r}: file not found")
         return candidate
-    path = CONFIG_ROOT / kind / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml"))
-        raise ConfigError(f"unknown {kind[:-1]} {name_or_path!r}; known: {', '.join(known)} (or pass a .yaml path)")
+    path = find_named(kind, name_or_path)
+    if path is None:
+        raise ConfigError(
+            f"unknown {kind[:-1]} {name_or_path!r}; known: {', '.join(known_names(kind))} "
+            f"(or pass a .yaml path, or add {name_or_path}.yaml under ${CONFIG_DIR_ENV}/{kind}/)"
+        )
     return path
 
 
@@ -249,7 +284,7 @@ def load_run_config(
 
 def _model_config_data(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or (CONFIG_ROOT / "models" / f"{name_or_path}.yaml").is_file():
+    if path.suffix in (".yaml", ".yml") or find_named("models", name_or_path) is not None:
         data = read_yaml(find_config("models", name_or_path))
         data.setdefault("params", {})
         return data

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from unetr_app.config import MANIFEST_ROOT, format_validation_error, read_yaml
+from unetr_app.config import find_named, format_validation_error, known_names, read_yaml
 from unetr_app.errors import ConfigError, InputError, UsageError
 from unetr_app.io.scans import CaseSource, Volume, find_cases, read_volume
 
@@ -67,10 +67,9 @@ class Manifest(_Strict):
 
 
 def load_manifest(name: str) -> Manifest:
-    path = MANIFEST_ROOT / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in MANIFEST_ROOT.glob("*.yaml"))
-        raise ConfigError(f"no data manifest {name!r}; known: {', '.join(known)}")
+    path = Path(name) if name.endswith((".yaml", ".yml")) else find_named("data_manifests", name)
+    if path is None or not path.is_file():
+        raise ConfigError(f"no data manifest {name!r}; known: {', '.join(known_names('data_manifests'))} (or a .yaml path)")
     try:
         return Manifest.model_validate(read_yaml(path))
     except ValidationError as err:
