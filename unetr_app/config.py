@@ -264,22 +264,51 @@ def load_run_config(
     """Resolve task + model + profile YAML and CLI overrides into one validated RunConfig.
 
     `model` defaults to the profile's `model.name`. A model name without a YAML file in
-    configs/models/ is taken as a registered model with its own defaults.
+    configs/models/ is taken as a registered model with its own defaults. The profile's
+    `model.params` size its own model; `model.sizes` sizes others, by model name or family
+    (e.g. cpu-demo's CPU-sized variant of every family; a `roi_size` there replaces the profile's
+    window for that family). Sizes that do not fit are an error.
     """
     task_data = read_yaml(find_config("tasks", task))
     profile_path = find_config("profiles", profile)
     profile_data = read_yaml(profile_path)
     profile_model = profile_data.pop("model", {}) or {}
-    if not isinstance(profile_model, dict):
-        raise ConfigError(f"{profile_path}: model: expected a mapping with name/params")
+    if not isinstance(profile_model, dict) or not set(profile_model) <= {"name", "params", "sizes"}:
+        raise ConfigError(f"{profile_path}: model: expected a mapping with name, params and sizes")
     model_name = model or profile_model.get("name", "unetr")
     model_data = _model_config_data(model_name)
-    if profile_model.get("name", model_data["name"]) == model_data["name"]:
-        # profile params tune the profile's own model (e.g. a small UNETR for CPU); not another one
-        model_data = deep_merge(model_data, {"params": profile_model.get("params", {}) or {}})
+    params = _profile_model_params(profile_model, model_data["name"], profile_path)
+    if "roi_size" in params:  # a family whose deepest stride needs a larger window than the profile's
+        profile_data = deep_merge(profile_data, {"preprocessing": {"roi_size": params.pop("roi_size")}})
+    model_data = deep_merge(model_data, {"params": params})
     data = deep_merge(profile_data, {"task": task_data, "model": model_data, "profile": Path(profile).stem})
     data = deep_merge(data, overrides or {})
     return validate_run_config(data, source=f"{profile_path.name} + {task} + {model_data['name']}")
+
+
+def _profile_model_params(profile_model: dict[str, Any], name: str, profile_path: Path) -> dict[str, Any]:
+    """The profile's sizes for model `name`: its own model's params, else `sizes[name]`, else
+    `sizes[family]`; a profile that sizes some models but not this one is an error, not a silent
+    full-size model."""
+    from unetr_app.models import get_model_entry
+
+    own, sizes = profile_model.get("params") or {}, profile_model.get("sizes") or {}
+    if not isinstance(own, dict) or not isinstance(sizes, dict):
+        raise ConfigError(f"{profile_path}: model.params and model.sizes must be mappings")
+    if name == profile_model.get("name", name):
+        return own
+    family = get_model_entry(name).family
+    for key in (name, family):
+        if key in sizes:
+            return dict(sizes[key] or {})
+    if own or sizes:
+        sized = ", ".join(sorted(sizes)) or "none"
+        raise ConfigError(
+            f"{profile_path}: model.params ({', '.join(own) or 'none'}) size {profile_model.get('name')!r} and do not "
+            f"apply to --model {name} (family {family}); model.sizes covers: {sized}. Add model.sizes.{family} "
+            "to the profile, or use a profile without model sizes"
+        )
+    return {}
 
 
 def _model_config_data(name_or_path: str) -> dict[str, Any]:
