@@ -122,3 +122,19 @@ def test_missing_and_extra_channels_are_one_line_errors_naming_the_case(as_chann
     assert "case prostate_06 has 3 channel files" in errors["prostate_06"] and "needs 2" in errors["prostate_06"]
     assert "case prostate_07 has 1 channel" in errors["prostate_07"] and "needs 2" in errors["prostate_07"]
     assert all("\n" not in e for e in errors.values())
+
+
+@pytest.mark.parametrize("layout", ["msd", "channel_files"])
+def test_review_opens_a_multi_channel_case_and_saves_on_its_grid(prostate, as_channel_files, tmp_path, layout):
+    from unetr_app.review.session import ReviewSession
+
+    root = prostate if layout == "msd" else as_channel_files
+    session = ReviewSession(root / "imagesTs", prostate / "labelsTs", labels_dir=prostate / "labelsTs", corrections_dir=tmp_path / "fixed")
+    opened = session.open(0)
+    reference = nib.load(prostate / "labelsTs" / f"{opened.case.name}.nii.gz")
+    assert opened.image.ndim == 3 and opened.image.shape == opened.labels.shape
+    assert list(session.dice(opened).values()) == [1.0, 1.0]  # both zones, prediction = reference
+    session.save_correction(opened, opened.labels)
+    saved = nib.load(tmp_path / "fixed" / f"{opened.case.name}.nii.gz")
+    assert saved.shape == reference.shape and np.array_equal(saved.affine, reference.affine)
+    assert np.array_equal(np.asanyarray(saved.dataobj), np.asanyarray(reference.dataobj))
