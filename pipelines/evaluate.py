@@ -1,8 +1,13 @@
 """`unetr evaluate`: predicted masks against reference masks, case by case.
 
-The recipe: pair the cases by name (listing those found on one side only); read each pair; check
-they share a grid; compute Dice, HD95 and surface Dice per label in mm; write a CSV row per case and
-label plus a summary JSON with the mean per label.
+The recipe: pair the cases by name (listing those found on one side only); read each pair; bring
+the reference onto the prediction's grid when it is the same grid stored in another voxel order
+(axis permutations and flips, e.g. dcm2niix's LAS against SimpleITK's LPS: no interpolation), and
+refuse grids that truly differ; compute Dice, HD95 and surface Dice per label in mm; write a CSV row
+per case and label plus a summary JSON with the mean per label.
+
+Label names come from `--labels-json`, the checkpoint, predict_report.json beside the predictions,
+or the dataset.json above the references, in that order.
 """
 
 from __future__ import annotations
@@ -12,23 +17,29 @@ import io
 import json
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
-from unetr_app.errors import InputError
+from unetr_app.errors import InputError, UsageError
 from unetr_app.evaluation import case_metrics
-from unetr_app.io.scans import CaseSource, find_cases, read_volume
 from unetr_app.inference.report import REPORT_NAME
 from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.checkpoint import load_checkpoint, resolve_checkpoint_path
+from unetr_app.io.scans import CaseSource, Volume, find_cases, read_volume
 
 CSV_NAME, SUMMARY_NAME = "evaluation.csv", "evaluation_summary.json"
 METRICS = ("dice", "hd95_mm", "nsd")
+GRID_TOLERANCE_MM = 1e-3
 
 
-def run_evaluate(pred_dir: Path, label_dir: Path, out_dir: Path, tolerance_mm: float = 2.0) -> dict:
+def run_evaluate(
+    pred_dir: Path, label_dir: Path, out_dir: Path, tolerance_mm: float = 2.0,
+    labels_json: Path | None = None, checkpoint: Path | None = None,
+) -> dict:
     predictions = {c.name: c for c in find_cases(pred_dir)}
     references = {c.name: c for c in find_cases(label_dir)}
     paired = sorted(predictions.keys() & references.keys())
-    labels = _label_names(pred_dir, [references[name] for name in paired])
+    labels = label_names(pred_dir, label_dir, [references[name] for name in paired], labels_json, checkpoint)
     rows, failed = [], {}
     for name in paired:
         try:
@@ -56,26 +67,82 @@ def run_evaluate(pred_dir: Path, label_dir: Path, out_dir: Path, tolerance_mm: f
 
 def _evaluate_pair(pred: CaseSource, ref: CaseSource, labels: dict[str, int], tolerance_mm: float) -> dict:
     pred_volume, ref_volume = read_volume(pred), read_volume(ref)
-    if pred_volume.array.shape != ref_volume.array.shape:
-        raise InputError(f"{pred.path}: shape {pred_volume.array.shape} differs from the reference's {ref_volume.array.shape}")
-    if not np.allclose(pred_volume.affine, ref_volume.affine, atol=1e-3):
-        raise InputError(f"{pred.path}: its affine differs from the reference's; the masks are on different grids")
-    spacing = tuple(np.linalg.norm(ref_volume.affine[:3, :3], axis=0))
-    pred_labels, ref_labels = np.rint(pred_volume.array).astype(np.int64), np.rint(ref_volume.array).astype(np.int64)
+    reference = on_grid_of(ref_volume, pred_volume)
+    spacing = tuple(np.linalg.norm(pred_volume.affine[:3, :3], axis=0))
+    pred_labels, ref_labels = np.rint(pred_volume.array).astype(np.int64), np.rint(reference).astype(np.int64)
     return case_metrics(pred_labels, ref_labels, spacing, labels, tolerance_mm)
 
 
-def _label_names(pred_dir: Path, references: list[CaseSource]) -> dict[str, int]:
-    """Names from predict_report.json beside the predictions, else `label_N` for values present."""
-    report = Path(pred_dir) / REPORT_NAME
-    if report.is_file():
-        labels = json.loads(report.read_text()).get("labels")
-        if labels:
-            return {str(k): int(v) for k, v in labels.items()}
+def on_grid_of(ref: Volume, pred: Volume) -> np.ndarray:
+    """The reference's voxels in the prediction's voxel order, when both lie on one physical grid.
+
+    `inv(ref.affine) @ pred.affine` maps prediction voxels to reference voxels; for the same grid in
+    another voxel order it is a signed permutation (plus the offset of the flipped axes), and the
+    reference is transposed and flipped exactly. Anything else is a different grid, refused."""
+    if ref.array.ndim != 3 or pred.array.ndim != 3:
+        raise InputError(f"{ref.source.path}: masks must be 3D label maps (shapes {pred.array.shape} and {ref.array.shape})")
+    to_ref = np.linalg.inv(ref.affine) @ pred.affine
+    rotation = to_ref[:3, :3]
+    axes = np.abs(rotation).argmax(axis=0)  # prediction axis i runs along reference axis axes[i]
+    signs = np.sign(rotation[axes, range(3)])
+    array = ref.array.transpose(axes)
+    array = np.flip(array, axis=tuple(i for i in range(3) if signs[i] < 0))
+    order = np.zeros((4, 4))
+    order[3, 3] = 1
+    for i, (j, s) in enumerate(zip(axes, signs)):
+        order[j, i], order[j, 3] = s, 0 if s > 0 else ref.array.shape[j] - 1
+    reason = None
+    if sorted(axes) != [0, 1, 2]:
+        reason = "its axes are oblique to the prediction's"
+    elif array.shape != pred.array.shape:
+        reason = f"shape {ref.array.shape} ({_axcodes(ref)}) holds a different grid than the prediction's {pred.array.shape} ({_axcodes(pred)})"
+    else:
+        offset = float(np.abs(ref.affine @ order - pred.affine).max())
+        if offset > GRID_TOLERANCE_MM:
+            reason = f"its grid differs from the prediction's by up to {offset:.3g} mm (not a reordering of the same voxels)"
+    if reason:
+        raise InputError(f"{ref.source.path}: refused: {reason}")
+    return np.ascontiguousarray(array)
+
+
+def _axcodes(volume: Volume) -> str:
+    return "".join(nib.aff2axcodes(volume.affine))
+
+
+def label_names(
+    pred_dir: Path, label_dir: Path, references: list[CaseSource], labels_json: Path | None = None, checkpoint: Path | None = None
+) -> dict[str, int]:
+    """{name: value} from the first of: --labels-json, --checkpoint, predict_report.json beside the
+    predictions, a dataset.json beside or above the references; else `label_N` for values present."""
+    if labels_json is not None:
+        try:
+            return parse_label_map(json.loads(Path(labels_json).read_text()), labels_json)
+        except (OSError, json.JSONDecodeError) as err:
+            raise UsageError(f"--labels-json {labels_json}: not a readable JSON file ({err})") from None
+    if checkpoint is not None:
+        return {str(k): int(v) for k, v in load_checkpoint(resolve_checkpoint_path(checkpoint))["labels"].items()}
+    for path in (Path(pred_dir) / REPORT_NAME, Path(label_dir) / "dataset.json", Path(label_dir).parent / "dataset.json"):
+        if path.is_file():
+            try:
+                return parse_label_map(json.loads(path.read_text()), path)
+            except (UsageError, json.JSONDecodeError):
+                continue
     values = set()
     for case in references:
         values |= set(np.unique(np.rint(read_volume(case).array)).astype(int).tolist())
     return {"background": 0, **{f"label_{v}": v for v in sorted(values - {0})}}
+
+
+def parse_label_map(data, source) -> dict[str, int]:
+    """Labels as MSD writes them ({"1": "spleen"}), as nnU-Net v2 does ({"spleen": 1}), or inside a
+    dataset.json / predict_report.json under "labels"."""
+    if isinstance(data, dict) and isinstance(data.get("labels"), dict):
+        data = data["labels"]
+    if not isinstance(data, dict) or not data:
+        raise UsageError(f"{source}: no label map (expected {{name: value}} or {{\"value\": name}})")
+    if all(str(k).isdigit() for k in data):
+        return {str(name): int(value) for value, name in data.items()}
+    return {str(name): int(value) for name, value in data.items() if isinstance(value, int)}
 
 
 def _means(rows: list[dict]) -> dict[str, float | None]:

@@ -17,6 +17,7 @@ import yaml
 from unetr_app import distributed
 from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
+from unetr_app.data.fingerprint import load_or_compute_fingerprint
 from unetr_app.data.manifest import load_manifest
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
@@ -46,14 +47,17 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     dataset = find_dataset_dir(config.task, data_dir)
     if shard.is_main:
         prepare_run_dir(run_dir, resume)
-        load_or_make_split(run_dir, dataset, config)
+        main_train_cases, _ = load_or_make_split(run_dir, dataset, config)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        load_or_compute_fingerprint(run_dir, main_train_cases, config.task.channel_modalities, config.training.seed)
     distributed.barrier(shard)
     train_cases, val_cases = load_or_make_split(run_dir, dataset, config)
+    fingerprint = load_or_compute_fingerprint(run_dir, train_cases, config.task.channel_modalities, config.training.seed)
 
     seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs(), **recipe.model_kwargs(dict(config.recipe.params)))
-    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=checkpoint_extras)
+    extras = {"fingerprint": fingerprint, **(checkpoint_extras or {})}
+    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras)
     if resume and (run_dir / LAST).is_file():
         trainer.restore(run_dir / LAST)
     train_loader, val_loader = build_loaders(config, train_cases, val_cases, shard=shard)

@@ -10,12 +10,19 @@ A run is resolved from three files and the command line, later ones overriding e
 
 Every error names the file and the dotted key, e.g. `optimizer.lr: Input should be a valid number`;
 an unknown key suggests the closest known one.
+
+Where the YAML comes from: a path to a .yaml file is taken as it is; a name is looked up first in
+`$UNETR_CONFIG_DIR/<kind>/` (a user's own tasks, models, profiles and data_manifests), then in the
+files shipped with unetr: the repository's `configs/` and `data_manifests/`, which an installed
+wheel carries as package data (`unetr_app/_data/`, read through importlib.resources).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,21 +31,66 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from unetr_app.errors import ConfigError
 
-CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs"
-MANIFEST_ROOT = Path(__file__).resolve().parent.parent / "data_manifests"
+CONFIG_DIR_ENV = "UNETR_CONFIG_DIR"
+
+
+def _shipped(name: str) -> Path:
+    """configs/ or data_manifests/: the copy inside an installed wheel, else the source checkout's
+    (a plain checkout or an editable install, where the package sits beside them)."""
+    packaged = Path(str(resources.files("unetr_app") / "_data" / name))
+    return packaged if packaged.is_dir() else Path(__file__).resolve().parent.parent / name
+
+
+CONFIG_ROOT = _shipped("configs")
+MANIFEST_ROOT = _shipped("data_manifests")
+
+
+def search_dirs(kind: str) -> list[Path]:
+    """Folders searched for a named config of `kind` (tasks, models, profiles, data_manifests), in order."""
+    shipped = MANIFEST_ROOT if kind == "data_manifests" else CONFIG_ROOT / kind
+    user = os.environ.get(CONFIG_DIR_ENV)
+    return ([Path(user) / kind] if user else []) + [shipped]
+
+
+def find_named(kind: str, name: str) -> Path | None:
+    return next((d / f"{name}.yaml" for d in search_dirs(kind) if (d / f"{name}.yaml").is_file()), None)
+
+
+def known_names(kind: str) -> list[str]:
+    return sorted({p.stem for d in search_dirs(kind) if d.is_dir() for p in d.glob("*.yaml")})
 
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+Modality = Literal["CT", "MRI"]
+
+
 class TaskConfig(Strict):
     name: str
     dataset_dir: str = Field(description="folder name of the dataset, e.g. Task09_Spleen")
     manifest: str = Field(description="name of the manifest in data_manifests/")
-    modality: Literal["CT", "MRI"]
+    modality: Modality
     in_channels: int = Field(1, ge=1)
+    channels: dict[str, Modality] | None = Field(
+        None, description="channel name -> modality, in file order (CASE_0000, CASE_0001, ...); default: one per in_channels"
+    )
     labels: dict[str, int]
+
+    @model_validator(mode="after")
+    def _channels_match(self) -> "TaskConfig":
+        if self.channels is not None and len(self.channels) != self.in_channels:
+            raise ValueError(f"channels names {len(self.channels)} channels ({', '.join(self.channels)}) but in_channels is {self.in_channels}")
+        return self
+
+    @property
+    def channel_modalities(self) -> dict[str, str]:
+        """{channel name: modality} for every input channel."""
+        if self.channels is not None:
+            return dict(self.channels)
+        names = ["image"] if self.in_channels == 1 else [f"channel_{c}" for c in range(self.in_channels)]
+        return {name: self.modality for name in names}
 
     @field_validator("labels")
     @classmethod
@@ -65,6 +117,10 @@ class PreprocessingConfig(Strict):
         None, description="[low, high] mapped to [0, 1] and clipped (CT Hounsfield units); null: per-image z-score"
     )
     roi_size: tuple[int, int, int]
+    modalities: tuple[Modality, ...] | None = Field(
+        None, description="per input channel: CT is windowed by intensity_window, MRI z-scored inside the body; "
+        "filled from the task's channels"
+    )
 
     @field_validator("orientation")
     @classmethod
@@ -225,6 +281,20 @@ class RunConfig(Strict):
     inference: InferenceConfig = InferenceConfig()
     profile: str = "custom"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _channel_modalities(cls, data: Any) -> Any:
+        """The task's per-channel modalities travel with the preprocessing (and so into checkpoints)."""
+        if not isinstance(data, dict) or not isinstance(data.get("task"), dict) or not isinstance(data.get("preprocessing"), dict):
+            return data
+        if data["preprocessing"].get("modalities") is None:
+            try:
+                task = TaskConfig.model_validate(data["task"])
+            except ValidationError:
+                return data  # reported with its key by the normal validation
+            data = {**data, "preprocessing": {**data["preprocessing"], "modalities": list(task.channel_modalities.values())}}
+        return data
+
     def model_kwargs(self) -> dict[str, Any]:
         """Everything `create_model` needs for this task: the model's params plus the data's shape."""
         return {
@@ -258,16 +328,19 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def find_config(kind: str, name_or_path: str) -> Path:
-    """`name` -> configs/<kind>/<name>.yaml; a path to a .yaml file is taken as it is."""
+    """`name` -> $UNETR_CONFIG_DIR/<kind>/<name>.yaml or the shipped configs/<kind>/<name>.yaml;
+    a path to a .yaml file is taken as it is."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml"):
         if not candidate.is_file():
             raise ConfigError(f"{kind[:-1]} config {name_or_path!r}: file not found")
         return candidate
-    path = CONFIG_ROOT / kind / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.yaml"))
-        raise ConfigError(f"unknown {kind[:-1]} {name_or_path!r}; known: {', '.join(known)} (or pass a .yaml path)")
+    path = find_named(kind, name_or_path)
+    if path is None:
+        raise ConfigError(
+            f"unknown {kind[:-1]} {name_or_path!r}; known: {', '.join(known_names(kind))} "
+            f"(or pass a .yaml path, or add {name_or_path}.yaml under ${CONFIG_DIR_ENV}/{kind}/)"
+        )
     return path
 
 
@@ -290,27 +363,56 @@ def load_run_config(
     """Resolve task + model + profile YAML and CLI overrides into one validated RunConfig.
 
     `model` defaults to the profile's `model.name`. A model name without a YAML file in
-    configs/models/ is taken as a registered model with its own defaults.
+    configs/models/ is taken as a registered model with its own defaults. The profile's
+    `model.params` size its own model; `model.sizes` sizes others, by model name or family
+    (e.g. cpu-demo's CPU-sized variant of every family; a `roi_size` there replaces the profile's
+    window for that family). Sizes that do not fit are an error.
     """
     task_data = read_yaml(find_config("tasks", task))
     profile_path = find_config("profiles", profile)
     profile_data = read_yaml(profile_path)
     profile_model = profile_data.pop("model", {}) or {}
-    if not isinstance(profile_model, dict):
-        raise ConfigError(f"{profile_path}: model: expected a mapping with name/params")
+    if not isinstance(profile_model, dict) or not set(profile_model) <= {"name", "params", "sizes"}:
+        raise ConfigError(f"{profile_path}: model: expected a mapping with name, params and sizes")
     model_name = model or profile_model.get("name", "unetr")
     model_data = _model_config_data(model_name)
-    if profile_model.get("name", model_data["name"]) == model_data["name"]:
-        # profile params tune the profile's own model (e.g. a small UNETR for CPU); not another one
-        model_data = deep_merge(model_data, {"params": profile_model.get("params", {}) or {}})
+    params = _profile_model_params(profile_model, model_data["name"], profile_path)
+    if "roi_size" in params:  # a family whose deepest stride needs a larger window than the profile's
+        profile_data = deep_merge(profile_data, {"preprocessing": {"roi_size": params.pop("roi_size")}})
+    model_data = deep_merge(model_data, {"params": params})
     data = deep_merge(profile_data, {"task": task_data, "model": model_data, "profile": Path(profile).stem})
     data = deep_merge(data, overrides or {})
     return validate_run_config(data, source=f"{profile_path.name} + {task} + {model_data['name']}")
 
 
+def _profile_model_params(profile_model: dict[str, Any], name: str, profile_path: Path) -> dict[str, Any]:
+    """The profile's sizes for model `name`: its own model's params, else `sizes[name]`, else
+    `sizes[family]`; a profile that sizes some models but not this one is an error, not a silent
+    full-size model."""
+    from unetr_app.models import get_model_entry
+
+    own, sizes = profile_model.get("params") or {}, profile_model.get("sizes") or {}
+    if not isinstance(own, dict) or not isinstance(sizes, dict):
+        raise ConfigError(f"{profile_path}: model.params and model.sizes must be mappings")
+    if name == profile_model.get("name", name):
+        return own
+    family = get_model_entry(name).family
+    for key in (name, family):
+        if key in sizes:
+            return dict(sizes[key] or {})
+    if own or sizes:
+        sized = ", ".join(sorted(sizes)) or "none"
+        raise ConfigError(
+            f"{profile_path}: model.params ({', '.join(own) or 'none'}) size {profile_model.get('name')!r} and do not "
+            f"apply to --model {name} (family {family}); model.sizes covers: {sized}. Add model.sizes.{family} "
+            "to the profile, or use a profile without model sizes"
+        )
+    return {}
+
+
 def _model_config_data(name_or_path: str) -> dict[str, Any]:
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or (CONFIG_ROOT / "models" / f"{name_or_path}.yaml").is_file():
+    if path.suffix in (".yaml", ".yml") or find_named("models", name_or_path) is not None:
         data = read_yaml(find_config("models", name_or_path))
         data.setdefault("params", {})
         return data

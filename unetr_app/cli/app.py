@@ -39,6 +39,26 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"unetr {version('unetr')}")
+        except PackageNotFoundError:  # running from a checkout that was never installed
+            from unetr_app import __version__
+
+            typer.echo(f"unetr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version and exit"),
+) -> None:
+    """UNETR and the vision-transformer family for 3D medical image segmentation."""
+
+
 data_app = typer.Typer(help="Make, check and describe datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

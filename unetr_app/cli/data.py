@@ -14,19 +14,36 @@ from unetr_app.config import find_config, read_yaml
 console = Console()
 
 
+PHANTOMS = {  # task -> writer of its phantom dataset
+    "spleen": "unetr_app.data.phantom:write_phantom_dataset",
+    "prostate": "unetr_app.data.phantom_prostate:write_prostate_dataset",
+}
+
+
 def synth(
     out_dir: Annotated[Path, typer.Argument(help="dataset folder to write, e.g. data/Task09_Spleen")],
-    cases: Annotated[int, typer.Option("--cases", min=2, help="labelled training cases")] = 41,
-    test_cases: Annotated[int, typer.Option("--test-cases", min=0, help="test cases")] = 20,
+    task: Annotated[str, typer.Option("--task", help=f"which phantom: {', '.join(PHANTOMS)}")] = "spleen",
+    cases: Annotated[int | None, typer.Option("--cases", min=2, help="labelled training cases [default: the real dataset's]")] = None,
+    test_cases: Annotated[int | None, typer.Option("--test-cases", min=0, help="test cases [default: the real dataset's]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="random seed; the same seed gives the same files")] = 0,
 ) -> None:
-    """Write a CT-like spleen phantom in the Medical Segmentation Decathlon layout."""
-    from unetr_app.data.phantom import write_phantom_dataset
+    """Write a phantom in the Medical Segmentation Decathlon layout: CT-like spleen, or 2-channel MRI-like prostate."""
+    import importlib
 
+    from unetr_app.data.manifest import load_manifest
+    from unetr_app.errors import UsageError
+
+    if task not in PHANTOMS:
+        raise UsageError(f"--task {task!r}: no phantom for it; choose one of {', '.join(PHANTOMS)}")
+    counts = load_manifest(read_yaml(find_config("tasks", task)).get("manifest", task)).counts
+    cases = counts.training if cases is None else cases
+    test_cases = counts.test if test_cases is None else test_cases
+    module, function = PHANTOMS[task].split(":")
+    write = getattr(importlib.import_module(module), function)
     with Progress(console=console, transient=True) as bar:
-        job = bar.add_task("writing phantom cases", total=cases + test_cases)
-        write_phantom_dataset(out_dir, cases, test_cases, seed, progress=lambda: bar.advance(job))
-    console.print(f"wrote {cases} training and {test_cases} test cases to {out_dir}")
+        job = bar.add_task(f"writing {task} phantom cases", total=cases + test_cases)
+        write(out_dir, cases, test_cases, seed, progress=lambda: bar.advance(job))
+    console.print(f"wrote {cases} training and {test_cases} test {task} cases to {out_dir}")
 
 
 def check(

@@ -10,6 +10,7 @@ from pathlib import Path
 from unetr_app.config import TaskConfig
 from unetr_app.data.manifest import Manifest, load_manifest
 from unetr_app.errors import DataNotFoundError, UsageError
+from unetr_app.io.scans import CaseSource, find_cases, source_for
 
 DATA_ENV = "UNETR_DATA"
 
@@ -38,16 +39,23 @@ def find_dataset_dir(task: TaskConfig, data_dir: str | Path | None = None) -> Pa
     )
 
 
-def labelled_cases(root: Path, manifest: Manifest) -> list[dict[str, str]]:
-    """[{image, label}] from dataset.json's training list, or by pairing file names."""
+def labelled_cases(root: Path, manifest: Manifest) -> list[dict]:
+    """[{case, image, label}] from dataset.json's training list, or by pairing case names.
+
+    An image is a scan file (NIfTI, NRRD, MHA), a DICOM series folder, or a list of channel files;
+    without a training list, nnU-Net's CASE_0000, CASE_0001 ... images pair with labelsTr/CASE."""
     description = root / manifest.layout.dataset_json
-    if description.is_file():
-        entries = json.loads(description.read_text()).get("training", [])
-        cases = [{"image": str(root / e["image"]), "label": str(root / e["label"])} for e in entries]
+    entries = json.loads(description.read_text()).get("training", []) if description.is_file() else []
+    if entries:
+        cases = [{"image": _under(root, e["image"]), "label": _under(root, e["label"])} for e in entries]
+        cases = [{"case": source_for(c["image"]).name if _exists(c["image"]) else "", **c} for c in cases]
     else:
-        images = sorted((root / manifest.layout.images_train).glob(f"*{manifest.file_ending}"))
-        cases = [{"image": str(p), "label": str(root / manifest.layout.labels_train / p.name)} for p in images if not p.name.startswith(".")]
-    missing = [c["image"] for c in cases if not (Path(c["image"]).is_file() and Path(c["label"]).is_file())]
+        labels = {c.name: c for c in find_cases(root / manifest.layout.labels_train)} if (root / manifest.layout.labels_train).is_dir() else {}
+        cases = [
+            {"case": c.name, "image": _entry(c), "label": str(labels[c.name].path) if c.name in labels else str(root / manifest.layout.labels_train / c.name)}
+            for c in find_cases(root / manifest.layout.images_train)
+        ]
+    missing = [str(c["image"]) for c in cases if not (_exists(c["image"]) and _exists(c["label"]))]
     if missing:
         raise UsageError(f"{len(missing)} training cases lack an image or label file (first: {missing[0]}); run `unetr data check {root}`")
     if len(cases) < 2:
@@ -55,9 +63,21 @@ def labelled_cases(root: Path, manifest: Manifest) -> list[dict[str, str]]:
     return cases
 
 
-def split_cases(cases: list[dict[str, str]], val_fraction: float, seed: int) -> tuple[list, list]:
+def _under(root: Path, listed: str | list[str]) -> str | list[str]:
+    return [str(root / p) for p in listed] if isinstance(listed, list) else str(root / listed)
+
+
+def _exists(entry: str | list[str]) -> bool:
+    return all(Path(p).exists() for p in (entry if isinstance(entry, list) else [entry]))
+
+
+def _entry(case: CaseSource) -> str | list[str]:
+    return [str(p) for p in case.channel_paths] if case.channel_paths else str(case.path)
+
+
+def split_cases(cases: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
     """Deterministic split: the same cases, fraction and seed always give the same validation set."""
-    order = sorted(cases, key=lambda c: c["image"])
+    order = sorted(cases, key=lambda c: str(c["image"]))
     random.Random(seed).shuffle(order)
     n_val = min(max(1, round(len(order) * val_fraction)), len(order) - 1)
     return order[n_val:], order[:n_val]

@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from unetr_app.config import MANIFEST_ROOT, format_validation_error, read_yaml
-from unetr_app.errors import ConfigError
+from unetr_app.config import find_named, format_validation_error, known_names, read_yaml
+from unetr_app.errors import ConfigError, InputError, UsageError
+from unetr_app.io.scans import CaseSource, Volume, find_cases, read_volume
 
 AFFINE_TOLERANCE_MM = 1e-3
 
@@ -51,21 +51,25 @@ class Manifest(_Strict):
     source: Source
     license: str
     modality: str
+    channels: dict[str, str] | None = None  # name -> modality per input channel; None: one channel
     labels: dict[str, int]
     counts: Counts
     layout: Layout = Layout()
     file_pattern: str
     file_ending: str = ".nii.gz"
 
+    @property
+    def num_channels(self) -> int:
+        return len(self.channels) if self.channels else 1
+
     def where_to_get(self) -> str:
         return f"{self.source.archive} ({self.license}; see {self.source.homepage})"
 
 
 def load_manifest(name: str) -> Manifest:
-    path = MANIFEST_ROOT / f"{name}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in MANIFEST_ROOT.glob("*.yaml"))
-        raise ConfigError(f"no data manifest {name!r}; known: {', '.join(known)}")
+    path = Path(name) if name.endswith((".yaml", ".yml")) else find_named("data_manifests", name)
+    if path is None or not path.is_file():
+        raise ConfigError(f"no data manifest {name!r}; known: {', '.join(known_names('data_manifests'))} (or a .yaml path)")
     try:
         return Manifest.model_validate(read_yaml(path))
     except ValidationError as err:
@@ -110,8 +114,11 @@ def _check_dataset_json(root: Path, manifest: Manifest) -> list[Problem]:
             if not listed or not (root / listed).is_file():
                 problems.append(Problem(str(path), f"training entry {key} {listed!r} does not exist"))
     labels = {str(v): k for k, v in manifest.labels.items()}
-    if description.get("labels") not in (None, labels):
+    if description.get("labels") not in (None, labels, manifest.labels):  # MSD {"1": name} or nnU-Net {name: 1}
         problems.append(Problem(str(path), f"labels {description.get('labels')} differ from the manifest's {labels}"))
+    channels = description.get("channel_names", description.get("modality"))
+    if channels is not None and len(channels) != manifest.num_channels:
+        problems.append(Problem(str(path), f"names {len(channels)} channels {channels}; the manifest expects {manifest.num_channels}"))
     return problems
 
 
@@ -125,54 +132,59 @@ def _check_counts(root: Path, manifest: Manifest) -> list[Problem]:
 
 
 def _check_pairs(root, images_dir, labels_dir, pattern, manifest, required: bool, progress=None) -> list[Problem]:
-    images = {p.name: p for p in _images_in(root / images_dir, manifest)}
-    labels = {p.name: p for p in _images_in(root / labels_dir, manifest)}
-    problems = [Problem(str(p), f"file name does not match {manifest.file_pattern}") for n, p in images.items() if not pattern.match(n)]
+    """Images and labels paired by case name (nnU-Net's CASE_0000, CASE_0001 ... pair with CASE)."""
+    images = {c.name: c for c in _images_in(root / images_dir, manifest)}
+    labels = {c.name: c for c in _images_in(root / labels_dir, manifest)}
+    problems = [Problem(str(p), f"file name does not match {manifest.file_pattern}") for c in images.values() for p in c.files if not pattern.match(p.name)]
     if required or labels:
-        problems += [Problem(str(images[n]), f"missing label ({labels_dir}/{n})") for n in sorted(images.keys() - labels.keys())]
-        problems += [Problem(str(labels[n]), f"label without image ({images_dir}/{n})") for n in sorted(labels.keys() - images.keys())]
+        problems += [Problem(str(images[n].path), f"missing label ({labels_dir}/{n}{manifest.file_ending})") for n in sorted(images.keys() - labels.keys())]
+        problems += [Problem(str(labels[n].path), f"label without image ({images_dir}/{n})") for n in sorted(labels.keys() - images.keys())]
     allowed = set(manifest.labels.values())
     for name in sorted(images):
-        problems += _check_case(images[name], labels.get(name), allowed)
+        problems += _check_case(images[name], labels.get(name), allowed, manifest)
         if progress is not None:
             progress()
     return problems
 
 
-def _check_case(image_path: Path, label_path: Path | None, allowed: set[int]) -> list[Problem]:
-    image, problem = _read(image_path)
+def _check_case(image_case: CaseSource, label_case: CaseSource | None, allowed: set[int], manifest: Manifest) -> list[Problem]:
+    image, problem = _read(image_case)
     if problem:
         return [problem]
-    if image[0].ndim != 3:
-        return [Problem(str(image_path), f"expected a 3D image, got {image[0].ndim}D shape {image[0].shape}")]
-    if label_path is None:
+    if image.num_channels != manifest.num_channels:
+        names = f" ({', '.join(manifest.channels)})" if manifest.channels else ""
+        return [Problem(str(image_case.path), f"case {image_case.name} has {image.num_channels} channel(s); expected {manifest.num_channels}{names}")]
+    if label_case is None:
         return []
-    label, problem = _read(label_path)
+    label, problem = _read(label_case)
     if problem:
         return [problem]
     problems = []
-    if label[0].shape != image[0].shape:
-        problems.append(Problem(str(label_path), f"shape {label[0].shape} differs from the image's {image[0].shape}"))
-    elif not np.allclose(label[1], image[1], atol=AFFINE_TOLERANCE_MM):
-        worst = float(np.abs(label[1] - image[1]).max())
-        problems.append(Problem(str(label_path), f"affine differs from the image's (by up to {worst:.3g} mm)"))
-    values = set(np.unique(label[0]).tolist())
+    if label.array.shape != image.shape:
+        problems.append(Problem(str(label_case.path), f"shape {label.array.shape} differs from the image's {image.shape}"))
+    elif not np.allclose(label.affine, image.affine, atol=AFFINE_TOLERANCE_MM):
+        worst = float(np.abs(label.affine - image.affine).max())
+        problems.append(Problem(str(label_case.path), f"affine differs from the image's (by up to {worst:.3g} mm)"))
+    values = set(np.unique(label.array).astype(int).tolist())
     if not values <= allowed:
-        problems.append(Problem(str(label_path), f"label values {sorted(values - allowed)} are outside the label map {sorted(allowed)}"))
+        problems.append(Problem(str(label_case.path), f"label values {sorted(values - allowed)} are outside the label map {sorted(allowed)}"))
     return problems
 
 
-def _read(path: Path):
-    """(array, affine), or a Problem if the file cannot be read whole (catches truncated gzip)."""
+def _read(case: CaseSource) -> tuple[Volume | None, Problem | None]:
+    """The scan through the one reader, or a Problem if it cannot be read whole (catches truncated gzip)."""
     try:
-        img = nib.load(path)
-        return (np.asanyarray(img.dataobj), img.affine), None
-    except Exception as err:  # nibabel raises many types for a broken file; all mean "unreadable"
-        return None, Problem(str(path), f"unreadable ({type(err).__name__}: {' '.join(str(err).split())[:160]})")
+        return read_volume(case), None
+    except InputError as err:
+        text = " ".join(str(err).split())
+        return None, Problem(str(case.path), "unreadable (" + text.split(": ", 1)[-1][:200] + ")")
 
 
-def _images_in(folder: Path, manifest: Manifest) -> list[Path]:
+def _images_in(folder: Path, manifest: Manifest) -> list[CaseSource]:
+    """The cases in a folder; MSD archives carry macOS resource forks (._name), which are not images."""
     if not folder.is_dir():
         return []
-    # MSD archives carry macOS resource forks (._name); they are not images
-    return sorted(p for p in folder.iterdir() if p.name.endswith(manifest.file_ending) and not p.name.startswith("."))
+    try:
+        return find_cases(folder)
+    except UsageError:
+        return []

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unetr_app.errors import InputError
 from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
 from unetr_app.inference.dicom_seg import check_seg_input, write_dicom_seg
-from unetr_app.inference.predictor import Predictor
+from unetr_app.inference.predictor import INTENSITY_WARNINGS, Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes
 from unetr_app.io.atomic import atomic_path
@@ -125,6 +125,7 @@ def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRe
         if options.writes_seg(case):
             check_seg_input(case)  # before spending the inference on it
         volume, prepared, read_seconds = read.result()
+        record.warnings = prepared[INTENSITY_WARNINGS]
         start = time.perf_counter()
         probabilities = predictor.infer(prepared)
         record.seconds = read_seconds + time.perf_counter() - start
@@ -137,8 +138,8 @@ def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRe
 def _restore_and_write(predictor, volume: Volume, prepared, probabilities, options: OutputOptions, record) -> None:
     start = time.perf_counter()
     prediction = predictor.restore(prepared, probabilities, keep_probabilities=options.save_probabilities)
-    if prediction.labels.shape != volume.array.shape:
-        raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.array.shape}")
+    if prediction.labels.shape != volume.shape:
+        raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.shape}")
     case = volume.source
     labels = predictor.loaded.labels
     if options.save_probabilities:
@@ -151,7 +152,7 @@ def _restore_and_write(predictor, volume: Volume, prepared, probabilities, optio
             )
     if options.preview:
         window = predictor.loaded.preprocessing.intensity_window
-        write_preview(volume.array, prediction.labels, volume.affine, options.preview_path(case), case.name, window)
+        write_preview(volume.channel(0), prediction.labels, volume.affine, options.preview_path(case), case.name, window)
     if options.writes_seg(case):
         record.output = str(write_dicom_seg(volume, prediction.labels, labels, options.seg_path(case)))
     if options.writes_nifti(case):
@@ -170,6 +171,8 @@ def _finish(writing: tuple[CaseRecord, Future | None], records, progress: Progre
         except Exception as err:  # noqa: BLE001
             record.error = _one_line(err, record.input)
     records[record.case] = record
+    for line in record.warnings:  # also in predict_report.json
+        progress.console.print(f"[yellow]warning[/yellow] {record.case}: {line}", highlight=False)
     if record.status == FAILED:
         log.warning("%s: %s", record.case, record.error)
         progress.console.print(f"[red]failed[/red] {record.case}: {record.error}", highlight=False)

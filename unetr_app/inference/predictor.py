@@ -20,12 +20,14 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 from monai.inferers import SlidingWindowInferer
 
-from unetr_app.data.transforms import IMAGE, preprocessing_transforms
+from unetr_app.data.fingerprint import intensity_warnings
+from unetr_app.data.transforms import IMAGE, LoadScand, preprocessing_transforms, volume_tensor
 from unetr_app.errors import InputError
 from unetr_app.io.scans import Volume
 from unetr_app.io.checkpoint import LoadedModel
 
 INPUT_GRID = "input_grid"
+INTENSITY_WARNINGS = "intensity_warnings"
 FLOAT_BYTES = 4
 SLAB_VOXELS = 4_000_000  # voxels of the input grid resampled at a time (bounds the sampling grid's memory)
 RESTORE_SLAB_BYTES = SLAB_VOXELS * FLOAT_BYTES * 8  # its grid, resampled probabilities and temporaries
@@ -63,8 +65,8 @@ class Predictor:
         with warnings.catch_warnings():  # MONAI's notice about Orientationd's future default is not for users
             warnings.simplefilter("ignore", FutureWarning)
             steps = preprocessing_transforms(pre, keys=(IMAGE,))
-        # io.scans reads files itself (NIfTI headers kept, DICOM/NRRD supported), so no LoadImaged
-        self.preprocess = mt.Compose([step for step in steps if not isinstance(step, mt.LoadImaged)])
+        # the batch reads each scan once itself (to write the mask on its grid), so no loading step here
+        self.preprocess = mt.Compose([step for step in steps if not isinstance(step, LoadScand)])
         # back to the input grid: bilinear like the forward resampling; zero mass outside the crop
         self.resample = mt.SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
         inference = loaded.inference
@@ -89,14 +91,11 @@ class Predictor:
 
     def prepare(self, volume: Volume) -> dict:
         """Preprocess on the CPU (safe to run in a prefetch thread while the model works)."""
+        self.check_channels(volume)
         self.check_memory(volume)
-        image = MetaTensor(
-            torch.from_numpy(volume.array),
-            affine=torch.from_numpy(volume.affine),
-            meta={"original_channel_dim": "no_channel", "filename_or_obj": str(volume.source.path)},
-        )
-        prepared = self.preprocess({IMAGE: image})
-        prepared[INPUT_GRID] = (tuple(volume.array.shape), volume.affine)
+        prepared = self.preprocess({IMAGE: volume_tensor(volume)})
+        prepared[INPUT_GRID] = (volume.shape, volume.affine)
+        prepared[INTENSITY_WARNINGS] = intensity_warnings(volume, self.loaded.fingerprint)
         return prepared
 
     def infer(self, prepared: dict) -> torch.Tensor:
@@ -133,8 +132,8 @@ class Predictor:
     def __call__(self, volume: Volume, keep_probabilities: bool = False) -> Prediction:
         prepared = self.prepare(volume)
         prediction = self.restore(prepared, self.infer(prepared), keep_probabilities)
-        if prediction.labels.shape != volume.array.shape:
-            raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.array.shape}")
+        if prediction.labels.shape != volume.shape:
+            raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.shape}")
         return prediction
 
     # --- helpers -------------------------------------------------------------------------------
@@ -160,11 +159,24 @@ class Predictor:
         resampled = voxels * float(np.prod(spacing / np.asarray(self.loaded.preprocessing.spacing)))
         return FLOAT_BYTES * (4 * voxels + (1 + 3 + 3 * self.num_classes + 1) * resampled) + RESTORE_SLAB_BYTES
 
+    def check_channels(self, volume: Volume) -> None:
+        expected = self.loaded.in_channels
+        if volume.num_channels != expected:
+            names = [c["name"] for c in (self.loaded.fingerprint or {}).get("channels", [])]
+            wanted = f" ({', '.join(names)})" if names else ""
+            source = volume.source
+            found = (f"{len(source.channel_paths)} channel files ({', '.join(p.name for p in source.files)})" if source.channel_paths
+                     else f"a 4D image with {volume.num_channels} channels on the last axis" if volume.num_channels > 1 else "1 channel")
+            raise InputError(
+                f"{source.path}: case {source.name} has {found}; the model needs {expected} channel(s){wanted}, as "
+                "CASE_0000, CASE_0001, ... files or one 4D NIfTI with channels last"
+            )
+
     def check_memory(self, volume: Volume) -> None:
         limit = self.settings.max_memory_bytes
         if limit is None:
             return
-        need = self.estimate_bytes(volume.array.shape, volume.affine)
+        need = self.estimate_bytes(volume.shape, volume.affine)
         if need > limit:
             raise InputError(
                 f"{volume.source.path}: too large: shape {tuple(volume.array.shape)} needs about "

@@ -31,6 +31,7 @@ class CaseRecord:
     error: str | None = None
     seconds: float = 0.0
     volumes: dict[str, dict[str, float]] = field(default_factory=dict)  # label name -> voxels, ml
+    warnings: list[str] = field(default_factory=list)  # e.g. intensities unlike the training data's
 
 
 def label_volumes(labels: np.ndarray, voxel_ml: float, names: dict[str, int]) -> dict[str, dict[str, float]]:

@@ -285,6 +285,8 @@ class LoadedModel:
     path: Path
     kwargs: dict[str, Any] = field(default_factory=dict)
     key_report: KeyReport | None = None  # set when the weights came from a bare state dict
+    in_channels: int = 1
+    fingerprint: dict | None = None  # the training data's intensities (data.fingerprint), when recorded
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", fallback: dict[str, Any] | None = None) -> LoadedModel:
@@ -314,6 +316,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fallback: d
         path=ckpt_path,
         kwargs=dict(data["model"]["kwargs"]),
         key_report=report,
+        in_channels=int(data.get("in_channels", 1)),
+        fingerprint=data.get("fingerprint"),
     )
 
 

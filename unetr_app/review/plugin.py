@@ -41,11 +41,11 @@ def read_nifti(path) -> list[tuple]:
 
 def _layer_data(path: Path) -> tuple:
     volume = read_volume(CaseSource(case_name(path), path, "nifti"))
-    grid = DisplayGrid(volume.affine, volume.array.shape)
+    grid = DisplayGrid(volume.affine, volume.shape)
     header = nib.load(path).header
     metadata = {**grid.as_metadata(), "source": str(path),
                 "qform_code": int(header["qform_code"]), "sform_code": int(header["sform_code"])}
-    data = grid.to_display(volume.array)
+    data = grid.to_display(volume.channel(0))  # a multi-channel file shows its first channel
     attributes = {"name": case_name(path), "scale": grid.display_scale, "metadata": metadata}
     if looks_like_labels(data, header.get_data_dtype()):
         values = np.unique(data)

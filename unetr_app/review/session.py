@@ -74,12 +74,13 @@ class ReviewSession:
         index = min(max(self.index if index is None else index, 0), len(self.cases) - 1)
         case = self.cases[index]
         scan = read_volume(case.image)
-        grid = DisplayGrid(scan.affine, scan.array.shape)
+        grid = DisplayGrid(scan.affine, scan.shape)
         prediction = grid.to_display(_read_mask(case.prediction, scan))
         correction = self.correction_path(case)
         labels = grid.to_display(_read_mask(correction, scan)) if correction.is_file() else prediction.copy()
         reference = grid.to_display(_read_mask(case.reference.path, scan)) if case.reference else None
-        opened = OpenCase(case, scan, grid, grid.to_display(scan.array, copy=False), prediction, labels, reference, correction.is_file())
+        # a multi-channel scan is shown by its first channel (T2 for the prostate task)
+        opened = OpenCase(case, scan, grid, grid.to_display(scan.channel(0), copy=False), prediction, labels, reference, correction.is_file())
         self._volumes[case.name] = self.volumes_of(labels, grid.voxel_ml)
         self.index = index  # only once the case could be read: a broken file leaves the reviewer where they were
         return opened
@@ -154,8 +155,8 @@ def _read_mask(path: Path, scan: Volume) -> np.ndarray:
         raise InputError(f"{path}: could not be read as a mask ({' '.join(str(err).split())})") from None
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
-    if array.shape != scan.array.shape:
-        raise InputError(f"{path}: mask shape {array.shape} differs from the scan's {scan.array.shape} ({scan.source.path})")
+    if array.shape != scan.shape:
+        raise InputError(f"{path}: mask shape {array.shape} differs from the scan's {scan.shape} ({scan.source.path})")
     if not np.allclose(image.affine, scan.affine, atol=1e-3):
         log.warning("%s: affine differs from the scan's (%s); showing it on the scan's grid", path, scan.source.path)
     if not np.issubdtype(array.dtype, np.integer):

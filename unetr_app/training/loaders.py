@@ -15,7 +15,7 @@ from unetr_app.io.scans import case_name
 
 
 def with_case_names(cases: list[dict[str, str]]) -> list[dict[str, str]]:
-    return [{**c, "case": case_name(Path(c["image"]))} for c in cases]
+    return [{**c, "case": c.get("case") or case_name(Path(c["image"]))} for c in cases]
 
 
 def build_loaders(config: RunConfig, train_cases, val_cases, cache_workers: int = 2, shard: Shard = Shard()):
