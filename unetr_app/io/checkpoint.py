@@ -12,6 +12,7 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
     task, modality, in_channels
     epoch, best_val_dice, best_epoch
     config                            the resolved run config
+    fingerprint                       the training data's intensities per channel (data.fingerprint)
     training_state (last.pt only)     optimizer, scheduler, scaler, rng, history, seconds
 """
 
