@@ -64,7 +64,9 @@ def run_monai(inputs: Path, output: Path, checkpoint: Path, device: str) -> None
 
     loaded = load_model(checkpoint, device)
     pre = loaded.preprocessing
-    preprocess = mt.Compose(preprocessing_transforms(pre, keys=("image",)))
+    # the bundle's loading (MONAI's LoadImaged), then the same preprocessing as ours
+    steps = preprocessing_transforms(pre, keys=("image",))[1:]
+    preprocess = mt.Compose([mt.LoadImaged(keys="image", image_only=True), mt.EnsureChannelFirstd(keys="image"), *steps])
     postprocess = mt.Compose(
         [
             mt.Invertd(keys="pred", transform=preprocess, orig_keys="image", nearest_interp=False),

@@ -295,6 +295,13 @@ class RunConfig(Strict):
             data = {**data, "preprocessing": {**data["preprocessing"], "modalities": list(task.channel_modalities.values())}}
         return data
 
+    @model_validator(mode="after")
+    def _one_modality_per_channel(self) -> "RunConfig":
+        modalities = self.preprocessing.modalities
+        if modalities is not None and len(modalities) != self.task.in_channels:
+            raise ValueError(f"preprocessing.modalities names {len(modalities)} channels; the task has {self.task.in_channels}")
+        return self
+
     def model_kwargs(self) -> dict[str, Any]:
         """Everything `create_model` needs for this task: the model's params plus the data's shape."""
         return {

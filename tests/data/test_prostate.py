@@ -138,3 +138,12 @@ def test_review_opens_a_multi_channel_case_and_saves_on_its_grid(prostate, as_ch
     saved = nib.load(tmp_path / "fixed" / f"{opened.case.name}.nii.gz")
     assert saved.shape == reference.shape and np.array_equal(saved.affine, reference.affine)
     assert np.array_equal(np.asanyarray(saved.dataobj), np.asanyarray(reference.dataobj))
+
+
+def test_data_check_names_swapped_channels_in_dataset_json(prostate, tmp_path):
+    root = tmp_path / "Task05_Prostate"
+    shutil.copytree(prostate, root)
+    description = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**description, "modality": {"0": "ADC", "1": "T2"}}))
+    problems = [p.cause for p in check_dataset(root, _manifest())]
+    assert problems == ["channels ADC, T2 differ from the manifest's T2, ADC (order matters)"], problems

@@ -116,9 +116,14 @@ def _check_dataset_json(root: Path, manifest: Manifest) -> list[Problem]:
     labels = {str(v): k for k, v in manifest.labels.items()}
     if description.get("labels") not in (None, labels, manifest.labels):  # MSD {"1": name} or nnU-Net {name: 1}
         problems.append(Problem(str(path), f"labels {description.get('labels')} differ from the manifest's {labels}"))
-    channels = description.get("channel_names", description.get("modality"))
-    if channels is not None and len(channels) != manifest.num_channels:
-        problems.append(Problem(str(path), f"names {len(channels)} channels {channels}; the manifest expects {manifest.num_channels}"))
+    channels = description.get("channel_names", description.get("modality"))  # nnU-Net v2 / MSD
+    if isinstance(channels, dict):
+        names = [str(channels[k]) for k in sorted(channels, key=lambda k: int(k) if str(k).isdigit() else 0)]
+        expected = list(manifest.channels or {})
+        if len(names) != manifest.num_channels:
+            problems.append(Problem(str(path), f"names {len(names)} channels ({', '.join(names)}); the manifest expects {manifest.num_channels}"))
+        elif expected and [n.lower() for n in names] != [n.lower() for n in expected]:
+            problems.append(Problem(str(path), f"channels {', '.join(names)} differ from the manifest's {', '.join(expected)} (order matters)"))
     return problems
 
 

@@ -11,7 +11,8 @@ A checkpoint saved as `NAME.pt` is written as up to two files beside each other:
                            preprocessing              orientation, spacing, intensity_window, roi_size
                            inference                  overlap, sw_batch_size, blend_mode
                            labels                     {name: value}, background 0
-                           task, modality, in_channels, epoch, best_val_dice, best_epoch, config
+                           task, modality, in_channels, step, best_val_dice, best_step, config
+                           fingerprint                the training data's intensities per channel
     NAME.pt            only when there is more (last.pt: the training state: optimizer, scheduler,
                        scaler, rng, history, seconds), a torch file read with `weights_only=True`,
                        holding {format, format_version, save_id, weights: "NAME.safetensors", ...}

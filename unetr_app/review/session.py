@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from unetr_app.errors import InputError, UsageError
-from unetr_app.io.scans import Volume, read_volume, write_like
+from unetr_app.io.scans import Volume, read_volume, source_for, write_like
 from unetr_app.review import measures
 from unetr_app.review.cases import ReviewCase, find_review_cases, label_name, read_label_names
 from unetr_app.review.geometry import DisplayGrid
@@ -147,17 +147,13 @@ def default_corrections_dir(pred_dir: Path) -> Path:
 
 
 def _read_mask(path: Path, scan: Volume) -> np.ndarray:
-    """An integer mask in the file's voxel order, which must have the scan's shape."""
-    try:
-        image = nib.load(path)
-        array = np.asanyarray(image.dataobj)
-    except Exception as err:  # noqa: BLE001 - any reader failure is this file's problem
-        raise InputError(f"{path}: could not be read as a mask ({' '.join(str(err).split())})") from None
-    if array.ndim == 4 and array.shape[3] == 1:
-        array = array[..., 0]
+    """An integer mask in the file's voxel order, which must have the scan's shape (any format the
+    one reader takes: NIfTI, NRRD, MHA)."""
+    mask = read_volume(source_for(path))
+    array = mask.array
     if array.shape != scan.shape:
         raise InputError(f"{path}: mask shape {array.shape} differs from the scan's {scan.shape} ({scan.source.path})")
-    if not np.allclose(image.affine, scan.affine, atol=1e-3):
+    if not np.allclose(mask.affine, scan.affine, atol=1e-3):
         log.warning("%s: affine differs from the scan's (%s); showing it on the scan's grid", path, scan.source.path)
     if not np.issubdtype(array.dtype, np.integer):
         array = np.rint(array)
