@@ -12,6 +12,7 @@ import yaml
 from unetr_app.config import RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
 from unetr_app.data.manifest import load_manifest
+from unetr_app.data.splits import fold_cases, load_or_make_splits, parse_fold
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
@@ -23,12 +24,12 @@ log = logging.getLogger(__name__)
 LAST = Path("checkpoints") / "last.pt"
 
 
-def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False, reporter=None) -> dict:
+def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False, reporter=None, fold: int | str | None = None, folds: int | None = None) -> dict:
     """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json`."""
     run_dir = Path(run_dir)
     prepare_run_dir(run_dir, resume)
     dataset = find_dataset_dir(config.task, data_dir)
-    train_cases, val_cases = load_or_make_split(run_dir, dataset, config)
+    train_cases, val_cases = load_or_make_split(run_dir, dataset, config, fold, folds)
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     torch_device = resolve_device(device)
@@ -67,15 +68,21 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
-def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig):
-    """The split is made once per run and recorded; a resumed run reads it back."""
+def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig, fold: int | str | None = None, folds: int | None = None):
+    """The split is made once per run and recorded; a resumed run reads it back. With `fold`, it is
+    that fold of the dataset's splits.json (shared by every model and run)."""
     split_path = run_dir / "split.json"
     if split_path.is_file():
         split = json.loads(split_path.read_text())
         return split["train"], split["validation"]
     cases = labelled_cases(dataset, load_manifest(config.task.manifest))
-    train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
-    split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}
+    if fold is not None:
+        splits, path = load_or_make_splits(dataset, cases, folds)
+        train_cases, val_cases = fold_cases(cases, splits, parse_fold(fold), path)
+        split = {"fold": fold, "folds": len(splits), "splits": str(path), "train": train_cases, "validation": val_cases}
+    else:
+        train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
+        split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}
     atomic_write_text(split_path, json.dumps(split, indent=2) + "\n")
     return train_cases, val_cases
 

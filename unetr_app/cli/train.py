@@ -23,6 +23,8 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/<task>-<model>-<profile>-<time>")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from checkpoints/last.pt")] = False,
     device: DeviceOption = "auto",
+    fold: Annotated[str | None, typer.Option("--fold", help="cross-validation fold K of the dataset's splits.json, or 'all'; default: a val_fraction split")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", min=2, help="folds when splits.json is first made (default 5)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any config key, e.g. --set training.lr=3e-4")] = None,
 ) -> None:
     """Train a segmentation model; writes config, checkpoints, metrics, summary and curves to the run folder."""
@@ -46,7 +48,7 @@ def train(
         config = load_run_config(task, model, profile, overrides)
         out = out or Path("runs") / f"{task}-{config.model.name}-{config.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(f"training {config.model.name} on {config.task.name} ({config.profile}) into {out}")
-    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console))
+    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), fold=fold, folds=folds)
     console.print(
         f"best validation Dice {summary['best_val_dice']:.4f} at epoch {summary['best_epoch']} "
         f"({summary['epochs']} epochs, {summary['seconds']:.0f} s)\n"
