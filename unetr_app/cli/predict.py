@@ -13,7 +13,7 @@ from unetr_app.cli.options import DeviceOption, OutDirOption, OverwriteOption
 def predict(
     input: Annotated[Path, typer.Argument(help="a scan (.nii, .nii.gz, .nrrd, .mha), a folder of them, or a DICOM series folder")],
     output_dir: Annotated[Path, typer.Argument(help="folder for <case>.nii.gz masks and predict_report.json")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="run folder (uses checkpoints/best.pt) or a .pt file")],
+    checkpoint: Annotated[list[Path], typer.Option("--checkpoint", "-c", help="run folder (uses checkpoints/best.pt) or a .pt file; repeat it to ensemble models or folds")],
     device: DeviceOption = "auto",
     overlap: Annotated[float | None, typer.Option("--overlap", help="sliding-window overlap in [0, 1); default: the checkpoint's")] = None,
     sw_batch_size: Annotated[int | None, typer.Option("--sw-batch-size", min=1, help="windows per forward pass; default: the checkpoint's")] = None,
@@ -25,6 +25,7 @@ def predict(
     stitch_device: Annotated[str | None, typer.Option("--stitch-device", help="blend windows here (cpu keeps whole-volume logits off the GPU)")] = None,
     max_memory_gb: Annotated[float | None, typer.Option("--max-memory-gb", min=0, help="refuse scans estimated to need more; default 80% of RAM")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    postprocess: Annotated[bool, typer.Option("--postprocess/--no-postprocess", help="apply the postprocessing.json decided on validation (found beside the checkpoint)")] = True,
 ) -> None:
     """Segment every scan; masks land on each input's exact grid. Exit 1 if any case failed."""
     from pipelines.predict import PredictRequest, exit_code, run_predict
@@ -32,7 +33,7 @@ def predict(
     request = PredictRequest(
         input=input,
         output_dir=output_dir,
-        checkpoint=checkpoint,
+        checkpoint=tuple(checkpoint),
         device=device,
         stitch_device=stitch_device,
         overlap=overlap,
@@ -44,6 +45,7 @@ def predict(
         preview=preview,
         max_memory_gb=max_memory_gb,
         show_progress=not quiet,
+        postprocess=postprocess,
     )
     report = run_predict(request)
     summary = report["summary"]

@@ -12,11 +12,15 @@ Connected components come from `cc3d` (connected-components-3d), 26-connected.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Iterable
 
 import cc3d
 import numpy as np
+
+from unetr_app.errors import UsageError
 
 POSTPROCESSING_FILE = "postprocessing.json"
 CONNECTIVITY = 26
@@ -129,3 +133,20 @@ def _best_of(cases, name: str, value: int, current: Postprocessing, candidates: 
         kept = winner is not None and step == winner[0]
         trials.append({"label": name, "step": step, "dice_before": round(before, 6), "dice_after": round(score, 6), "kept": kept})
     return current if winner is None else winner[1]
+
+
+def find_postprocessing(checkpoint: Path) -> Path | None:
+    """The postprocessing.json that applies to a checkpoint file: beside it, or, for RUN/checkpoints/X.pt,
+    in the run folder or the folder above it (an experiment's folds share one decision)."""
+    folder = Path(checkpoint).parent
+    places = [folder]
+    if folder.name == "checkpoints":
+        places += [folder.parent, folder.parent.parent]
+    return next((place / POSTPROCESSING_FILE for place in places if (place / POSTPROCESSING_FILE).is_file()), None)
+
+
+def read_postprocessing(path: Path) -> Postprocessing:
+    try:
+        return Postprocessing.from_dict(json.loads(Path(path).read_text()))
+    except (OSError, ValueError, TypeError, AttributeError) as err:
+        raise UsageError(f"{path}: unreadable post-processing decision ({' '.join(str(err).split())}); delete it or pass --no-postprocess") from None
