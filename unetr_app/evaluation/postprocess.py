@@ -102,6 +102,11 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int(np.logical_and(prediction, reference).sum()) / total
 
 
+def case_dice(prediction: np.ndarray, reference: np.ndarray, labels: dict[str, int]) -> float:
+    """Mean Dice over the foreground labels of one case."""
+    return float(np.mean([dice(prediction == v, reference == v) for v in labels.values() if v != 0]))
+
+
 def mean_dice(cases: list[ValidationCase], steps: Postprocessing, value: int) -> float:
     scores = [dice(steps.apply(c.prediction, c.spacing) == value, c.reference == value) for c in cases]
     return float(np.mean(scores))
