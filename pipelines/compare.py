@@ -209,7 +209,7 @@ def _receptive_field(out: Path, run: RunResult, say, max_scans: int = 4) -> floa
     target = out / "receptive_fields" / f"{run.model}.npz"
     if not target.is_file():
         say(f"{run.model}: measuring the effective receptive field")
-        loaded = load_model(Path(run.run_dir) / "checkpoints" / "best.pt", "cpu")
+        loaded = load_model(Path(run.run_dir), "cpu")  # its best checkpoint
         predictor = Predictor(loaded, PredictSettings(device=torch.device("cpu")))
         split = json.loads((Path(run.run_dir) / "split.json").read_text())
         sources = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), "nifti") for c in split["validation"][:max_scans]]

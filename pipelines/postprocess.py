@@ -18,7 +18,7 @@ import numpy as np
 import yaml
 
 from unetr_app.device import resolve_device
-from unetr_app.errors import UsageError
+from unetr_app.errors import CheckpointError, UsageError
 from unetr_app.evaluation.postprocess import (
     DEFAULT_MIN_VOLUMES_MM3, POSTPROCESSING_FILE, ValidationCase, decide_postprocessing,
 )
@@ -26,19 +26,25 @@ from unetr_app.inference.batch import OutputOptions, predict_cases
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.inference.report import build_report, write_report
 from unetr_app.io.atomic import atomic_write_text
-from unetr_app.io.checkpoint import load_model
+from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
 from unetr_app.io.scans import CaseSource, case_name, file_kind
 
 log = logging.getLogger(__name__)
 VALIDATION_DIR = "validation"
-BEST = Path("checkpoints") / "best.pt"
 
 
 def find_runs(folder: Path) -> list[Path]:
     """Finished-enough run folders (a split and a best checkpoint): the folder itself or those below it."""
     folder = Path(folder)
     candidates = [folder, *sorted(p.parent for p in folder.glob("*/split.json")), *sorted(p.parent for p in folder.glob("*/*/split.json"))]
-    return [run for run in dict.fromkeys(candidates) if (run / "split.json").is_file() and (run / BEST).is_file()]
+    return [run for run in dict.fromkeys(candidates) if (run / "split.json").is_file() and _has_checkpoint(run)]
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    try:
+        return resolve_checkpoint_path(run_dir).is_file()
+    except CheckpointError:
+        return False
 
 
 def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool = False) -> list:
@@ -46,7 +52,7 @@ def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool 
     split = json.loads((run_dir / "split.json").read_text())
     cases = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), file_kind(Path(c["image"])) or "nifti") for c in split["validation"]]
     torch_device = resolve_device(device)
-    predictor = Predictor(load_model(run_dir / BEST, torch_device), PredictSettings(device=torch_device, tta=False))
+    predictor = Predictor(load_model(run_dir, torch_device)  # a run folder means its best checkpoint, PredictSettings(device=torch_device, tta=False))
     out = run_dir / VALIDATION_DIR
     out.mkdir(exist_ok=True)
     records = predict_cases(predictor, cases, OutputOptions(out), show_progress=show_progress)
@@ -77,7 +83,7 @@ def run_postprocess(folder: Path, device: str = "auto", min_volumes_mm3: Iterabl
     folder = Path(folder)
     runs = find_runs(folder)
     if not runs:
-        raise UsageError(f"{folder}: no run folders with split.json and {BEST} (train with `unetr train --fold K` first)")
+        raise UsageError(f"{folder}: no run folders with split.json and a checkpoint (train with `unetr train --fold K` first)")
     for run in runs:
         predict_validation(run, device, show_progress)
     cases = [case for run in runs for case in validation_cases(run)]

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from unetr_app.config import load_run_config
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app.inference import distributed
@@ -24,6 +25,8 @@ from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
 from unetr_app.evaluation.postprocess import find_postprocessing, read_postprocessing
 
 log = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,11 @@ class PredictRequest:
     preview: bool = False
     max_memory_gb: float | None = None  # None: 80% of this machine's memory
     show_progress: bool = True
+    output_format: str = "nifti"  # nifti | dicom-seg | both
+    # for a bare state dict (MONAI's UNETR / SwinUNETR weights): the model and preprocessing to use
+    task: str | None = None
+    model: str | None = None
+    profile: str | None = None
     postprocess: bool = True  # apply the postprocessing.json found beside the (first) checkpoint
 
 
@@ -52,9 +60,10 @@ def run_predict(request: PredictRequest) -> dict:
         cases = find_cases(request.input)
         _check_output_dir(request, cases)
         device = distributed.device_for(shard, resolve_device(request.device))
-        members = [load_model(path, device) for path in _checkpoints(request)]
+        members = [load_model(path, device, _fallback(request)) for path in _checkpoints(request)]
         predictor = Predictor(members, _settings(request, device))
-        options = OutputOptions(request.output_dir, request.overwrite, request.save_probabilities, request.preview)
+        options = OutputOptions(request.output_dir, request.overwrite, request.save_probabilities, request.preview,
+                                _output_format(request.output_format))
         if shard.is_main:
             request.output_dir.mkdir(parents=True, exist_ok=True)
             for path in remove_stale_temporaries(request.output_dir):
@@ -85,6 +94,26 @@ def _checkpoints(request: PredictRequest) -> list[Path]:
 
 def _postprocessing_file(request: PredictRequest) -> Path | None:
     return find_postprocessing(_checkpoints(request)[0]) if request.postprocess else None
+
+
+def _fallback(request: PredictRequest) -> dict | None:
+    """What a bare state dict lacks (model, preprocessing, labels), from --task/--model/--profile."""
+    if request.task is None and request.model is None and request.profile is None:
+        return None
+    config = load_run_config(request.task or "spleen", request.model, request.profile or "cpu-demo")
+    return {
+        "model": {"name": config.model.name, "kwargs": config.model_kwargs()},
+        "preprocessing": config.preprocessing.model_dump(mode="json"),
+        "inference": config.inference.model_dump(mode="json"),
+        "labels": dict(config.task.labels),
+        "modality": config.task.modality,
+    }
+
+
+def _output_format(value: str) -> str:
+    if value not in OUTPUT_FORMATS:
+        raise UsageError(f"--output-format {value!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
+    return value
 
 
 def _settings(request: PredictRequest, device) -> PredictSettings:
@@ -126,6 +155,7 @@ def _run_info(request: PredictRequest, predictor: Predictor, shard) -> dict:
         "tta": predictor.settings.tta,
         "amp": str(predictor.amp_dtype).removeprefix("torch.") if predictor.use_amp else "float32",
         "processes": shard.world_size,
+        **({"weights": predictor.loaded.key_report.summary()} if predictor.loaded.key_report else {}),
     }
 
 

@@ -62,13 +62,13 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
         first.wait()
     finished = {r: (r / "summary.json").stat().st_mtime_ns for r in _run_dirs(out) if (r / "summary.json").is_file()}
     killed = [r for r in _run_dirs(out) if (r / "checkpoints" / "last.pt").is_file() and r not in finished]
-    best_before = {r: (r / "checkpoints" / "best.pt").stat().st_mtime_ns for r in finished}
+    best_before = {r: next((r / "checkpoints").glob("best.*")).stat().st_mtime_ns for r in finished}
 
     result = cli(*_args(dataset, tiny_profile, out))
     assert result.exit_code == 0, result.output
     for run in finished:  # untouched
         assert (run / "summary.json").stat().st_mtime_ns == finished[run]
-        assert (run / "checkpoints" / "best.pt").stat().st_mtime_ns == best_before[run]
+        assert next((run / "checkpoints").glob("best.*")).stat().st_mtime_ns == best_before[run]
     for run in killed:  # resumed, not restarted: every epoch exactly once
         assert f"{run.parent.name} fold {run.name[-1]}: resuming" in result.output
         epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -1,6 +1,7 @@
 """Every registered model, whichever family registered it: classifier and segmentation model in
 2D and 3D on small non-square/non-cubic inputs (shape, backward, every parameter trained), and
-`feature_info` agreeing with what `forward_features` returns.
+`feature_info` agreeing with what `forward_features` returns; a segmentation model's
+`forward_train` giving the forward's logits.
 
 Tiny widths come from the family module's `TINY_PARAMS` (the plain family defines them) or, for
 families without one, from `FALLBACK_TINY` below, so a new family is covered as soon as it is
@@ -27,6 +28,9 @@ FALLBACK_TINY = {
 }
 SPECIAL_TINY = {  # models whose own signature differs from their family's
     "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]},
+    **{name: {"channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 1} for name in ("unet", "unet_small")},
+    **{name: {"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]} for name in ("segresnet", "segresnet_small")},
+    **{name: {"base_filters": 4, "max_filters": 16} for name in ("dynunet", "dynunet_small")},
 }
 SIZES = {2: (32, 64), 3: (32, 64, 32)}  # multiples of 32 (the deepest hierarchical stride), not square/cubic
 
@@ -74,6 +78,10 @@ def test_forward_backward_and_feature_info(name, spatial_dims, task):
     expected = (batch, 5) if task == "classification" else (batch, 3, *size)
     assert tuple(out.shape) == expected
     out.square().mean().backward()
+    if task == "segmentation":  # the recipe interface: forward_train's main logits are the forward's
+        with torch.no_grad():
+            model.eval()
+            assert torch.equal(model.forward_train(x)["logits"], model(x))
     if hasattr(model, "feature_info"):  # our backbones and segmentation models (not MONAI's nets)
         unused = [n for n, p in model.named_parameters() if p.grad is None]
         assert not unused, f"parameters that get no gradient: {unused}"

@@ -13,7 +13,7 @@ from unetr_app.cli.options import DeviceOption, OutDirOption, OverwriteOption
 def predict(
     input: Annotated[Path, typer.Argument(help="a scan (.nii, .nii.gz, .nrrd, .mha), a folder of them, or a DICOM series folder")],
     output_dir: Annotated[Path, typer.Argument(help="folder for <case>.nii.gz masks and predict_report.json")],
-    checkpoint: Annotated[list[Path], typer.Option("--checkpoint", "-c", help="run folder (uses checkpoints/best.pt) or a .pt file; repeat it to ensemble models or folds")],
+    checkpoint: Annotated[list[Path], typer.Option("--checkpoint", "-c", help="run folder (its best checkpoint), a checkpoint (.safetensors/.pt), or a MONAI UNETR/SwinUNETR state dict (with --task/--model/--profile); repeat it to ensemble models or folds")],
     device: DeviceOption = "auto",
     overlap: Annotated[float | None, typer.Option("--overlap", help="sliding-window overlap in [0, 1); default: the checkpoint's")] = None,
     sw_batch_size: Annotated[int | None, typer.Option("--sw-batch-size", min=1, help="windows per forward pass; default: the checkpoint's")] = None,
@@ -25,6 +25,10 @@ def predict(
     stitch_device: Annotated[str | None, typer.Option("--stitch-device", help="blend windows here (cpu keeps whole-volume logits off the GPU)")] = None,
     max_memory_gb: Annotated[float | None, typer.Option("--max-memory-gb", min=0, help="refuse scans estimated to need more; default 80% of RAM")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    output_format: Annotated[str, typer.Option("--output-format", help="nifti, dicom-seg (DICOM series inputs) or both")] = "nifti",
+    task: Annotated[str | None, typer.Option("--task", help="for a bare state dict: task config (labels, modality)")] = None,
+    model: Annotated[str | None, typer.Option("--model", help="for a bare state dict: registered model or configs/models YAML")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="for a bare state dict: profile (preprocessing, model params) or a .yaml")] = None,
     postprocess: Annotated[bool, typer.Option("--postprocess/--no-postprocess", help="apply the postprocessing.json decided on validation (found beside the checkpoint)")] = True,
 ) -> None:
     """Segment every scan; masks land on each input's exact grid. Exit 1 if any case failed."""
@@ -45,11 +49,17 @@ def predict(
         preview=preview,
         max_memory_gb=max_memory_gb,
         show_progress=not quiet,
+        output_format=output_format,
+        task=task,
+        model=model,
+        profile=profile,
         postprocess=postprocess,
     )
     report = run_predict(request)
     summary = report["summary"]
     if report.get("processes", 1) == 1 or _is_main_process():
+        if "weights" in report:  # a bare state dict: which keys met the model
+            typer.echo(report["weights"])
         typer.echo(
             f"{summary['ok']} predicted, {summary['skipped']} already done, {summary['failed']} failed "
             f"-> {output_dir / 'predict_report.json'}"

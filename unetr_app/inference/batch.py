@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from unetr_app.errors import InputError
 from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
+from unetr_app.inference.dicom_seg import write_dicom_seg
 from unetr_app.inference.predictor import Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes
@@ -35,9 +36,20 @@ class OutputOptions:
     overwrite: bool = False
     save_probabilities: bool = False
     preview: bool = False
+    # nifti | dicom-seg (other inputs fail: a SEG references a DICOM series) | both (SEG where the input is DICOM)
+    output_format: str = "nifti"
 
     def mask_path(self, case: CaseSource) -> Path:
         return self.output_dir / f"{case.name}.nii.gz"
+
+    def seg_path(self, case: CaseSource) -> Path:
+        return self.output_dir / f"{case.name}_seg.dcm"
+
+    def writes_nifti(self, case: CaseSource) -> bool:
+        return self.output_format != "dicom-seg"
+
+    def writes_seg(self, case: CaseSource) -> bool:
+        return self.output_format == "dicom-seg" or (self.output_format == "both" and case.kind == "dicom")
 
     def probabilities_path(self, case: CaseSource) -> Path:
         return self.output_dir / f"{case.name}_probabilities.npz"
@@ -46,7 +58,8 @@ class OutputOptions:
         return self.output_dir / f"{case.name}.png"
 
     def expected(self, case: CaseSource) -> list[Path]:
-        paths = [self.mask_path(case)]
+        paths = [self.mask_path(case)] if self.writes_nifti(case) else []
+        paths += [self.seg_path(case)] if self.writes_seg(case) else []
         paths += [self.probabilities_path(case)] if self.save_probabilities else []
         return paths + ([self.preview_path(case)] if self.preview else [])
 
@@ -137,9 +150,12 @@ def _restore_and_write(predictor, volume: Volume, prepared, probabilities, optio
     if options.preview:
         window = predictor.loaded.preprocessing.intensity_window
         write_preview(volume.array, prediction.labels, volume.affine, options.preview_path(case), case.name, window)
-    write_like(volume, prediction.labels, options.mask_path(case))  # last: its presence marks the case done
+    if options.writes_seg(case):
+        record.output = str(write_dicom_seg(volume, prediction.labels, labels, options.seg_path(case)))
+    if options.writes_nifti(case):
+        write_like(volume, prediction.labels, options.mask_path(case))  # last: its presence marks the case done
+        record.output = str(options.mask_path(case))
     record.volumes = label_volumes(prediction.labels, volume.voxel_ml, labels)
-    record.output = str(options.mask_path(case))
     record.seconds = round(record.seconds + time.perf_counter() - start, 3)
 
 
@@ -161,6 +177,8 @@ def _finish(writing: tuple[CaseRecord, Future | None], records, progress: Progre
 
 def _skipped_record(case: CaseSource, options: OutputOptions, labels: dict[str, int]) -> CaseRecord | None:
     """A record for a case already done; None when its mask cannot be read (then predict it again)."""
+    if not options.writes_nifti(case):
+        return CaseRecord(case=case.name, input=str(case.path), status=SKIPPED, output=str(options.seg_path(case)))
     path = options.mask_path(case)
     try:
         image = nib.load(path)

@@ -1,25 +1,34 @@
-"""The checkpoint format. A checkpoint is untrusted input: it is read with
-`torch.load(..., weights_only=True)`, which refuses pickled code or arbitrary objects.
+"""The checkpoint format. A checkpoint is untrusted input: nothing in it can run code when loaded.
 
-A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
+A checkpoint saved as `NAME.pt` is written as up to two files beside each other:
 
-    format, format_version            "unetr-checkpoint", 1
-    model: {name, kwargs}             `create_model(name, **kwargs)` rebuilds the network
-    state_dict                        the weights
-    preprocessing                     orientation, spacing, intensity_window, roi_size
-    inference                         overlap, sw_batch_size, blend_mode
-    labels                            {name: value}, background 0
-    task, modality, in_channels
-    epoch, best_val_dice, best_epoch
-    config                            the resolved run config
-    training_state (last.pt only)     optimizer, scheduler, scaler, rng, history, seconds
+    NAME.safetensors   the weights (safetensors: raw tensors and a JSON header, no pickle at all)
+                       plus, in the header's metadata, everything needed to use them, as JSON:
+                         format, format_version      "unetr-checkpoint", 2
+                         save_id                      pairs this file with its NAME.pt
+                         checkpoint (a JSON object):
+                           model: {name, kwargs}      `create_model(name, **kwargs)` rebuilds the network
+                           preprocessing              orientation, spacing, intensity_window, roi_size
+                           inference                  overlap, sw_batch_size, blend_mode
+                           labels                     {name: value}, background 0
+                           task, modality, in_channels, epoch, best_val_dice, best_epoch, config
+    NAME.pt            only when there is more (last.pt: the training state: optimizer, scheduler,
+                       scaler, rng, history, seconds), a torch file read with `weights_only=True`,
+                       holding {format, format_version, save_id, weights: "NAME.safetensors", ...}
+
+The .safetensors file alone is the model people share. Format-1 checkpoints (one torch file with
+`state_dict` and everything else) still load, and so do bare state dicts (MONAI's, e.g.) through
+`load_model(..., fallback=...)`, which then says which keys it loaded.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import uuid
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,24 +40,150 @@ from unetr_app.errors import CheckpointError
 from unetr_app.io.atomic import atomic_path
 
 FORMAT = "unetr-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 REQUIRED_KEYS = ("model", "state_dict", "preprocessing", "inference", "labels")
+WEIGHTS_SUFFIX = ".safetensors"
+SIDECAR_SUFFIX = ".pt"
+CHECKPOINT_NAMES = ("best", "last")
+WRAPPER_KEYS = ("state_dict", "model", "net", "network", "model_state_dict")  # how other tools nest weights
+
+
+# --- writing ---------------------------------------------------------------------------------
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
-    """Write atomically: a kill during the write leaves the previous checkpoint intact."""
-    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **checkpoint}
+    """Write `checkpoint` (a dict with `state_dict`) as NAME.safetensors (+ NAME.pt for the rest).
+
+    Each file is written atomically; the weights go first, and the sidecar names the weights'
+    `save_id`, so a kill between the two writes is detected on load instead of mixing two saves."""
+    weights_path, sidecar_path = checkpoint_files(path)
+    data = dict(checkpoint)
+    state_dict = data.pop("state_dict")
+    extra = {k: data.pop(k) for k in list(data) if k == "training_state" or not _is_json(data[k])}
+    save_id = uuid.uuid4().hex
+    metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "save_id": save_id,
+                "checkpoint": json.dumps(data)}
+    write_safetensors(weights_path, state_dict, metadata)
+    if extra:
+        sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, "save_id": save_id,
+                   "weights": weights_path.name, **extra}
+        with atomic_path(sidecar_path) as tmp:
+            torch.save(sidecar, tmp)
+    else:  # an older sidecar or format-1 file of the same name would now describe other weights
+        sidecar_path.unlink(missing_ok=True)
+
+
+def write_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    # safetensors stores each tensor's own bytes: contiguous, CPU, no storage shared between keys
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates files private (0600); torch.save follows umask
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def checkpoint_files(path: str | Path) -> tuple[Path, Path]:
+    """(NAME.safetensors, NAME.pt) for a checkpoint called NAME.pt or NAME.safetensors."""
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix in (WEIGHTS_SUFFIX, SIDECAR_SUFFIX) else path
+    return base.with_name(base.name + WEIGHTS_SUFFIX), base.with_name(base.name + SIDECAR_SUFFIX)
+
+
+# --- reading ---------------------------------------------------------------------------------
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read and validate a checkpoint file (or `RUN_DIR`, meaning RUN_DIR/checkpoints/best.pt)."""
+    """Read and validate a checkpoint (NAME.pt, NAME.safetensors, or a run folder: its best)."""
     path = resolve_checkpoint_path(path)
-    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a torch.save archive)")
+    data = _read_checkpoint(path)
+    if data is None:
+        raise CheckpointError(f"{path}: not a unetr checkpoint (no format marker {FORMAT!r})")
+    return data
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A run folder means its best checkpoint (else its last); NAME.pt may exist as NAME.safetensors only."""
+    path = Path(path)
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            for name in CHECKPOINT_NAMES:
+                weights, sidecar = checkpoint_files(folder / name)
+                for candidate in (sidecar, weights) if name == "last" else (weights, sidecar):
+                    if candidate.is_file():
+                        return candidate
+        raise CheckpointError(f"{path}: no checkpoints/best or checkpoints/last (.safetensors or .pt) in this folder")
+    if not path.is_file() and path.suffix == SIDECAR_SUFFIX and checkpoint_files(path)[0].is_file():
+        return checkpoint_files(path)[0]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    return path
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """Our checkpoint as one dict (weights included); None when the file is readable but not ours."""
+    if _is_safetensors(path):
+        state_dict, metadata = read_safetensors(path)
+        return _from_weights_file(path, state_dict, metadata)
+    data = _torch_load(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        return None
+    _check_version(path, data.get("format_version", 0))
+    if "weights" in data:  # a format-2 sidecar: the weights and their metadata live beside it
+        weights_path = path.with_name(str(data["weights"]))
+        if Path(str(data["weights"])).name != str(data["weights"]) or not weights_path.is_file():
+            raise CheckpointError(f"{path}: its weights file {data['weights']!r} is missing beside it")
+        state_dict, metadata = read_safetensors(weights_path)
+        if metadata.get("save_id") != data.get("save_id"):
+            raise CheckpointError(
+                f"{path}: belongs to another save than {weights_path.name} (a run killed while saving?); "
+                f"use {weights_path.name} alone for the weights"
+            )
+        merged = _from_weights_file(weights_path, state_dict, metadata)
+        merged.update({k: v for k, v in data.items() if k not in ("weights", "save_id")})
+        return merged
+    _check_required(path, data)
+    return data
+
+
+def _from_weights_file(path: Path, state_dict: dict, metadata: dict[str, str]) -> dict[str, Any] | None:
+    if metadata.get("format") != FORMAT:
+        return None
+    _check_version(path, int(metadata.get("format_version", "0")))
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        data = json.loads(metadata.get("checkpoint", "{}"))
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: its metadata is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: its metadata is not a JSON object")
+    data.update(format=FORMAT, format_version=int(metadata["format_version"]), state_dict=state_dict)
+    _check_required(path, data)
+    return data
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a .safetensors file (parsing it cannot run code)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            return {key: handle.get_tensor(key) for key in handle.keys()}, metadata
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(err)})") from None
+
+
+def _torch_load(path: Path) -> Any:
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (not a torch.save archive or safetensors file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(
             f"{path}: refused: the file holds pickled objects other than tensors and plain data, "
@@ -56,29 +191,79 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(err)})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a unetr checkpoint (no format marker {FORMAT!r})")
-    if data.get("format_version", 0) > FORMAT_VERSION:
+
+
+def _is_safetensors(path: Path) -> bool:
+    """safetensors files start with an 8-byte header length followed by a JSON object."""
+    if path.suffix == WEIGHTS_SUFFIX:
+        return True
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and not zipfile.is_zipfile(path)
+
+
+def _check_version(path: Path, version: int) -> None:
+    if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format version {data['format_version']} is newer than this unetr "
-            f"understands ({FORMAT_VERSION}); upgrade unetr"
+            f"{path}: checkpoint format version {version} is newer than this unetr understands "
+            f"({FORMAT_VERSION}); upgrade unetr"
         )
+
+
+def _check_required(path: Path, data: dict) -> None:
     missing = [k for k in REQUIRED_KEYS if k not in data]
     if missing:
         raise CheckpointError(f"{path}: checkpoint lacks {', '.join(missing)}")
+
+
+# --- bare state dicts (MONAI's and others') --------------------------------------------------
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The weights of any accepted file: our checkpoint, a .safetensors file, or a torch file holding
+    a state dict (possibly nested under "state_dict"/"model"/..., keys possibly prefixed "module.")."""
+    path = resolve_checkpoint_path(path)
+    if _is_safetensors(path):
+        return read_safetensors(path)[0]
+    ours = _read_checkpoint(path)
+    if ours is not None:
+        return ours["state_dict"]
+    return _unwrap_state_dict(path, _torch_load(path))
+
+
+def _unwrap_state_dict(path: Path, data: Any) -> dict[str, torch.Tensor]:
+    for _ in range(2):  # e.g. {"state_dict": {...}} or {"model": {"state_dict": {...}}}
+        if isinstance(data, dict) and not _all_tensors(data):
+            inner = next((data[k] for k in WRAPPER_KEYS if isinstance(data.get(k), dict)), None)
+            data = inner if inner is not None else data
+    if not isinstance(data, dict) or not data or not _all_tensors(data):
+        raise CheckpointError(f"{path}: holds no state dict (a mapping of parameter names to tensors)")
+    if all(k.startswith("module.") for k in data):  # saved from DistributedDataParallel
+        data = {k[len("module."):]: v for k, v in data.items()}
     return data
 
 
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (path / "checkpoints" / "best.pt", path / "best.pt", path / "checkpoints" / "last.pt"):
-            if candidate.is_file():
-                return candidate
-        raise CheckpointError(f"{path}: no checkpoints/best.pt or checkpoints/last.pt in this folder")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint file not found")
-    return path
+def _all_tensors(data: dict) -> bool:
+    return all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+
+
+# --- the model ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyReport:
+    """How a bare state dict's keys met the model's: all model keys must be loaded."""
+
+    loaded: int
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        def some(keys):
+            return "" if not keys else f" ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
+
+        return (f"weights: {self.loaded} loaded, {len(self.missing)} missing{some(self.missing)}, "
+                f"{len(self.unexpected)} unexpected{some(self.unexpected)}")
 
 
 @dataclass(frozen=True)
@@ -92,30 +277,70 @@ class LoadedModel:
     labels: dict[str, int]
     modality: str
     path: Path
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    key_report: KeyReport | None = None  # set when the weights came from a bare state dict
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild the network from a checkpoint (registry name + kwargs) and load its weights."""
-    from unetr_app.models import create_model
+def load_model(path: str | Path, device: str | torch.device = "cpu", fallback: dict[str, Any] | None = None) -> LoadedModel:
+    """Rebuild the network from a checkpoint (registry name + kwargs) and load its weights.
 
+    `fallback` (a checkpoint dict without `state_dict`: model, preprocessing, inference, labels)
+    describes the model when `path` is a bare state dict, e.g. MONAI's UNETR or SwinUNETR weights."""
     ckpt_path = resolve_checkpoint_path(path)
-    data = load_checkpoint(ckpt_path)
-    spec = data["model"]
-    model = create_model(spec["name"], **spec["kwargs"])
-    try:
-        model.load_state_dict(data["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(f"{ckpt_path}: weights do not fit model {spec['name']!r} ({_first_line(err)})") from None
+    data = _read_checkpoint(ckpt_path)
+    bare = data is None
+    if bare:
+        if fallback is None:
+            raise CheckpointError(
+                f"{ckpt_path}: a bare state dict, not a unetr checkpoint; say which model and preprocessing "
+                f"it needs (--task, --model, --profile)"
+            )
+        data = {**fallback, "state_dict": read_state_dict(ckpt_path)}
+    model, report = _build(ckpt_path, data, strict=not bare)
     model.to(device).eval()
     return LoadedModel(
         model=model,
-        name=spec["name"],
+        name=data["model"]["name"],
         preprocessing=PreprocessingConfig.model_validate(data["preprocessing"]),
         inference=InferenceConfig.model_validate(data["inference"]),
         labels=dict(data["labels"]),
         modality=data.get("modality", "CT"),
         path=ckpt_path,
+        kwargs=dict(data["model"]["kwargs"]),
+        key_report=report,
     )
+
+
+def _build(path: Path, data: dict, strict: bool) -> tuple[nn.Module, KeyReport | None]:
+    from unetr_app.models import create_model
+
+    spec = data["model"]
+    model = create_model(spec["name"], **spec["kwargs"])
+    try:
+        result = model.load_state_dict(data["state_dict"], strict=strict)
+    except RuntimeError as err:
+        raise CheckpointError(f"{path}: weights do not fit model {spec['name']!r} ({_load_error(err)})") from None
+    if strict:
+        return model, None
+    report = KeyReport(len(model.state_dict()) - len(result.missing_keys), list(result.missing_keys), list(result.unexpected_keys))
+    if report.missing:
+        raise CheckpointError(f"{path}: weights do not fit model {spec['name']!r}: {report.summary()}")
+    return model, report
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _load_error(err: Exception) -> str:
+    """The informative line of a load_state_dict error (its first line only names the class)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    detail = next((line for line in lines[1:] if line), lines[0] if lines else type(err).__name__)
+    return detail if len(detail) <= 240 else detail[:237] + "..."
 
 
 def _first_line(err: Exception) -> str:

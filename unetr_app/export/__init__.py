@@ -1,0 +1,1 @@
+"""Exchange with other tools: MONAI bundles and weights, TorchScript, ONNX."""
