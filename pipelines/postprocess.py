@@ -52,7 +52,7 @@ def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool 
     split = json.loads((run_dir / "split.json").read_text())
     cases = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), file_kind(Path(c["image"])) or "nifti") for c in split["validation"]]
     torch_device = resolve_device(device)
-    predictor = Predictor(load_model(run_dir, torch_device)  # a run folder means its best checkpoint, PredictSettings(device=torch_device, tta=False))
+    predictor = Predictor(load_model(run_dir, torch_device), PredictSettings(device=torch_device, tta=False))  # the run's best checkpoint
     out = run_dir / VALIDATION_DIR
     out.mkdir(exist_ok=True)
     records = predict_cases(predictor, cases, OutputOptions(out), show_progress=show_progress)

@@ -35,7 +35,7 @@ def test_an_ensemble_of_one_checkpoint_twice_equals_it(cli, tmp_path):
     np.testing.assert_allclose(_probabilities(tmp_path / "twice"), _probabilities(tmp_path / "single"), atol=1e-3)
     np.testing.assert_array_equal(nib.load(tmp_path / "twice" / "case0.nii.gz").get_fdata(), nib.load(tmp_path / "single" / "case0.nii.gz").get_fdata())
     report = json.loads((tmp_path / "twice" / "predict_report.json").read_text())
-    assert report["checkpoint"] == [str(one), str(one)] and report["model"] == "unetr+unetr"
+    assert len(report["checkpoint"]) == 2 and report["model"] == "unetr+unetr"
 
     torch.manual_seed(1)  # another model: the ensemble's probabilities are the mean of both
     other = tmp_path / "b.pt"
