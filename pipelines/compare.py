@@ -242,7 +242,7 @@ def write_report(request: CompareRequest, runs: list[dict], extras: dict[str, di
 
 
 def _markdown(request: CompareRequest, rows: list[dict], runs: list[dict], splits_file: Path, with_fields: bool) -> str:
-    budget = ", ".join(f"{k} {v}" for k, v in request.budget().items()) or "the profile's epochs"
+    budget = ", ".join(f"{k} {v}" for k, v in request.budget().items()) or "the profile's budget"
     failed = [f"{r['model']} fold {r['fold']}: {r['error']}" for r in runs if r["status"] == "failed"]
     lines = [
         f"# Model comparison: {request.task}",

@@ -19,13 +19,13 @@ MODELS = ("unetr", "segformer_b0")
 
 
 def _args(dataset, tiny_profile, out):
-    return ["compare", "--models", ",".join(MODELS), "--folds", "2", "--epochs", "3", "--profile", str(tiny_profile),
+    return ["compare", "--models", ",".join(MODELS), "--folds", "2", "--steps", "6", "--profile", str(tiny_profile),
             "--data-dir", str(dataset), "--out", str(out), "--device", "cpu"]
 
 
 def test_bad_model_name_is_a_one_line_error_before_any_work(cli, phantom_dir, tiny_profile, tmp_path):
     dataset = shutil.copytree(phantom_dir, tmp_path / "Task09_Spleen")
-    result = cli("compare", "--models", "unetr,segformr_b0", "--epochs", "1", "--profile", tiny_profile, "--data-dir", dataset, "--out", tmp_path / "exp")
+    result = cli("compare", "--models", "unetr,segformr_b0", "--steps", "1", "--profile", tiny_profile, "--data-dir", dataset, "--out", tmp_path / "exp")
     assert result.exit_code == 2
     assert result.output.startswith("error: unknown model 'segformr_b0'") and "segformer_b0" in result.output
     assert len(result.output.strip().splitlines()) == 1
@@ -69,10 +69,10 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
     for run in finished:  # untouched
         assert (run / "summary.json").stat().st_mtime_ns == finished[run]
         assert next((run / "checkpoints").glob("best.*")).stat().st_mtime_ns == best_before[run]
-    for run in killed:  # resumed, not restarted: every epoch exactly once
+    for run in killed:  # resumed, not restarted: every validation step exactly once
         assert f"{run.parent.name} fold {run.name[-1]}: resuming" in result.output
-        epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-        assert epochs == [1, 2, 3]
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [2, 4, 6]
     for run in _run_dirs(out):
         assert (run / "summary.json").is_file() and (run / "validation" / "predict_report.json").is_file()
     # every model validated on the same cases in each fold
@@ -88,5 +88,5 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     assert cli(*_args(dataset, tiny_profile, out)).exit_code == 0  # a third time: nothing left to train
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == mtimes
-    changed = cli(*[a if a != "3" else "4" for a in _args(dataset, tiny_profile, out)])
+    changed = cli(*[a if a != "6" else "8" for a in _args(dataset, tiny_profile, out)])
     assert changed.exit_code == 2 and "budget" in changed.output  # another budget would mix incomparable runs

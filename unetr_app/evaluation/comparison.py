@@ -126,10 +126,11 @@ def plot_learning_curves(runs: list[dict], path: Path) -> Path:
         histories = [r["history"] for r in runs if r["model"] == model and r.get("history")]
         if not histories:
             continue
-        for ax, key in ((ax_loss, "train_loss"), (ax_dice, "val_dice")):
+        loss_key = "loss" if any("loss" in line for h in histories for line in h) else "train_loss"
+        for ax, key, style in ((ax_loss, loss_key, "-"), (ax_dice, "val_dice", "o-")):
             xs, ys = _mean_curve(histories, key)
             if xs:
-                (ax_dice if key == "val_dice" else ax_loss).plot(xs, ys, "o-" if key == "val_dice" else "-", label=model, markersize=3)
+                ax.plot(xs, ys, style, label=model, markersize=3)
     x_name = "step" if any("step" in line for r in runs for line in r.get("history", [])) else "epoch"
     ax_loss.set(xlabel=x_name, ylabel="training loss", title="Training loss (mean over folds)")
     ax_dice.set(xlabel=x_name, ylabel="validation Dice", title="Validation Dice (mean over folds)", ylim=(0, 1))
