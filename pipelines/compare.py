@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.postprocess import predict_validation, run_postprocess, validation_cases
+from pipelines.postprocess import predict_validation, run_labels, run_postprocess, validation_cases
 from unetr_app.config import load_run_config, parse_overrides
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases
 from unetr_app.data.manifest import load_manifest
@@ -111,7 +111,7 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
             extras[name] = {"postprocessing": _postprocess(request.out / name, model_runs, request.device, say)}
             if request.receptive_field:
                 extras[name]["erf_r50_mm"] = _receptive_field(request.out, model_runs[0], say)
-    rows = write_report(request, [as_dict(r) for r in runs], extras, splits_file)
+    rows = write_report(request, [asdict(r) for r in runs], extras, splits_file)
     return {"runs": runs, "rows": rows, "dataset": str(dataset), "splits": str(splits_file)}
 
 
@@ -177,7 +177,7 @@ def _judge(run: RunResult, device: str, say) -> None:
         say(f"{run.model} fold {run.fold}: predicting its validation cases")
         records = predict_validation(Path(run.run_dir), device)
         seconds = [r.seconds for r in records if r.seconds]
-        labels = _labels(Path(run.run_dir))
+        labels = run_labels(Path(run.run_dir))
         dice = {c.name: case_dice(c.prediction, c.reference, labels) for c in validation_cases(Path(run.run_dir))}
         atomic_write_text(results, json.dumps({"case_dice": dice, "seconds_per_scan": float(np.mean(seconds)) if seconds else None}, indent=2))
     data = json.loads(results.read_text())
@@ -191,7 +191,7 @@ def _postprocess(model_dir: Path, runs: list[RunResult], device: str, say) -> st
         run_postprocess(model_dir, device)
     steps = Postprocessing.from_dict(json.loads(decision_file.read_text()))
     for run in runs:
-        labels = _labels(Path(run.run_dir))
+        labels = run_labels(Path(run.run_dir))
         run.case_dice_postprocessed = {
             c.name: case_dice(steps.apply(c.prediction, c.spacing), c.reference, labels) for c in validation_cases(Path(run.run_dir))
         }
@@ -269,12 +269,6 @@ def _markdown(request: CompareRequest, rows: list[dict], runs: list[dict], split
     return "\n".join(lines) + "\n"
 
 
-def _labels(run_dir: Path) -> dict[str, int]:
-    import yaml
-
-    return yaml.safe_load((run_dir / "config.yaml").read_text())["task"]["labels"]
-
-
 # --- bookkeeping ------------------------------------------------------------------------------
 
 
@@ -298,7 +292,3 @@ def _record_request(request: CompareRequest, dataset: Path, splits_file: Path) -
 def _last_line(path: Path) -> str:
     lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.is_file() else []
     return lines[-1][:200] if lines else "no output"
-
-
-def as_dict(run: RunResult) -> dict:
-    return asdict(run)
