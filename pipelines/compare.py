@@ -83,6 +83,12 @@ class RunResult:
     case_dice_postprocessed: dict[str, float] = field(default_factory=dict)
     seconds_per_scan: float | None = None
     history: list[dict] = field(default_factory=list)
+    config: str = ""  # what `--model` gets: a registered name or a configs/models YAML
+
+
+def model_label(name: str) -> str:
+    """A model's folder and name in the report: its registered name, or its YAML file's stem."""
+    return Path(name).stem if Path(name).suffix in (".yaml", ".yml") else name
 
 
 def run_compare(request: CompareRequest, on_event=None) -> dict:
@@ -96,7 +102,7 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
     splits, splits_file = load_or_make_splits(dataset, labelled_cases(dataset, load_manifest(first.task.manifest)), request.folds)
     _record_request(request, dataset, splits_file)
 
-    runs = [RunResult(name, fold, str(request.out / name / f"fold_{fold}")) for name in request.models for fold in range(len(splits))]
+    runs = [RunResult(model_label(name), fold, str(request.out / model_label(name) / f"fold_{fold}"), config=name) for name in request.models for fold in range(len(splits))]
     say(f"{len(runs)} runs ({len(request.models)} models x {len(splits)} folds) in {request.out}; folds from {splits_file}")
     with ThreadPoolExecutor(max(1, request.processes)) as pool:
         for run in pool.map(lambda r: _train(r, request, dataset, say), runs):
@@ -105,7 +111,7 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
         if run.status != "failed":
             _judge(run, request.device, say)
     extras = {}
-    for name in request.models:
+    for name in map(model_label, request.models):
         model_runs = [r for r in runs if r.model == name]
         if all(r.status != "failed" for r in model_runs):
             extras[name] = {"postprocessing": _postprocess(request.out / name, model_runs, request.device, say)}
@@ -137,13 +143,12 @@ def _train(run: RunResult, request: CompareRequest, dataset: Path, say) -> RunRe
 
 
 def _train_command(run: RunResult, request: CompareRequest, dataset: Path) -> list[str]:
-    command = [
-        sys.executable, "-m", "unetr_app", "train", "--task", request.task, "--model", run.model, "--profile", request.profile,
-        "--data-dir", str(dataset), "--fold", str(run.fold), "--folds", str(request.folds), "--out", run.run_dir,
-        "--device", request.device, "--resume",  # --resume starts a new run when there is nothing to resume
-    ]
+    command = [sys.executable, "-m", "unetr_app", "train", "--data-dir", str(dataset), "--out", run.run_dir, "--device", request.device]
     for key, value in request.budget().items():
         command += [f"--{key}", str(value)]
+    if (Path(run.run_dir) / "config.yaml").is_file():  # a killed run continues as it was recorded
+        return [*command, "--resume"]
+    command += ["--task", request.task, "--model", run.config, "--profile", request.profile, "--fold", str(run.fold), "--folds", str(request.folds)]
     for pair in request.overrides:
         command += ["--set", pair]
     return command
