@@ -18,7 +18,7 @@ from unetr_app import distributed
 from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
 from unetr_app.data.manifest import load_manifest
-from unetr_app.data.splits import fold_cases, load_or_make_splits, parse_fold
+from unetr_app.data.splits import cases_for_fold
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
@@ -103,9 +103,8 @@ def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig, fold: in
         return split["train"], split["validation"]
     cases = labelled_cases(dataset, load_manifest(config.task.manifest))
     if fold is not None:
-        splits, path = load_or_make_splits(dataset, cases, folds)
-        train_cases, val_cases = fold_cases(cases, splits, parse_fold(fold), path)
-        split = {"fold": fold, "folds": len(splits), "splits": str(path), "train": train_cases, "validation": val_cases}
+        train_cases, val_cases, recorded = cases_for_fold(dataset, cases, fold, folds)
+        split = {**recorded, "train": train_cases, "validation": val_cases}
     else:
         train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
         split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}

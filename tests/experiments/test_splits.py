@@ -78,8 +78,9 @@ def test_every_model_gets_the_same_fold(dataset, tiny_profile, tmp_path):
 
 def test_fold_all_trains_on_every_case(dataset, tiny_profile, tmp_path):
     config = load_run_config("spleen", None, str(tiny_profile))
-    train, val = load_or_make_split(tmp_path / "run", dataset, config, fold="all", folds=3)
-    assert len(train) == len(_cases(dataset))
+    train, val = load_or_make_split(tmp_path / "run", dataset, config, fold="all", folds=None)
+    assert len(train) == len(_cases(dataset)) == 6
+    assert not (dataset / "splits.json").exists()  # no folds file is needed or made
 
 
 def test_fold_out_of_range_is_a_one_line_error(cli, dataset, tiny_profile, tmp_path):

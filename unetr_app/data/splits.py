@@ -92,3 +92,13 @@ def fold_cases(cases: list[dict[str, str]], splits: list[dict], fold: int | str,
         raise UsageError(f"--fold {fold}: {path} has {len(splits)} folds; choose 0..{len(splits) - 1} or 'all'")
     by_name = {case_name(Path(c["image"])): c for c in cases}
     return [by_name[n] for n in splits[fold]["train"]], [by_name[n] for n in splits[fold]["val"]]
+
+
+def cases_for_fold(dataset: Path, cases: list[dict[str, str]], fold: str | int, folds: int | None = None) -> tuple[list, list, dict]:
+    """(train, validation, what to record) for `--fold`; `all` needs no folds file."""
+    fold = parse_fold(fold)
+    if fold == ALL:
+        return list(cases), list(cases), {"fold": ALL}
+    splits, path = load_or_make_splits(dataset, cases, folds)
+    train, val = fold_cases(cases, splits, fold, path)
+    return train, val, {"fold": fold, "folds": len(splits), "splits": str(path)}
