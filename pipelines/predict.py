@@ -21,7 +21,8 @@ from unetr_app.io.scans import find_cases
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.inference.report import FAILED, build_report, write_report
 from unetr_app.io.atomic import remove_stale_temporaries
-from unetr_app.io.checkpoint import load_model
+from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
+from unetr_app.evaluation.postprocess import find_postprocessing, read_postprocessing
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ OUTPUT_FORMATS = ("nifti", "dicom-seg", "both")
 class PredictRequest:
     input: Path
     output_dir: Path
-    checkpoint: Path
+    checkpoint: Path | tuple[Path, ...]  # several: an ensemble (their softmax averaged)
     device: str = "auto"
     stitch_device: str | None = None
     overlap: float | None = None
@@ -49,6 +50,7 @@ class PredictRequest:
     task: str | None = None
     model: str | None = None
     profile: str | None = None
+    postprocess: bool = True  # apply the postprocessing.json found beside the (first) checkpoint
 
 
 def run_predict(request: PredictRequest) -> dict:
@@ -58,7 +60,8 @@ def run_predict(request: PredictRequest) -> dict:
         cases = find_cases(request.input)
         _check_output_dir(request, cases)
         device = distributed.device_for(shard, resolve_device(request.device))
-        predictor = Predictor(load_model(request.checkpoint, device, _fallback(request)), _settings(request, device))
+        members = [load_model(path, device, _fallback(request)) for path in _checkpoints(request)]
+        predictor = Predictor(members, _settings(request, device))
         options = OutputOptions(request.output_dir, request.overwrite, request.save_probabilities, request.preview,
                                 _output_format(request.output_format))
         if shard.is_main:
@@ -82,6 +85,15 @@ def run_predict(request: PredictRequest) -> dict:
 
 def exit_code(report: dict) -> int:
     return 1 if any(case["status"] == FAILED for case in report["cases"]) else 0
+
+
+def _checkpoints(request: PredictRequest) -> list[Path]:
+    paths = request.checkpoint if isinstance(request.checkpoint, (list, tuple)) else [request.checkpoint]
+    return [resolve_checkpoint_path(path) for path in paths]
+
+
+def _postprocessing_file(request: PredictRequest) -> Path | None:
+    return find_postprocessing(_checkpoints(request)[0]) if request.postprocess else None
 
 
 def _fallback(request: PredictRequest) -> dict | None:
@@ -117,6 +129,7 @@ def _settings(request: PredictRequest, device) -> PredictSettings:
         tta=device.type == "cuda" if request.tta is None else request.tta,
         amp=request.amp,
         max_memory_bytes=limit_gb * 2**30,
+        postprocessing=read_postprocessing(steps) if (steps := _postprocessing_file(request)) else None,
     )
 
 
@@ -132,8 +145,9 @@ def _check_output_dir(request: PredictRequest, cases) -> None:
 def _run_info(request: PredictRequest, predictor: Predictor, shard) -> dict:
     inferer = predictor.inferer
     return {
-        "checkpoint": str(predictor.loaded.path),
-        "model": predictor.loaded.name,
+        "checkpoint": str(predictor.loaded.path) if len(predictor.members) == 1 else [str(m.path) for m in predictor.members],
+        "model": "+".join(m.name for m in predictor.members),
+        "postprocessing": str(steps) if (steps := _postprocessing_file(request)) else None,
         "device": str(predictor.settings.device),
         "stitch_device": str(predictor.settings.stitch_device or predictor.settings.device),
         "overlap": inferer.overlap,

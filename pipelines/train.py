@@ -19,6 +19,7 @@ from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
 from unetr_app.data.fingerprint import load_or_compute_fingerprint
 from unetr_app.data.manifest import load_manifest
+from unetr_app.data.splits import cases_for_fold
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
@@ -32,22 +33,22 @@ LAST = Path("checkpoints") / "last.pt"
 
 
 def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False,
-          reporter=None, checkpoint_extras: dict[str, Any] | None = None) -> dict | None:
+          reporter=None, checkpoint_extras: dict[str, Any] | None = None, fold: int | str | None = None, folds: int | None = None) -> dict | None:
     """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0)."""
     torch_device = resolve_device(device)
     shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
     try:
-        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard)
+        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, (fold, folds))
     finally:
         distributed.stop(shard)
 
 
-def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard) -> dict | None:
+def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None)) -> dict | None:
     recipe = recipe_class(config.recipe.name)  # an unknown recipe fails before any data is read
     dataset = find_dataset_dir(config.task, data_dir)
     if shard.is_main:
         prepare_run_dir(run_dir, resume)
-        main_train_cases, _ = load_or_make_split(run_dir, dataset, config)
+        main_train_cases, _ = load_or_make_split(run_dir, dataset, config, *fold)
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
         load_or_compute_fingerprint(run_dir, main_train_cases, config.task.channel_modalities, config.training.seed)
     distributed.barrier(shard)
@@ -97,15 +98,20 @@ def prepare_run_dir(run_dir: Path, resume: bool) -> None:
     (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
 
 
-def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig):
-    """The split is made once per run and recorded; a resumed run reads it back."""
+def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig, fold: int | str | None = None, folds: int | None = None):
+    """The split is made once per run and recorded; a resumed run reads it back. With `fold`, it is
+    that fold of the dataset's splits.json (shared by every model and run)."""
     split_path = run_dir / "split.json"
     if split_path.is_file():
         split = json.loads(split_path.read_text())
         return split["train"], split["validation"]
     cases = labelled_cases(dataset, load_manifest(config.task.manifest))
-    train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
-    split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}
+    if fold is not None:
+        train_cases, val_cases, recorded = cases_for_fold(dataset, cases, fold, folds)
+        split = {**recorded, "train": train_cases, "validation": val_cases}
+    else:
+        train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
+        split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}
     atomic_write_text(split_path, json.dumps(split, indent=2) + "\n")
     return train_cases, val_cases
 

@@ -13,7 +13,7 @@ from unetr_app.cli.options import DeviceOption, OutDirOption, OverwriteOption
 def predict(
     input: Annotated[Path, typer.Argument(help="a scan (.nii, .nii.gz, .nrrd, .mha), a folder of them, or a DICOM series folder")],
     output_dir: Annotated[Path, typer.Argument(help="folder for <case>.nii.gz masks and predict_report.json")],
-    checkpoint: Annotated[Path, typer.Option("--checkpoint", "-c", help="run folder (its best checkpoint), a checkpoint (.safetensors/.pt), or a MONAI UNETR/SwinUNETR state dict (with --task/--model/--profile)")],
+    checkpoint: Annotated[list[Path], typer.Option("--checkpoint", "-c", help="run folder (its best checkpoint), a checkpoint (.safetensors/.pt), or a MONAI UNETR/SwinUNETR state dict (with --task/--model/--profile); repeat it to ensemble models or folds")],
     device: DeviceOption = "auto",
     overlap: Annotated[float | None, typer.Option("--overlap", help="sliding-window overlap in [0, 1); default: the checkpoint's")] = None,
     sw_batch_size: Annotated[int | None, typer.Option("--sw-batch-size", min=1, help="windows per forward pass; default: the checkpoint's")] = None,
@@ -29,6 +29,7 @@ def predict(
     task: Annotated[str | None, typer.Option("--task", help="for a bare state dict: task config (labels, modality)")] = None,
     model: Annotated[str | None, typer.Option("--model", help="for a bare state dict: registered model or configs/models YAML")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="for a bare state dict: profile (preprocessing, model params) or a .yaml")] = None,
+    postprocess: Annotated[bool, typer.Option("--postprocess/--no-postprocess", help="apply the postprocessing.json decided on validation (found beside the checkpoint)")] = True,
 ) -> None:
     """Segment every scan; masks land on each input's exact grid. Exit 1 if any case failed."""
     from pipelines.predict import PredictRequest, exit_code, run_predict
@@ -36,7 +37,7 @@ def predict(
     request = PredictRequest(
         input=input,
         output_dir=output_dir,
-        checkpoint=checkpoint,
+        checkpoint=tuple(checkpoint),
         device=device,
         stitch_device=stitch_device,
         overlap=overlap,
@@ -52,6 +53,7 @@ def predict(
         task=task,
         model=model,
         profile=profile,
+        postprocess=postprocess,
     )
     report = run_predict(request)
     summary = report["summary"]

@@ -27,6 +27,8 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/<task>-<model>-<profile>-<time>")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from checkpoints/last.pt (--steps/--minutes/--epochs may extend it)")] = False,
     device: DeviceOption = "auto",
+    fold: Annotated[str | None, typer.Option("--fold", help="cross-validation fold K of the dataset's splits.json, or 'all'; default: a val_fraction split")] = None,
+    folds: Annotated[int | None, typer.Option("--folds", min=2, help="folds when splits.json is first made (default 5)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any config key, e.g. --set optimizer.lr=3e-4")] = None,
 ) -> None:
     """Train a model with a recipe; writes config, checkpoints, metrics, summary and curves to the run folder.
@@ -57,7 +59,7 @@ def train(
         out = out or Path("runs") / f"{config.task.name}-{config.model.name}-{config.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = with_budget(config, budget, checkpoint_every)
     console.print(f"training {config.model.name} on {config.task.name} with the {config.recipe.name} recipe ({config.profile}) into {out}")
-    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console))
+    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), fold=fold, folds=folds)
     if summary is None:  # a torchrun process other than rank 0
         return
     dice = f"best validation Dice {summary['best_val_dice']:.4f} at step {summary['best_step']}" if summary["best_val_dice"] is not None else f"final loss {summary['final_train_loss']:.4f}"

@@ -6,6 +6,11 @@ intensity range; MONAI's sliding-window inference with Gaussian blending predict
 window; the class probabilities are then resampled from the preprocessed grid straight onto the
 input's grid (the composition of the inverse crop, resampling and reorientation), so the argmax is
 taken on the input's exact grid.
+
+Several checkpoints (folds of one model, or different models) form an ensemble: each runs over the
+scan in turn and their softmax probabilities are averaged, so only one scan is in memory at a time.
+They must agree on labels and preprocessing, which is checked before any scan is read. A
+`Postprocessing` decided on validation predictions is applied to the final label map.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import itertools
 import warnings
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -22,7 +28,8 @@ from monai.inferers import SlidingWindowInferer
 
 from unetr_app.data.fingerprint import intensity_warnings
 from unetr_app.data.transforms import IMAGE, LoadScand, preprocessing_transforms, volume_tensor
-from unetr_app.errors import InputError
+from unetr_app.errors import CheckpointError, InputError
+from unetr_app.evaluation.postprocess import Postprocessing
 from unetr_app.io.scans import Volume
 from unetr_app.io.checkpoint import LoadedModel
 
@@ -46,6 +53,7 @@ class PredictSettings:
     channels_last: bool | None = None  # None: on CUDA (cuDNN's 3D convolutions prefer it); on this
     # project's CPU (oneDNN, 1-2 threads) it measured no faster, so the CPU keeps the default layout
     max_memory_bytes: float | None = None
+    postprocessing: Postprocessing | None = None
 
 
 @dataclass
@@ -55,10 +63,12 @@ class Prediction:
 
 
 class Predictor:
-    """The model, loaded once, and everything to run it on any number of scans."""
+    """The model (or an ensemble of models), loaded once, and everything to run it on any number of scans."""
 
-    def __init__(self, loaded: LoadedModel, settings: PredictSettings):
-        self.loaded = loaded
+    def __init__(self, loaded: LoadedModel | Sequence[LoadedModel], settings: PredictSettings):
+        self.members = [loaded] if isinstance(loaded, LoadedModel) else list(loaded)
+        check_ensemble(self.members)
+        loaded = self.loaded = self.members[0]  # labels and preprocessing are the same for every member
         self.settings = settings
         self.num_classes = len(loaded.labels)
         pre = loaded.preprocessing
@@ -85,7 +95,8 @@ class Predictor:
         self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
         channels_last = on_cuda if settings.channels_last is None else settings.channels_last
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        loaded.model.to(memory_format=self.memory_format)
+        for member in self.members:
+            member.model.to(memory_format=self.memory_format)
 
     # --- the three steps -------------------------------------------------------------------
 
@@ -99,11 +110,16 @@ class Predictor:
         return prepared
 
     def infer(self, prepared: dict) -> torch.Tensor:
-        """Class probabilities (classes, *preprocessed shape) for a prepared scan."""
+        """Class probabilities (classes, *preprocessed shape) for a prepared scan, averaged over the ensemble."""
         image = prepared[IMAGE].as_tensor().unsqueeze(0)  # (1, C, D, H, W)
+        total = None
         with torch.inference_mode():
-            logits = self.inferer(image, self._network)
-            return torch.softmax(logits[0].float(), dim=0)
+            for member in self.members:
+                logits = self.inferer(image, lambda windows, model=member.model: self._network(model, windows))
+                probabilities = torch.softmax(logits[0].float(), dim=0)
+                total = probabilities if total is None else total.add_(probabilities)
+                del logits
+        return total / len(self.members) if len(self.members) > 1 else total
 
     def restore(self, prepared: dict, probabilities: torch.Tensor, keep_probabilities: bool = False) -> Prediction:
         """Probabilities on the input's grid, and their argmax.
@@ -127,6 +143,9 @@ class Predictor:
                 labels[:, :, start:stop] = _argmax_uint8(part).numpy()
                 if kept is not None:
                     kept[:, :, start:stop] = part.permute(1, 2, 3, 0).numpy()
+        steps = self.settings.postprocessing
+        if steps is not None:
+            labels = steps.apply(labels, np.linalg.norm(affine[:3, :3], axis=0))
         return Prediction(labels, kept)
 
     def __call__(self, volume: Volume, keep_probabilities: bool = False) -> Prediction:
@@ -138,14 +157,14 @@ class Predictor:
 
     # --- helpers -------------------------------------------------------------------------------
 
-    def _network(self, windows: torch.Tensor) -> torch.Tensor:
-        """Logits for a batch of windows, averaged over mirrored copies when TTA is on."""
+    def _network(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
+        """Logits of `model` for a batch of windows, averaged over mirrored copies when TTA is on."""
         total = None
         windows = windows.contiguous(memory_format=self.memory_format)
         for axes in self.flips:
             x = torch.flip(windows, axes) if axes else windows
             with torch.autocast(windows.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                out = self.loaded.model(x).float()
+                out = model(x).float()
             out = torch.flip(out, axes) if axes else out
             total = out if total is None else total + out
         return total / len(self.flips)
@@ -182,6 +201,24 @@ class Predictor:
                 f"{volume.source.path}: too large: shape {tuple(volume.array.shape)} needs about "
                 f"{need / 2**30:.1f} GB, over the memory limit of {limit / 2**30:.1f} GB (raise --max-memory-gb)"
             )
+
+
+def check_ensemble(members: Sequence[LoadedModel]) -> None:
+    """Averaging probabilities only makes sense over the same classes computed on the same grid."""
+    if not members:
+        raise CheckpointError("no checkpoint given")
+    first = members[0]
+    for other in members[1:]:
+        for what, mine, theirs in (("label maps", first.labels, other.labels), ("preprocessing", first.preprocessing, other.preprocessing)):
+            if mine != theirs:
+                raise CheckpointError(
+                    f"{other.path}: its {what} differ from {first.path}'s ({_describe(theirs)} vs {_describe(mine)}); "
+                    "an ensemble needs checkpoints trained with the same labels and preprocessing"
+                )
+
+
+def _describe(value) -> str:
+    return str(value.model_dump() if hasattr(value, "model_dump") else value)
 
 
 def _argmax_uint8(scores: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,171 @@
+"""Dice reached for a given wall-clock training time: `unetr train --profile cpu-demo --minutes M`
+against a plain MONAI-tutorial UNETR loop (2 x 2 x 3 mm, 64^3 crops, AdamW 3e-4), on the same
+phantom training cases, scored on the test scans (imagesTs) on their original grids.
+
+    python benchmarks/time_to_dice.py --minutes 2 5 10            # a quiet machine: ~35 minutes
+    python benchmarks/time_to_dice.py --smoke                       # seconds: checks the machinery only
+
+Each contestant trains from scratch once per budget, with `minutes` of training-loop time (data
+caching and start-up excluded for both; the total wall time of each is recorded too). The tutorial
+model is judged the tutorial's way: sliding window at its spacing, argmax, `Invertd` back to the
+scan's grid. Writes benchmarks/results/time_to_dice.json and .png. Wall-clock numbers mean little on
+a shared machine: run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai import transforms as mt
+from monai.data import CacheDataset, DataLoader, Dataset, decollate_batch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNETR
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from unetr_app.data.phantom import write_phantom_dataset  # noqa: E402
+from unetr_app.evaluation.postprocess import dice  # noqa: E402
+
+TUTORIAL = {"spacing": (2.0, 2.0, 3.0), "roi": (64, 64, 64), "lr": 3e-4, "weight_decay": 1e-5, "window": (-175.0, 250.0)}
+
+
+def pairs(data: Path, images: str, labels: str) -> list[dict]:
+    return [{"image": str(p), "label": str(data / labels / p.name)} for p in sorted((data / images).glob("*.nii.gz"))]
+
+
+def tutorial_transforms(train: bool, roi) -> mt.Compose:
+    low, high = TUTORIAL["window"]
+    steps = [
+        mt.LoadImaged(keys=["image", "label"]), mt.EnsureChannelFirstd(keys=["image", "label"]),
+        mt.Orientationd(keys=["image", "label"], axcodes="RAS"),
+        mt.Spacingd(keys=["image", "label"], pixdim=TUTORIAL["spacing"], mode=("bilinear", "nearest")),
+        mt.ScaleIntensityRanged(keys=["image"], a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True),
+        mt.CropForegroundd(keys=["image", "label"], source_key="image"),
+    ]
+    if train:
+        steps += [
+            mt.SpatialPadd(keys=["image", "label"], spatial_size=roi),
+            mt.RandCropByPosNegLabeld(keys=["image", "label"], label_key="label", spatial_size=roi, pos=1, neg=1, num_samples=4, image_key="image", image_threshold=0),
+            mt.RandFlipd(keys=["image", "label"], spatial_axis=[0], prob=0.10),
+            mt.RandShiftIntensityd(keys=["image"], offsets=0.10, prob=0.50),
+        ]
+    return mt.Compose(steps)
+
+
+def train_tutorial(train_cases, minutes: float, roi, small: bool) -> tuple[torch.nn.Module, dict]:
+    """The tutorial's loop, stopped after `minutes` of training."""
+    started = time.perf_counter()
+    loader = DataLoader(CacheDataset(train_cases, tutorial_transforms(True, roi), cache_rate=1.0, num_workers=2, progress=False), batch_size=1, shuffle=True)
+    torch.manual_seed(0)
+    width = dict(feature_size=4, hidden_size=48, mlp_dim=96, num_heads=2) if small else dict(feature_size=16, hidden_size=768, mlp_dim=3072, num_heads=12)
+    model = UNETR(in_channels=1, out_channels=2, img_size=roi, norm_name="instance", res_block=True, **width)
+    loss_function = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=TUTORIAL["lr"], weight_decay=TUTORIAL["weight_decay"])
+    model.train()
+    steps, train_start = 0, time.perf_counter()
+    while time.perf_counter() - train_start < minutes * 60:
+        for batch in loader:
+            optimizer.zero_grad()
+            loss = loss_function(model(batch["image"]), batch["label"])
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if time.perf_counter() - train_start >= minutes * 60:
+                break
+    return model, {"steps": steps, "train_seconds": time.perf_counter() - train_start, "wall_seconds": time.perf_counter() - started}
+
+
+def score_tutorial(model, test_cases, roi) -> list[float]:
+    """Sliding window at the tutorial's spacing, then `Invertd` to each scan's grid, as the tutorial does."""
+    pre = tutorial_transforms(False, roi)
+    post = mt.Compose([
+        mt.Invertd(keys="pred", transform=pre, orig_keys="image", meta_keys="pred_meta_dict", orig_meta_keys="image_meta_dict", nearest_interp=False, to_tensor=True),
+        mt.AsDiscreted(keys="pred", argmax=True),
+    ])
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for batch in DataLoader(Dataset(test_cases, pre), batch_size=1):
+            batch["pred"] = sliding_window_inference(batch["image"], roi, 4, model, overlap=0.5)
+            for item in decollate_batch(batch):
+                restored = post(item)["pred"][0].numpy()
+                reference = np.asarray(mt.LoadImage(image_only=True)(item["label"].meta["filename_or_obj"]))
+                scores.append(dice(restored == 1, reference == 1))
+    return scores
+
+
+def train_and_score_ours(data: Path, minutes: float, work: Path, profile: str) -> dict:
+    """`unetr train --minutes M --fold all`, then `unetr predict` + `unetr evaluate` on imagesTs."""
+    run, env = work / f"ours_{minutes:g}min", {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = time.perf_counter()
+    cli = [sys.executable, "-m", "unetr_app"]
+    subprocess.run([*cli, "train", "--profile", profile, "--data-dir", str(data), "--fold", "all", "--minutes", str(minutes), "--out", str(run)], check=True, env=env)
+    wall = time.perf_counter() - started
+    subprocess.run([*cli, "predict", str(data / "imagesTs"), str(run / "test"), "-c", str(run), "-q", "--no-postprocess"], check=True, env=env)
+    subprocess.run([*cli, "evaluate", str(run / "test"), str(data / "labelsTs")], check=True, env=env, stdout=subprocess.DEVNULL)
+    rows = json.loads((run / "test" / "evaluation_summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    return {"dice": rows["mean"]["spleen"]["dice"], "wall_seconds": wall, "summary": summary}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 5.0, 10.0])
+    parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh phantom (33 training, 8 test cases)")
+    parser.add_argument("--smoke", action="store_true", help="tiny data, tiny models, a few seconds per budget")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "time_to_dice.json")
+    args = parser.parse_args()
+    minutes = [0.1] if args.smoke else args.minutes
+    profile = str(ROOT / "tests" / "configs" / "tiny.yaml") if args.smoke else "cpu-demo"
+    roi = (32, 32, 32) if args.smoke else TUTORIAL["roi"]
+    with tempfile.TemporaryDirectory(prefix="time-to-dice-") as tmp:
+        work = Path(tmp)
+        data = args.data_dir or write_phantom_dataset(work / "Task09_Spleen", cases=4 if args.smoke else 33, test_cases=1 if args.smoke else 8, seed=3)
+        train_cases, test_cases = pairs(data, "imagesTr", "labelsTr"), pairs(data, "imagesTs", "labelsTs")
+        results = []
+        for budget in minutes:
+            ours = train_and_score_ours(data, budget, work, profile)
+            model, info = train_tutorial(train_cases, budget, roi, small=args.smoke)
+            tutorial = {"dice": float(np.mean(score_tutorial(model, test_cases, roi))), **info}
+            results.append({"minutes": budget, "ours": ours, "tutorial": tutorial})
+            print(f"{budget:g} min: ours Dice {ours['dice']:.3f}, tutorial loop Dice {tutorial['dice']:.3f}")
+    report = {"benchmark": "time_to_dice", "smoke": args.smoke, "command": " ".join(sys.argv), "threads": torch.get_num_threads(),
+              "test_cases": len(test_cases), "tutorial": {k: list(v) if isinstance(v, tuple) else v for k, v in TUTORIAL.items()}, "results": results}
+    out = args.out.with_name(args.out.stem + "_smoke.json") if args.smoke else args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    _plot(results, out.with_suffix(".png"))
+    print(f"wrote {out}")
+
+
+def _plot(results, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [r["minutes"] for r in results]
+    ax.plot(xs, [r["ours"]["dice"] for r in results], "o-", label="unetr train --profile cpu-demo")
+    ax.plot(xs, [r["tutorial"]["dice"] for r in results], "s-", label="MONAI tutorial UNETR loop")
+    ax.set(xlabel="training minutes (wall clock)", ylabel="test Dice (original grids)", ylim=(0, 1), title="Dice for the same training time")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

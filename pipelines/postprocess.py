@@ -1,0 +1,95 @@
+"""`unetr postprocess`: decide post-processing on an experiment's cross-validation predictions.
+
+The recipe (nnU-Net's): every run folder under the experiment (one per fold) predicts its own
+validation cases with its best checkpoint, on their original grids, into RUN/validation/ (cases
+already there are kept); the pooled predictions decide which post-processing steps raise mean
+validation Dice; the decision goes to EXPERIMENT/postprocessing.json, where `unetr predict` finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Iterable
+
+import nibabel as nib
+import numpy as np
+import yaml
+
+from unetr_app.device import resolve_device
+from unetr_app.errors import CheckpointError, UsageError
+from unetr_app.evaluation.postprocess import (
+    DEFAULT_MIN_VOLUMES_MM3, POSTPROCESSING_FILE, ValidationCase, decide_postprocessing,
+)
+from unetr_app.inference.batch import OutputOptions, predict_cases
+from unetr_app.inference.predictor import PredictSettings, Predictor
+from unetr_app.inference.report import build_report, write_report
+from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
+from unetr_app.io.scans import CaseSource, case_name, file_kind
+
+log = logging.getLogger(__name__)
+VALIDATION_DIR = "validation"
+
+
+def find_runs(folder: Path) -> list[Path]:
+    """Finished-enough run folders (a split and a best checkpoint): the folder itself or those below it."""
+    folder = Path(folder)
+    candidates = [folder, *sorted(p.parent for p in folder.glob("*/split.json")), *sorted(p.parent for p in folder.glob("*/*/split.json"))]
+    return [run for run in dict.fromkeys(candidates) if (run / "split.json").is_file() and _has_checkpoint(run)]
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    try:
+        return resolve_checkpoint_path(run_dir).is_file()
+    except CheckpointError:
+        return False
+
+
+def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool = False) -> list:
+    """Predict a run's validation cases with its best checkpoint into RUN/validation/ (no post-processing)."""
+    split = json.loads((run_dir / "split.json").read_text())
+    cases = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), file_kind(Path(c["image"])) or "nifti") for c in split["validation"]]
+    torch_device = resolve_device(device)
+    predictor = Predictor(load_model(run_dir, torch_device), PredictSettings(device=torch_device, tta=False))  # the run's best checkpoint
+    out = run_dir / VALIDATION_DIR
+    out.mkdir(exist_ok=True)
+    records = predict_cases(predictor, cases, OutputOptions(out), show_progress=show_progress)
+    info = {"checkpoint": str(predictor.loaded.path), "model": predictor.loaded.name, "device": str(torch_device), "purpose": "cross-validation"}
+    write_report(out, build_report(records, predictor.loaded.labels, info))
+    return records
+
+
+def validation_cases(run_dir: Path) -> list[ValidationCase]:
+    """A run's validation predictions paired with their references."""
+    split = json.loads((run_dir / "split.json").read_text())
+    pairs = []
+    for case in split["validation"]:
+        name = case_name(Path(case["image"]))
+        predicted = nib.load(run_dir / VALIDATION_DIR / f"{name}.nii.gz")
+        spacing = tuple(float(s) for s in np.linalg.norm(predicted.affine[:3, :3], axis=0))
+        reference = np.asarray(nib.load(case["label"]).dataobj).astype(np.uint8)
+        pairs.append(ValidationCase(name, np.asarray(predicted.dataobj).astype(np.uint8), reference, spacing))
+    return pairs
+
+
+def run_labels(run_dir: Path) -> dict[str, int]:
+    return dict(yaml.safe_load((run_dir / "config.yaml").read_text())["task"]["labels"])
+
+
+def run_postprocess(folder: Path, device: str = "auto", min_volumes_mm3: Iterable[float] = DEFAULT_MIN_VOLUMES_MM3, show_progress: bool = False) -> dict:
+    """Decide post-processing for the runs in `folder`; writes and returns FOLDER/postprocessing.json."""
+    folder = Path(folder)
+    runs = find_runs(folder)
+    if not runs:
+        raise UsageError(f"{folder}: no run folders with split.json and a checkpoint (train with `unetr train --fold K` first)")
+    for run in runs:
+        predict_validation(run, device, show_progress)
+    cases = [case for run in runs for case in validation_cases(run)]
+    labels = run_labels(runs[0])
+    steps, trials = decide_postprocessing(cases, labels, min_volumes_mm3)
+    decision = {**steps.to_dict(), "labels": labels, "validation_cases": len(cases), "runs": [str(r) for r in runs], "trials": trials}
+    atomic_write_text(folder / POSTPROCESSING_FILE, json.dumps(decision, indent=2) + "\n")
+    log.info("post-processing for %s: %s", folder, steps)
+    return decision

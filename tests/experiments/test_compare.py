@@ -1,0 +1,92 @@
+"""`unetr compare`: one-line errors before any work; a killed comparison resumes, finished runs untouched."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+MODELS = ("unetr", "segformer_b0")
+
+
+def _args(dataset, tiny_profile, out):
+    return ["compare", "--models", ",".join(MODELS), "--folds", "2", "--steps", "6", "--profile", str(tiny_profile),
+            "--data-dir", str(dataset), "--out", str(out), "--device", "cpu"]
+
+
+def test_bad_model_name_is_a_one_line_error_before_any_work(cli, phantom_dir, tiny_profile, tmp_path):
+    dataset = shutil.copytree(phantom_dir, tmp_path / "Task09_Spleen")
+    result = cli("compare", "--models", "unetr,segformr_b0", "--steps", "1", "--profile", tiny_profile, "--data-dir", dataset, "--out", tmp_path / "exp")
+    assert result.exit_code == 2
+    assert result.output.startswith("error: unknown model 'segformr_b0'") and "segformer_b0" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists() and not (dataset / "splits.json").exists()
+
+
+def _run_dirs(out):
+    return [out / model / f"fold_{fold}" for model in MODELS for fold in range(2)]
+
+
+def _killable_moment(out) -> bool:
+    """One run finished and another has a checkpoint but is not finished."""
+    runs = _run_dirs(out)
+    finished = [r for r in runs if (r / "summary.json").is_file()]
+    midway = [r for r in runs if (r / "checkpoints" / "last.pt").is_file() and not (r / "summary.json").is_file()]
+    return bool(finished) and bool(midway)
+
+
+@pytest.mark.slow
+def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phantom_dir, tiny_profile, tmp_path):
+    dataset = shutil.copytree(phantom_dir, tmp_path / "Task09_Spleen")
+    out = tmp_path / "exp"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    first = subprocess.Popen([sys.executable, "-m", "unetr_app", *_args(dataset, tiny_profile, out)], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not _killable_moment(out):
+            assert first.poll() is None, "compare ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the comparison and its training subprocess, no chance to clean up
+        first.wait()
+    finished = {r: (r / "summary.json").stat().st_mtime_ns for r in _run_dirs(out) if (r / "summary.json").is_file()}
+    killed = [r for r in _run_dirs(out) if (r / "checkpoints" / "last.pt").is_file() and r not in finished]
+    best_before = {r: next((r / "checkpoints").glob("best.*")).stat().st_mtime_ns for r in finished}
+
+    result = cli(*_args(dataset, tiny_profile, out))
+    assert result.exit_code == 0, result.output
+    for run in finished:  # untouched
+        assert (run / "summary.json").stat().st_mtime_ns == finished[run]
+        assert next((run / "checkpoints").glob("best.*")).stat().st_mtime_ns == best_before[run]
+    for run in killed:  # resumed, not restarted: every validation step exactly once
+        assert f"{run.parent.name} fold {run.name[-1]}: resuming" in result.output
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert steps == [2, 4, 6]
+    for run in _run_dirs(out):
+        assert (run / "summary.json").is_file() and (run / "validation" / "predict_report.json").is_file()
+    # every model validated on the same cases in each fold
+    for fold in range(2):
+        splits = [json.loads((out / m / f"fold_{fold}" / "split.json").read_text())["validation"] for m in MODELS]
+        assert splits[0] == splits[1]
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["model"] for r in rows] == list(MODELS) and all(r["folds"] == "2" for r in rows)
+    for name in ("report.md", "dice_vs_parameters.png", "dice_vs_seconds.png", "learning_curves.png", "per_case_dice.png", "receptive_fields.png"):
+        assert (out / name).is_file(), name
+    assert all((out / m / "postprocessing.json").is_file() for m in MODELS)
+
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
+    assert cli(*_args(dataset, tiny_profile, out)).exit_code == 0  # a third time: nothing left to train
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == mtimes
+    changed = cli(*[a if a != "6" else "8" for a in _args(dataset, tiny_profile, out)])
+    assert changed.exit_code == 2 and "budget" in changed.output  # another budget would mix incomparable runs

@@ -1,0 +1,91 @@
+"""Cross-validation folds: made once per dataset, deterministic, disjoint, shared by every model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from pipelines.train import load_or_make_split
+from unetr_app.config import load_run_config
+from unetr_app.data.splits import load_or_make_splits, make_folds
+from unetr_app.data.dataset import labelled_cases
+from unetr_app.data.manifest import load_manifest
+from unetr_app.errors import UsageError
+
+NAMES = [f"case_{i:03d}" for i in range(23)]
+
+
+def test_folds_are_deterministic_disjoint_and_cover_every_case():
+    folds = make_folds(NAMES, 5)
+    assert folds == make_folds(list(reversed(NAMES)), 5)  # input order does not matter
+    vals = [set(f["val"]) for f in folds]
+    assert set().union(*vals) == set(NAMES)
+    assert sum(len(v) for v in vals) == len(NAMES)  # each case validated exactly once
+    assert sorted(len(v) for v in vals) == [4, 4, 5, 5, 5]  # 23 cases in 5 nearly equal parts
+    for fold in folds:
+        assert set(fold["train"]).isdisjoint(fold["val"])
+        assert set(fold["train"]) | set(fold["val"]) == set(NAMES)
+    assert make_folds(NAMES, 5) != make_folds(NAMES, 5, seed=1)
+
+
+def test_too_many_folds_is_an_error():
+    with pytest.raises(UsageError, match="--folds 30"):
+        make_folds(NAMES, 30)
+
+
+@pytest.fixture
+def dataset(phantom_dir, tmp_path):
+    return shutil.copytree(phantom_dir, tmp_path / "Task09_Spleen")
+
+
+def _cases(dataset):
+    return labelled_cases(dataset, load_manifest("spleen"))
+
+
+def test_splits_json_is_made_once_in_the_dataset_and_reused(dataset):
+    cases = _cases(dataset)
+    splits, path = load_or_make_splits(dataset, cases, 3)
+    assert path == dataset / "splits.json"
+    assert json.loads(path.read_text()) == splits  # nnU-Net's layout: a list of {train, val}
+    again, _ = load_or_make_splits(dataset, list(reversed(cases)))  # no --folds: whatever exists
+    assert again == splits
+    with pytest.raises(UsageError, match="holds 3 folds"):
+        load_or_make_splits(dataset, cases, 5)
+
+
+def test_read_only_dataset_keeps_its_folds_beside_it(dataset, monkeypatch):
+    # root may write anywhere, so "read-only" is what os.access says
+    monkeypatch.setattr("unetr_app.data.splits.os.access", lambda path, mode: path != dataset)
+    _, path = load_or_make_splits(dataset, _cases(dataset), 2)
+    assert path == dataset.parent / "Task09_Spleen.splits.json" and path.is_file()
+    assert not (dataset / "splits.json").exists()
+    assert load_or_make_splits(dataset, _cases(dataset))[1] == path
+
+
+def test_every_model_gets_the_same_fold(dataset, tiny_profile, tmp_path):
+    splits = {}
+    for model in ("unetr", "segformer_b0"):
+        config = load_run_config("spleen", model, str(tiny_profile))
+        train, val = load_or_make_split(tmp_path / model, dataset, config, fold=1, folds=3)
+        splits[model] = (train, val)
+        assert json.loads((tmp_path / model / "split.json").read_text())["fold"] == 1
+    assert splits["unetr"] == splits["segformer_b0"]
+    fold1 = json.loads((dataset / "splits.json").read_text())[1]["val"]
+    assert sorted(c["image"].rsplit("/", 1)[1].split(".")[0].removesuffix("_0000") for c in splits["unetr"][1]) == sorted(fold1)
+
+
+def test_fold_all_trains_on_every_case(dataset, tiny_profile, tmp_path):
+    config = load_run_config("spleen", None, str(tiny_profile))
+    train, val = load_or_make_split(tmp_path / "run", dataset, config, fold="all", folds=None)
+    assert len(train) == len(_cases(dataset)) == 6
+    assert not (dataset / "splits.json").exists()  # no folds file is needed or made
+
+
+def test_fold_out_of_range_is_a_one_line_error(cli, dataset, tiny_profile, tmp_path):
+    result = cli("train", "--data-dir", dataset, "--profile", tiny_profile, "--fold", "7", "--folds", "3", "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --fold 7:") and errors[0].endswith("choose 0..2 or 'all'")
+    assert "Traceback" not in result.output
