@@ -22,6 +22,7 @@ def train(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="override training.epochs")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/<task>-<model>-<profile>-<time>")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from checkpoints/last.pt")] = False,
+    teacher: Annotated[Path | None, typer.Option("--teacher", help="teacher run folder or .pt checkpoint for --recipe distill (sets recipe.params.teacher)")] = None,
     device: DeviceOption = "auto",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any config key, e.g. --set training.lr=3e-4")] = None,
 ) -> None:
@@ -34,6 +35,8 @@ def train(
     overrides = parse_overrides(set_ or [])
     if epochs is not None:
         overrides.setdefault("training", {})["epochs"] = epochs
+    if teacher is not None:
+        overrides.setdefault("recipe", {}).setdefault("params", {})["teacher"] = str(teacher)
     if resume:
         if out is None:
             raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
