@@ -27,6 +27,9 @@ FALLBACK_TINY = {
 }
 SPECIAL_TINY = {  # models whose own signature differs from their family's
     "swin_unetr": {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]},
+    **{name: {"channels": [4, 8, 8], "strides": [2, 2], "num_res_units": 1} for name in ("unet", "unet_small")},
+    **{name: {"init_filters": 8, "blocks_down": [1, 1, 1], "blocks_up": [1, 1]} for name in ("segresnet", "segresnet_small")},
+    **{name: {"base_filters": 4, "max_filters": 16} for name in ("dynunet", "dynunet_small")},
 }
 SIZES = {2: (32, 64), 3: (32, 64, 32)}  # multiples of 32 (the deepest hierarchical stride), not square/cubic
 

@@ -81,6 +81,8 @@ def create_model(name: str, *, task: str | None = None, **kwargs) -> nn.Module:
         )
     try:
         return entry.builder(task=task, **kwargs)
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as err:
         # a size the patches or strides don't divide, a misspelt parameter: the user's config to fix
         raise ConfigError(f"model {name!r}: {err}") from err

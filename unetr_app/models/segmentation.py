@@ -26,6 +26,7 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from torch import nn
 
+from unetr_app.errors import ConfigError
 from unetr_app.models.layers import check_spatial_dims
 
 DecoderBuilder = Callable[..., nn.Module]
@@ -73,6 +74,23 @@ class SegmentationModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(x, self.encoder.forward_features(x))
+
+
+class MainLogitsOnly:
+    """`forward_train` of a segmentation network without recipe heads (MONAI's nets as they are)."""
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"logits": self(x)}
+
+
+def refuse_recipe_heads(model: str, distillation: bool = False, aux_heads: bool = False) -> None:
+    """A one-line ConfigError for recipe outputs that `model` does not build."""
+    for flag, wanted in (("distillation", distillation), ("aux_heads", aux_heads)):
+        if wanted:
+            raise ConfigError(
+                f"{flag}=True is not supported for model {model!r}; use a ViT-family model "
+                f"(e.g. vit_tiny_patch16, deit_tiny_distilled_patch16) or a hierarchical one (e.g. pvt_v2_b0)"
+            )
 
 
 # MONAI's UNETR names its modules vit.*, encoder1-4.*, decoder2-5.*, out.*

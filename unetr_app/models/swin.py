@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import torch
 from monai.networks.blocks.patchembedding import PatchEmbed
-from monai.networks.nets import SwinUNETR
+from monai.networks import nets
 from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging
 from monai.utils import ensure_tuple_rep
 from torch import nn
@@ -37,6 +37,11 @@ from unetr_app.models.hierarchical import (
 )
 from unetr_app.models.layers import classifier_head
 from unetr_app.models.registry import register_model
+from unetr_app.models.segmentation import MainLogitsOnly, refuse_recipe_heads
+
+
+class SwinUNETR(MainLogitsOnly, nets.SwinUNETR):
+    """MONAI's SwinUNETR with `forward_train` (same modules, same state-dict keys)."""
 
 
 class SwinStage(nn.Module):
@@ -175,8 +180,11 @@ def swin_unetr(
     dropout_path_rate: float = 0.0,
     use_checkpoint: bool = False,
     use_v2: bool = False,
+    distillation: bool = False,
+    aux_heads: bool = False,
 ) -> nn.Module:
     """MONAI SwinUNETR as it is (patch 2, window 7, feature_size 48): segmentation only."""
+    refuse_recipe_heads("swin_unetr", distillation, aux_heads)
     if img_size is not None:
         image_size(img_size, spatial_dims, "swin_unetr")
         check_trainable_norm(img_size, spatial_dims, norm_name, "swin_unetr")

@@ -5,9 +5,15 @@ MONAI's implementation as it is, so published MONAI UNETR checkpoints load uncha
 
 from __future__ import annotations
 
-from monai.networks.nets import UNETR
+from monai.networks import nets
 
 from unetr_app.models.registry import register_model
+from unetr_app.models.segmentation import MainLogitsOnly, refuse_recipe_heads
+
+
+class UNETR(MainLogitsOnly, nets.UNETR):
+    """MONAI's UNETR with `forward_train` (same modules, same state-dict keys). For distillation
+    or auxiliary heads, build UNETR on our ViT instead: `vit_base_patch16` (decoder "unetr")."""
 
 
 @register_model(family="unetr", spatial_dims=(2, 3), tasks=("segmentation",))
@@ -27,8 +33,11 @@ def unetr(
     res_block: bool = True,
     dropout_rate: float = 0.0,
     qkv_bias: bool = False,
+    distillation: bool = False,
+    aux_heads: bool = False,
 ):
     """MONAI UNETR (ViT-B/16 encoder, 12 blocks, taps after blocks 3, 6, 9, 12)."""
+    refuse_recipe_heads("unetr", distillation, aux_heads)
     _check_divisible(img_size, patch=16)
     return UNETR(
         in_channels=in_channels,
