@@ -1,6 +1,7 @@
 """Every registered model, whichever family registered it: classifier and segmentation model in
 2D and 3D on small non-square/non-cubic inputs (shape, backward, every parameter trained), and
-`feature_info` agreeing with what `forward_features` returns.
+`feature_info` agreeing with what `forward_features` returns; a segmentation model's
+`forward_train` giving the forward's logits.
 
 Tiny widths come from the family module's `TINY_PARAMS` (the plain family defines them) or, for
 families without one, from `FALLBACK_TINY` below, so a new family is covered as soon as it is
@@ -77,6 +78,10 @@ def test_forward_backward_and_feature_info(name, spatial_dims, task):
     expected = (batch, 5) if task == "classification" else (batch, 3, *size)
     assert tuple(out.shape) == expected
     out.square().mean().backward()
+    if task == "segmentation":  # the recipe interface: forward_train's main logits are the forward's
+        with torch.no_grad():
+            model.eval()
+            assert torch.equal(model.forward_train(x)["logits"], model(x))
     if hasattr(model, "feature_info"):  # our backbones and segmentation models (not MONAI's nets)
         unused = [n for n, p in model.named_parameters() if p.grad is None]
         assert not unused, f"parameters that get no gradient: {unused}"

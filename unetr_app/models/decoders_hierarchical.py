@@ -19,11 +19,11 @@ import torch
 from monai.networks.blocks import UnetOutBlock, UnetResBlock, UnetrUpBlock
 from torch import nn
 
-from unetr_app.models.segmentation import register_decoder
+from unetr_app.models.segmentation import StagedDecoder, register_decoder
 
 
 @register_decoder("unet")
-class UNetDecoder(nn.Module):
+class UNetDecoder(StagedDecoder, nn.Module):
     """Fuse a pyramid of feature maps and a full-resolution stem into per-voxel logits.
 
     Args:
@@ -35,6 +35,9 @@ class UNetDecoder(nn.Module):
             coarser stage (16 -> 16, 32, 64, 128 for four stages).
         norm_name: MONAI norm name for the conv blocks ("instance", "batch", ...).
         res_block: residual conv blocks inside the up-blocks.
+
+    Its stages (for auxiliary heads) are the up-blocks' outputs, coarse to fine, and last the
+    full-resolution one the main head reads.
     """
 
     def __init__(
@@ -61,10 +64,14 @@ class UNetDecoder(nn.Module):
             norm_name=norm_name, res_block=res_block,
         )
         self.out = UnetOutBlock(spatial_dims, feature_size, out_channels)
+        self.stage_channels = widths[-2::-1] + [feature_size]  # up-block outputs coarse -> fine, then full size
 
-    def forward(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        x = self.laterals[-1](features[-1])
+    def decode(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        x, stages = self.laterals[-1](features[-1]), []
         for level in reversed(range(len(self.ups))):  # coarse -> fine
             x = self.ups[level](x, self.laterals[level](features[level]))
-        x = self.up_to_stem(x, self.stem(image))  # stride 4 -> full resolution
+            stages.append(x)
+        return stages + [self.up_to_stem(x, self.stem(image))]  # stride 4 -> full resolution
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(x)

@@ -5,7 +5,12 @@ A ViT with a second prefix token, the distillation token, read by its own head. 
 distillation trains the class head on the labels and the distillation head on the teacher's
 argmax; at inference the two heads' outputs are averaged. In training mode with
 `distilled_training=True` the forward returns both heads' logits so the loss can tell them apart.
-For segmentation the distillation path is not built (the backbone is then a ViT).
+
+For segmentation the class token and both heads are not built. With `distillation=True` the
+backbone keeps its distillation token through the blocks (`distillation_token=True`) and
+`forward_features_and_token` returns its final embedding beside the feature maps; the
+segmentation model's distillation head is conditioned on it (segmentation.py). Without it the
+segmentation backbone is a ViT.
 """
 
 from __future__ import annotations
@@ -23,15 +28,21 @@ TINY_PARAMS = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 class DistilledVisionTransformer(VisionTransformer):
     """ViT + distillation token and head. Same arguments as `VisionTransformer`, plus
-    `distilled_training`: return (class logits, distillation logits) in training mode."""
+    `distilled_training`: return (class logits, distillation logits) in training mode, and
+    `distillation_token`: keep the distillation token in a backbone (`num_classes=0`)."""
 
     num_prefix_tokens_per_class = 2
 
-    def __init__(self, *args, distilled_training: bool = False, **kwargs) -> None:
+    def __init__(self, *args, distilled_training: bool = False, distillation_token: bool = False, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.distilled_training = distilled_training
+        embed_dim = self.norm.normalized_shape[0]
+        if distillation_token and not self.num_prefix_tokens:  # a backbone: the distillation token alone
+            self.num_prefix_tokens = 1
+            self.prefix_pos_embed = nn.Parameter(torch.zeros(1, 1, embed_dim))
+            nn.init.trunc_normal_(self.prefix_pos_embed, std=0.02)
         if self.num_prefix_tokens:
-            self.dist_token = nn.Parameter(torch.zeros(1, 1, self.cls_token.shape[-1]))
+            self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
             nn.init.trunc_normal_(self.dist_token, std=0.02)
 
     def _make_heads(self, embed_dim: int, num_classes: int) -> None:
@@ -40,8 +51,15 @@ class DistilledVisionTransformer(VisionTransformer):
             self.head_dist = classifier_head(embed_dim, num_classes)
 
     def prefix_tokens(self, batch: int) -> torch.Tensor:
-        tokens = torch.cat([self.cls_token, self.dist_token], dim=1)  # (1, 2, D)
-        return (tokens + self.prefix_pos_embed).expand(batch, -1, -1)
+        tokens = [self.cls_token, self.dist_token] if self.num_classes > 0 else [self.dist_token]
+        return (torch.cat(tokens, dim=1) + self.prefix_pos_embed).expand(batch, -1, -1)  # (B, P, D)
+
+    def forward_features_and_token(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """`forward_features` and the distillation token's final (normed) embedding (B, D)."""
+        if not self.num_prefix_tokens:
+            raise ValueError(f"{self.model_name} was built without its distillation token (distillation_token=False)")
+        taps = self.forward_taps(x)
+        return self.tokens_to_maps(taps), taps[-1][:, self.num_prefix_tokens - 1]
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if not self.num_prefix_tokens:

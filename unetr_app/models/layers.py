@@ -99,6 +99,17 @@ def tokens_to_grid(tokens: torch.Tensor, grid: Sequence[int]) -> torch.Tensor:
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], *grid)
 
 
+INTERPOLATION = {2: "bilinear", 3: "trilinear"}
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """(B, C, *grid) -> (B, C, *size), (bi/tri)linear; unchanged if already that size."""
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    return F.interpolate(x, size=size, mode=INTERPOLATION[len(size)], align_corners=False)
+
+
 def evenly_spaced_taps(depth: int, count: int = 4) -> list[int]:
     """Block indices whose outputs feed a decoder: every depth/count-th block and the last one.
 
@@ -260,8 +271,15 @@ class TokenBackbone:
 
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Four evenly spaced block outputs as (B, D, *grid) maps; the last one normed."""
+        return self.tokens_to_maps(self.forward_taps(x))
+
+    def forward_taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The tapped block outputs as tokens (B, P + N, D), prefix tokens included; the last normed."""
         states = self.hidden_states(x)
-        taps = [states[i] for i in self.taps[:-1]] + [self.norm(states[-1])]
+        return [states[i] for i in self.taps[:-1]] + [self.norm(states[-1])]
+
+    def tokens_to_maps(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Drop the prefix tokens: (B, P + N, D) -> (B, D, *grid) each."""
         return [tokens_to_grid(t[:, self.num_prefix_tokens:], self.grid) for t in taps]
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -20,16 +20,14 @@ from monai.networks.layers import Conv, Norm
 from torch import nn
 
 from unetr_app.models.hierarchical import create_hierarchical
-from unetr_app.models.layers import grid_to_tokens, tokens_to_grid
+from unetr_app.models.layers import INTERPOLATION, grid_to_tokens, tokens_to_grid
 from unetr_app.models.pvt_v2 import B1_TO_B5_WIDTHS, PyramidVisionTransformerV2
 from unetr_app.models.registry import register_model
-from unetr_app.models.segmentation import register_decoder
-
-_INTERPOLATION = {2: "bilinear", 3: "trilinear"}
+from unetr_app.models.segmentation import StagedDecoder, register_decoder
 
 
 @register_decoder("segformer_mlp")
-class SegFormerHead(nn.Module):
+class SegFormerHead(StagedDecoder, nn.Module):
     """All-MLP decoder over four feature maps described by `feature_info`.
 
     Args:
@@ -46,7 +44,8 @@ class SegFormerHead(nn.Module):
         decoder_dim: int = 256, decoder_dropout: float = 0.1,
     ) -> None:
         super().__init__()
-        self.mode = _INTERPOLATION[spatial_dims]
+        self.mode = INTERPOLATION[spatial_dims]
+        self.stage_channels = [decoder_dim]  # one fused stage at stride 4
         self.linear_c = nn.ModuleList(nn.Linear(info["num_chs"], decoder_dim) for info in feature_info)
         conv = Conv[Conv.CONV, spatial_dims]
         self.fuse = conv(decoder_dim * len(feature_info), decoder_dim, 1, bias=False)
@@ -55,7 +54,7 @@ class SegFormerHead(nn.Module):
         self.dropout = nn.Dropout(decoder_dropout)
         self.classifier = conv(decoder_dim, out_channels, 1)
 
-    def forward(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def decode(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         finest = features[0].shape[2:]
         projected = []
         for linear, feature in zip(self.linear_c, features):
@@ -63,9 +62,10 @@ class SegFormerHead(nn.Module):
             x = tokens_to_grid(linear(tokens), grid)  # (B, E, *grid)
             projected.append(F.interpolate(x, size=finest, mode=self.mode, align_corners=False))
         x = self.fuse(torch.cat(projected[::-1], dim=1))  # coarsest first, as the reference concatenates
-        logits = self.classifier(self.dropout(self.act(self.norm(x))))
-        # stride 4 -> the input's size
-        return F.interpolate(logits, size=image.shape[2:], mode=self.mode, align_corners=False)
+        return [self.dropout(self.act(self.norm(x)))]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)  # at stride 4; `forward` upsamples to the input's size
 
 
 def _create_mit(name: str, overrides: dict[str, Any], **architecture: Any) -> nn.Module:

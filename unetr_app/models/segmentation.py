@@ -8,8 +8,37 @@ a decoder from the registry here. Decoders are built from the backbone's `featur
     @register_decoder("unet")
     def unet_decoder(feature_info, *, spatial_dims, in_channels, out_channels, **params) -> nn.Module: ...
 
-A decoder's `forward(image, features)` takes the input image (UNETR convolves it for its
-full-resolution skip) and the list of feature maps, and returns logits at the image's size.
+A decoder (`StagedDecoder`) has `decode(image, features)`: its stage outputs, shallowest (first
+computed, coarsest) first, the last being the deepest stage, whose features the main head reads;
+`stage_channels`: their channel counts; `head(deepest)`: the main logits on that stage's grid.
+Its `forward(image, features)` is the logits at the image's size. The image goes in because
+UNETR convolves it for its full-resolution skip.
+
+Recipe outputs (training recipes choose them by name; the training loop never forks):
+
+    model = create_model("deit_tiny_distilled_patch16", task="segmentation", spatial_dims=3,
+                         in_channels=1, out_channels=2, img_size=[96, 96, 96],
+                         distillation=True, aux_heads=True)
+    outputs = model.forward_train(x)
+
+`forward_train(x)` (every segmentation model; MONAI's nets and the CNNs return only "logits"):
+    "logits":         (B, K, *spatial) main logits at the input's size;
+    "distill_logits": distillation=True only, same shape: a second head on the deepest decoder
+                      features; for DeiT backbones conditioned on the distillation token's final
+                      embedding (projected to the decoder's width, added at every position, leaky
+                      ReLU, 1x1 conv), so a loss on it trains the token (DeiT, Touvron et al. 2021);
+    "aux_logits":     aux_heads=True only: one per shallower decoder stage, shallowest first, each
+                      from that stage's 1x1 bottleneck then a 1x1 classifier, at the input's size
+                      ("Be Your Own Teacher", Zhang et al., ICCV 2019);
+    "hint_features":  aux_heads=True only, aligned with aux_logits: each bottleneck's output
+                      (the deepest stage's channel count) resized to the deepest stage's grid;
+    "deep_features":  aux_heads=True only: the deepest stage's features (the hints' target).
+
+`forward(x)` in training mode is the main logits; in eval mode with distillation=True it is
+log((softmax(logits) + softmax(distill_logits)) / 2), DeiT's averaged prediction, so softmax and
+argmax downstream need no change; otherwise the main logits (aux heads never predict). Without
+the flags no head is built: the modules, forward and state-dict keys are the plain model's. The
+"unetr" and "unet" decoders have aux stages; "segformer_mlp" fuses in one stage and refuses.
 
 The "unetr" decoder is MONAI's UNETR decoder (Hatamizadeh et al., WACV 2022) made generic over
 the backbone; with our `vit_base_patch16` it is MONAI's UNETR parameter for parameter, and MONAI
@@ -19,6 +48,7 @@ UNETR state dicts load into it unchanged (see `_accept_monai_unetr_keys`).
 from __future__ import annotations
 
 import inspect
+import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -27,7 +57,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from torch import nn
 
 from unetr_app.errors import ConfigError
-from unetr_app.models.layers import check_spatial_dims
+from unetr_app.models.layers import check_spatial_dims, conv_layer, resize_to
 
 DecoderBuilder = Callable[..., nn.Module]
 _DECODERS: dict[str, DecoderBuilder] = {}
@@ -63,17 +93,98 @@ def build_decoder(name: str, feature_info: list[dict], *, spatial_dims: int, in_
 
 
 class SegmentationModel(nn.Module):
-    """A backbone (`encoder`) whose `forward_features` feed a decoder: (B, C, *size) -> logits."""
+    """A backbone (`encoder`) whose `forward_features` feed a decoder: (B, C, *size) -> logits.
 
-    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+    `distill_head` and `aux_heads` (built by `build_for_task` when asked for) add the recipe
+    outputs of `forward_train`; see the module docstring.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, distill_head: nn.Module | None = None,
+                 aux_heads: nn.Module | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        self.distill_head = distill_head
+        self.aux_heads = aux_heads
         self.feature_info = encoder.feature_info
         self.register_load_state_dict_pre_hook(_accept_monai_unetr_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decoder(x, self.encoder.forward_features(x))
+        if self.distill_head is None or self.training:
+            return self.decoder(x, self.encoder.forward_features(x))
+        outputs = self.forward_train(x)
+        return average_log_probabilities(outputs["logits"], outputs["distill_logits"])
+
+    def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        stages, token = self._decode(x)
+        size = x.shape[2:]
+        outputs = {"logits": resize_to(self.decoder.head(stages[-1]), size)}
+        if self.distill_head is not None:
+            outputs["distill_logits"] = resize_to(self.distill_head(stages[-1], token), size)
+        if self.aux_heads is not None:
+            outputs.update(self.aux_heads(stages, size))
+        return outputs
+
+    def _decode(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """The decoder's stage outputs, and the distillation token's embedding where it conditions a head."""
+        if self.distill_head is not None and self.distill_head.token_proj is not None:
+            features, token = self.encoder.forward_features_and_token(x)
+        else:
+            features, token = self.encoder.forward_features(x), None
+        return self.decoder.decode(x, features), token
+
+
+def average_log_probabilities(logits: torch.Tensor, distill_logits: torch.Tensor) -> torch.Tensor:
+    """log((softmax(a) + softmax(b)) / 2) over the class axis, computed stably."""
+    both = torch.stack([logits.log_softmax(dim=1), distill_logits.log_softmax(dim=1)])
+    return torch.logsumexp(both, dim=0) - math.log(2.0)
+
+
+class StagedDecoder:
+    """`forward` of a decoder from its `decode` (stage outputs) and `head` (main logits)."""
+
+    stage_channels: list[int]
+
+    def forward(self, image: torch.Tensor, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return resize_to(self.head(self.decode(image, features)[-1]), image.shape[2:])
+
+
+class DistillationHead(nn.Module):
+    """A second 1x1-conv output on the deepest decoder features. With `token_dim` (DeiT) the
+    distillation token's embedding is projected to the features' width, added at every position
+    and passed through a leaky ReLU first, so the head's output depends on (and trains) the token."""
+
+    def __init__(self, spatial_dims: int, channels: int, out_channels: int, token_dim: int = 0) -> None:
+        super().__init__()
+        self.token_proj = nn.Linear(token_dim, channels) if token_dim else None
+        self.act = nn.LeakyReLU(0.01) if token_dim else None
+        self.out = conv_layer(spatial_dims)(channels, out_channels, kernel_size=1)
+
+    def forward(self, features: torch.Tensor, token: torch.Tensor | None = None) -> torch.Tensor:
+        if self.token_proj is not None:
+            bias = self.token_proj(token)  # (B, C) -> broadcast over (B, C, *grid)
+            features = self.act(features + bias.reshape(*bias.shape, *(1,) * (features.ndim - 2)))
+        return self.out(features)
+
+
+class AuxiliaryHeads(nn.Module):
+    """Self-distillation outputs ("Be Your Own Teacher"): for each shallower decoder stage a 1x1
+    bottleneck to the deepest stage's width (the feature hint) and a 1x1 classifier on it."""
+
+    def __init__(self, spatial_dims: int, stage_channels: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        conv, deep = conv_layer(spatial_dims), stage_channels[-1]
+        self.bottlenecks = nn.ModuleList(conv(c, deep, kernel_size=1) for c in stage_channels[:-1])
+        self.classifiers = nn.ModuleList(conv(deep, out_channels, kernel_size=1) for _ in stage_channels[:-1])
+
+    def forward(self, stages: Sequence[torch.Tensor], size: Sequence[int]) -> dict:
+        deep = stages[-1]
+        hints = [bottleneck(stage) for bottleneck, stage in zip(self.bottlenecks, stages[:-1])]
+        return {
+            "aux_logits": [resize_to(classify(h), size) for classify, h in zip(self.classifiers, hints)],
+            "hint_features": [resize_to(h, deep.shape[2:]) for h in hints],
+            "deep_features": deep,
+        }
 
 
 class MainLogitsOnly:
@@ -84,12 +195,12 @@ class MainLogitsOnly:
 
 
 def refuse_recipe_heads(model: str, distillation: bool = False, aux_heads: bool = False) -> None:
-    """A one-line ConfigError for recipe outputs that `model` does not build."""
+    """A one-line ConfigError for recipe outputs that `model` (MONAI's net as it is) does not build."""
     for flag, wanted in (("distillation", distillation), ("aux_heads", aux_heads)):
         if wanted:
             raise ConfigError(
-                f"{flag}=True is not supported for model {model!r}; use a ViT-family model "
-                f"(e.g. vit_tiny_patch16, deit_tiny_distilled_patch16) or a hierarchical one (e.g. pvt_v2_b0)"
+                f"{flag}=True is not supported for model {model!r}; use a backbone with our decoders, e.g. "
+                f"vit_base_patch16 (UNETR), deit_tiny_distilled_patch16 or pvt_v2_b0"
             )
 
 
@@ -117,17 +228,21 @@ def build_for_task(
     num_classes: int = 1000,
     out_channels: int | None = None,
     decoder: str = "unetr",
+    distillation: bool = False,
+    aux_heads: bool = False,
     **params,
 ) -> nn.Module:
     """Build a backbone as a classifier, or as a segmentation model with the named decoder.
 
     For segmentation, keys of `params` that the decoder's builder names (e.g. `feature_size`,
     `norm_name` for "unetr") go to the decoder; the rest go to the backbone. `in_channels`
-    defaults to 3 in 2D (RGB, as the published models) and 1 in 3D (one scan).
+    defaults to 3 in 2D (RGB, as the published models) and 1 in 3D (one scan). `distillation`
+    and `aux_heads` add the recipe heads of the module docstring (segmentation only).
     """
     check_spatial_dims(spatial_dims)
     in_channels = in_channels or (3 if spatial_dims == 2 else 1)
     if task == "classification":
+        _refuse_for_classification(distillation, aux_heads)
         return backbone_cls(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, **params)
     if task != "segmentation":
         raise ValueError(f"task must be 'classification' or 'segmentation', got {task!r}")
@@ -136,10 +251,38 @@ def build_for_task(
     builder = decoder_builder(decoder)
     decoder_keys = set(inspect.signature(builder).parameters)
     decoder_params = {k: params.pop(k) for k in list(params) if k in decoder_keys}
+    keep_token = distillation and hasattr(backbone_cls, "forward_features_and_token")
+    if keep_token:
+        params["distillation_token"] = True
     encoder = backbone_cls(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=0, **params)
     head = builder(encoder.feature_info, spatial_dims=spatial_dims, in_channels=in_channels,
                    out_channels=out_channels, **decoder_params)
-    return SegmentationModel(encoder, head)
+    token_dim = encoder.feature_info[-1]["num_chs"] if keep_token else 0
+    return SegmentationModel(encoder, head, **_recipe_heads(head, decoder, spatial_dims, out_channels,
+                                                            distillation, aux_heads, token_dim))
+
+
+def _recipe_heads(decoder: nn.Module, name: str, spatial_dims: int, out_channels: int, distillation: bool,
+                  aux_heads: bool, token_dim: int) -> dict[str, nn.Module]:
+    heads = {}
+    if distillation:
+        heads["distill_head"] = DistillationHead(spatial_dims, decoder.stage_channels[-1], out_channels, token_dim)
+    if aux_heads:
+        if len(decoder.stage_channels) < 2:
+            raise ConfigError(
+                f"aux_heads=True needs a decoder with several stages; decoder {name!r} has one "
+                f"(use decoder 'unet' or 'unetr')"
+            )
+        heads["aux_heads"] = AuxiliaryHeads(spatial_dims, decoder.stage_channels, out_channels)
+    return heads
+
+
+def _refuse_for_classification(distillation: bool, aux_heads: bool) -> None:
+    if distillation or aux_heads:
+        raise ConfigError(
+            "distillation and aux_heads are segmentation outputs (task='segmentation'); a DeiT classifier "
+            "returns both heads' logits in training with distilled_training=True"
+        )
 
 
 def create_variant(model_cls: Callable[..., nn.Module], name: str, overrides: dict, **numbers) -> nn.Module:
@@ -172,11 +315,12 @@ def _per_axis(reduction: int | Sequence[int], spatial_dims: int) -> tuple[int, .
     return (reduction,) * spatial_dims if isinstance(reduction, int) else tuple(reduction)
 
 
-class UnetrDecoder(nn.Module):
+class UnetrDecoder(StagedDecoder, nn.Module):
     """UNETR's decoder over four same-resolution feature maps (taps z3, z6, z9, z12 in the paper).
 
     Skips from taps 1-3 are upsampled to 1/2, 1/4, 1/8 of the input size, the last tap sits at
-    1/16 (for patch 16); the image itself gives the full-resolution skip (`encoder1`).
+    1/16 (for patch 16); the image itself gives the full-resolution skip (`encoder1`). Its stages
+    are the outputs of decoder5 .. decoder2 (1/8, 1/4, 1/2 and full size for patch 16).
     """
 
     def __init__(
@@ -201,19 +345,23 @@ class UnetrDecoder(nn.Module):
                            upsample_kernel_size=up, conv_block=conv_block, **common)
             for i in range(3)
         )
-        widths = [feature_size * m for m in (1, 2, 4, 8)]  # decoder2 .. decoder5 outputs
+        self.stage_channels = [feature_size * m for m in (8, 4, 2, 1)]  # decoder5 .. decoder2 outputs
+        widths = self.stage_channels[::-1]
         self.decoder5 = UnetrUpBlock(in_channels=chs[3], out_channels=widths[3], upsample_kernel_size=up, **common)
         self.decoder4 = UnetrUpBlock(in_channels=widths[3], out_channels=widths[2], upsample_kernel_size=up, **common)
         self.decoder3 = UnetrUpBlock(in_channels=widths[2], out_channels=widths[1], upsample_kernel_size=up, **common)
         self.decoder2 = UnetrUpBlock(in_channels=widths[1], out_channels=widths[0], upsample_kernel_size=up, **common)
         self.out = UnetOutBlock(spatial_dims=spatial_dims, in_channels=feature_size, out_channels=out_channels)
 
-    def forward(self, image: torch.Tensor, features: list[torch.Tensor]) -> torch.Tensor:
+    def decode(self, image: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:
         tap1, tap2, tap3, last = features
-        x = self.decoder5(last, self.encoder4(tap3))
-        x = self.decoder4(x, self.encoder3(tap2))
-        x = self.decoder3(x, self.encoder2(tap1))
-        return self.out(self.decoder2(x, self.encoder1(image)))
+        x5 = self.decoder5(last, self.encoder4(tap3))
+        x4 = self.decoder4(x5, self.encoder3(tap2))
+        x3 = self.decoder3(x4, self.encoder2(tap1))
+        return [x5, x4, x3, self.decoder2(x3, self.encoder1(image))]
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(x)
 
 
 @register_decoder("unetr")
