@@ -14,18 +14,18 @@ from unetr_app.models import create_model
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 
 
-def tiny_config(**overrides):
-    return load_run_config("spleen", profile=str(TINY), overrides=overrides)
+def tiny_config(model: str | None = None, **overrides):
+    return load_run_config("spleen", model=model, profile=str(TINY), overrides=overrides)
 
 
-def write_teacher(path: Path, config=None, model_name: str = "unetr", **model_params) -> Path:
+def write_teacher(path: Path, config=None) -> Path:
     """A teacher checkpoint as a finished run writes it: registry name + kwargs, weights, preprocessing, labels."""
     config = config or tiny_config()
-    kwargs = {**config.model_kwargs(), **model_params}
+    kwargs = config.model_kwargs()
     torch.manual_seed(0)
-    model = create_model(model_name, **kwargs)
+    model = create_model(config.model.name, **kwargs)
     save_checkpoint(path, {
-        "model": {"name": model_name, "kwargs": kwargs},
+        "model": {"name": config.model.name, "kwargs": kwargs},
         "state_dict": model.state_dict(),
         "preprocessing": config.preprocessing.model_dump(mode="json"),
         "inference": config.inference.model_dump(mode="json"),
@@ -66,8 +66,8 @@ class StandInStudent(nn.Module):
         return self.forward_train(x)["logits"]
 
 
-def batch(seed: int = 0, size: int = 32) -> dict:
+def batch(seed: int = 0, size: int = 32, n: int = 1) -> dict:
     generator = torch.Generator().manual_seed(seed)
-    image = torch.rand(1, 1, size, size, size, generator=generator)
+    image = torch.rand(n, 1, size, size, size, generator=generator)
     label = (image > 0.5).float()
     return {"image": image, "label": label}
