@@ -2,7 +2,8 @@
 transformers & distillation through attention", ICML 2021), from a frozen teacher per voxel.
 
 The student is built with a second output head (`distillation=True`): the main head learns the
-labels, the distillation head learns the teacher. With weight `alpha` on the teacher:
+labels with the configured loss (`loss.name`, DiceCE by default), the distillation head learns the
+teacher. With weight `alpha` on the teacher:
 
     hard (DeiT's default):  (1 - alpha) DiceCE(main, y) + alpha CE(distill, argmax teacher)
     soft:                   (1 - alpha) DiceCE(main, y) + alpha T^2 KL(softmax(teacher/T) || softmax(distill/T))
@@ -20,8 +21,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from unetr_app.errors import CheckpointError, ConfigError
+from unetr_app.training.losses import build_loss
 from unetr_app.training.recipes.base import Recipe, register_recipe
 from unetr_app.training.teacher import load_teacher
 
@@ -46,6 +49,17 @@ def check_params(recipe: str, given: dict[str, Any], defaults: dict[str, Any]) -
     return params
 
 
+def train_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, Any]:
+    """`forward_train(image)` called through `model(...)`, so that a DistributedDataParallel
+    wrapper runs it as its forward (and synchronises the gradients of every head)."""
+    inner = getattr(model, "module", model)
+    inner.forward = inner.forward_train  # an instance attribute shadows the class's forward
+    try:
+        return model(image)
+    finally:
+        del inner.forward
+
+
 def hard_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of the student's logits against the teacher's per-voxel argmax."""
     return F.cross_entropy(student.float(), teacher.argmax(dim=1))
@@ -68,6 +82,7 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str, t
 @register_recipe
 class Distill(Recipe):
     name = "distill"
+    needs_teacher = True
     defaults = {"teacher": None, "mode": "hard", "alpha": 0.5, "temperature": 3.0}
 
     @classmethod
@@ -79,14 +94,12 @@ class Distill(Recipe):
         if params["mode"] not in MODES:
             raise ConfigError(f"recipe.params.mode: expected one of {', '.join(MODES)}, got {params['mode']!r}")
         super().__init__(model, config, **params)
-        from monai.losses import DiceCELoss
-
-        self.task_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.task_loss = build_loss(config.loss)
         self.teacher = load_teacher(params["teacher"], config)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = batch["image"]
-        outputs = self.model.forward_train(image)
+        outputs = train_outputs(self.model, image)
         teacher_logits = self.teacher(image)
         task = self.task_loss(outputs["logits"], batch["label"])
         distill = distillation_loss(outputs["distill_logits"], teacher_logits, self.params["mode"], self.params["temperature"])

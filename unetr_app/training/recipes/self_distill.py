@@ -5,7 +5,7 @@ head (upsampled to the input size) and a 1x1 bottleneck that maps its features o
 stage's channels and grid (the "hint"). The deepest head is the teacher of the shallower ones,
 inside one network and one training run:
 
-    loss = (1 - alpha) * sum over all heads i of DiceCE(head_i, y)
+    loss = (1 - alpha) * sum over all heads i of DiceCE(head_i, y)      (the configured loss.name)
          + alpha * sum over aux heads i of T^2 KL(softmax(deepest/T) || softmax(head_i/T))
          + feature_weight * sum over aux heads i of mean (hint_i - deep_features)^2
 
@@ -28,8 +28,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from unetr_app.training.losses import build_loss
 from unetr_app.training.recipes.base import Recipe, register_recipe
-from unetr_app.training.recipes.distill import check_params, soft_distillation_loss
+from unetr_app.training.recipes.distill import check_params, soft_distillation_loss, train_outputs
 
 
 def feature_hint_loss(hint: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -79,12 +80,10 @@ class SelfDistill(Recipe):
     def __init__(self, model, config, **params: Any) -> None:
         params = check_params(self.name, params, self.defaults)
         super().__init__(model, config, **params)
-        from monai.losses import DiceCELoss
-
-        self.task_loss = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.task_loss = build_loss(config.loss)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        outputs = self.model.forward_train(batch["image"])
+        outputs = train_outputs(self.model, batch["image"])
         p = self.params
         parts = self_distillation_loss(outputs, batch["label"], self.task_loss, p["alpha"], p["temperature"], p["feature_weight"])
         logged = {name: value.detach() for name, value in parts.items() if name != "loss"}
