@@ -124,3 +124,19 @@ def test_self_distill_recipe_trains_the_stand_in():
     parts["loss"].backward()
     assert set(parts) == {"loss", "output", "task_loss", "aux_task_loss", "kd_loss", "hint_loss"}
     assert recipe.model.aux_head.weight.grad.abs().sum() > 0 and recipe.model.hint.weight.grad.abs().sum() > 0
+
+
+def test_heads_train_through_a_ddp_wrapper(tmp_path):
+    """Under torchrun the trainer wraps recipe.model in DDP: forward_train must run as its forward."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        student = StandInStudent()
+        recipe = build_recipe("self_distill", student, tiny_config())
+        recipe.model = torch.nn.parallel.DistributedDataParallel(student)
+        recipe(batch(3))["loss"].backward()
+        assert student.aux_head.weight.grad.abs().sum() > 0 and student.head.weight.grad.abs().sum() > 0
+        assert "forward" not in vars(student), "the model's own forward is restored"
+    finally:
+        dist.destroy_process_group()

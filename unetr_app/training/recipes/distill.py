@@ -52,7 +52,7 @@ def check_params(recipe: str, given: dict[str, Any], defaults: dict[str, Any]) -
 def train_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, Any]:
     """`forward_train(image)` called through `model(...)`, so that a DistributedDataParallel
     wrapper runs it as its forward (and synchronises the gradients of every head)."""
-    inner = getattr(model, "module", model)
+    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
     inner.forward = inner.forward_train  # an instance attribute shadows the class's forward
     try:
         return model(image)
