@@ -116,3 +116,17 @@ def test_models_list_shows_the_family_with_params_and_flops(cli):
     for name, row in rows.items():
         assert row["family"] == "cnn" and row["flops"] > 0
         assert row["params"] == count(monai_reference(name, 3, (32, 32, 32)))
+
+
+@pytest.mark.parametrize("name", ["dynunet_small"])
+def test_trains_as_a_teacher_through_unetr_train_and_reloads(name, cli, tmp_path, phantom_dir, tiny_profile):
+    from unetr_app.io.checkpoint import load_model
+
+    run = tmp_path / "run"
+    result = cli("train", "--data-dir", phantom_dir, "--profile", tiny_profile, "--model", name, "--out", run,
+                 "--device", "cpu", "--epochs", 1, "--set", "training.val_fraction=0.34")
+    assert result.exit_code == 0, result.output
+    loaded = load_model(run)
+    assert loaded.name == name and isinstance(loaded.model, nets.DynUNet)
+    with torch.no_grad():
+        assert loaded.model(torch.rand(1, 1, 32, 32, 32)).shape == (1, 2, 32, 32, 32)

@@ -112,16 +112,19 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.distill_head is None or self.training:
             return self.decoder(x, self.encoder.forward_features(x))
-        outputs = self.forward_train(x)
+        outputs = self._outputs(x, aux=False)  # prediction never runs the auxiliary heads
         return average_log_probabilities(outputs["logits"], outputs["distill_logits"])
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        return self._outputs(x, aux=True)
+
+    def _outputs(self, x: torch.Tensor, aux: bool) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         stages, token = self._decode(x)
         size = x.shape[2:]
         outputs = {"logits": resize_to(self.decoder.head(stages[-1]), size)}
         if self.distill_head is not None:
             outputs["distill_logits"] = resize_to(self.distill_head(stages[-1], token), size)
-        if self.aux_heads is not None:
+        if aux and self.aux_heads is not None:
             outputs.update(self.aux_heads(stages, size))
         return outputs
 
