@@ -76,3 +76,12 @@ def test_a_recipe_without_labels_or_validation_trains_logs_its_parts_and_checkpo
     assert last["fingerprint"] == best["fingerprint"] == {"mean": 1.5}, "checkpoint extras in every checkpoint"
     assert trainer.records.plot_curves(state.history).read_bytes()[:4] == b"\x89PNG"
 
+
+
+def test_gradient_clipping_bounds_the_global_norm(tmp_path):
+    config = load_run_config("spleen", profile=str(TINY), overrides=parse_overrides(["training.grad_clip=0.001", "optimizer.name=sgd"]))
+    trainer = Trainer(config, Denoise(TinyNet(), config), torch.device("cpu"), tmp_path)
+    trainer.state.total_steps = 10
+    trainer.train_step({"image": torch.rand(1, 1, 8, 8, 8) * 100})
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in trainer.trainable]))
+    assert norm == pytest.approx(0.001, rel=1e-4), "clipped to the limit (the raw gradient is far larger)"

@@ -26,6 +26,7 @@ def train(
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1, help="write last.pt every N steps")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/<task>-<model>-<profile>-<time>")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from checkpoints/last.pt (--steps/--minutes/--epochs may extend it)")] = False,
+    teacher: Annotated[Path | None, typer.Option("--teacher", help="teacher run folder or .pt checkpoint for --recipe distill (sets recipe.params.teacher)")] = None,
     device: DeviceOption = "auto",
     fold: Annotated[str | None, typer.Option("--fold", help="cross-validation fold K of the dataset's splits.json, or 'all'; default: a val_fraction split")] = None,
     folds: Annotated[int | None, typer.Option("--folds", min=2, help="folds when splits.json is first made (default 5)")] = None,
@@ -48,13 +49,16 @@ def train(
         raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
     if resume and (out / "config.yaml").is_file():
         config = load_recorded_config(out)
-        _refuse_ignored_options(config, task=task, model=model, profile=profile, recipe=recipe, overrides=set_ or [])
+        teacher_set = [f"recipe.params.teacher={teacher}"] if teacher is not None else []
+        _refuse_ignored_options(config, task=task, model=model, profile=profile, recipe=recipe, overrides=(set_ or []) + teacher_set)
     else:
         if resume:
             console.print(f"no run to resume in {out}; starting a new one")
         overrides = parse_overrides(set_ or [])
         if recipe is not None:
             overrides.setdefault("recipe", {})["name"] = recipe
+        if teacher is not None:
+            overrides.setdefault("recipe", {}).setdefault("params", {})["teacher"] = str(teacher)
         config = load_run_config(task or "spleen", model, profile or "cpu-demo", overrides)
         out = out or Path("runs") / f"{config.task.name}-{config.model.name}-{config.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = with_budget(config, budget, checkpoint_every)

@@ -367,7 +367,8 @@ class Trainer:
         cfg = self.config
         data: dict[str, Any] = {
             **self.checkpoint_extras,
-            "model": {"name": cfg.model.name, "kwargs": cfg.model_kwargs()},
+            # the recipe's heads (distillation=True, aux_heads=True) are part of the network to rebuild
+            "model": {"name": cfg.model.name, "kwargs": {**cfg.model_kwargs(), **type(self.recipe).model_kwargs(dict(cfg.recipe.params))}},
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "recipe": {"name": cfg.recipe.name, "params": dict(cfg.recipe.params), "extra_state": self.recipe.extra_state()},
             "preprocessing": cfg.preprocessing.model_dump(mode="json"),

@@ -1,0 +1,142 @@
+"""The distill recipe with a real teacher checkpoint and a stand-in student: a frozen teacher,
+the recorded checksum, and one-line errors for every bad teacher."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from tests.recipes.recipe_helpers import StandInStudent, batch, tiny_config, write_teacher
+from unetr_app.errors import CheckpointError, ConfigError, UsageError
+from unetr_app.training.recipes import build_recipe, list_recipes, recipe_class
+from unetr_app.training.recipes.distill import hard_distillation_loss
+
+
+def distill(teacher, **params):
+    return build_recipe("distill", StandInStudent(), tiny_config(), {"teacher": str(teacher), **params})
+
+
+def test_recipes_are_registered_with_their_model_kwargs():
+    assert {"supervised", "distill", "self_distill"} <= set(list_recipes())
+    assert recipe_class("distill").model_kwargs({}) == {"distillation": True}
+    assert recipe_class("self_distill").model_kwargs({}) == {"aux_heads": True}
+
+
+def test_teacher_gets_no_gradient_and_is_unchanged_by_training(teacher_path):
+    recipe = distill(teacher_path)
+    teacher = recipe.teacher.model
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    assert not {id(p) for p in teacher.parameters()} & {id(p) for p in recipe.parameters()}
+    assert not any(k.startswith("teacher") for k in recipe.state_dict())
+    optimizer = torch.optim.AdamW(recipe.parameters(), lr=1e-2)
+    recipe.train()
+    for step in range(3):
+        parts = recipe(batch(step))
+        optimizer.zero_grad()
+        parts["loss"].backward()
+        optimizer.step()
+    assert not teacher.training, "recipe.train() must leave the teacher in eval mode"
+    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert set(parts) == {"loss", "output", "task_loss", "distill_loss"}
+
+
+def test_loss_is_the_weighted_sum_of_task_and_distillation(teacher_path):
+    recipe = distill(teacher_path, alpha=0.25)
+    data = batch(1)
+    parts = recipe(data)
+    with torch.no_grad():
+        teacher_logits = recipe.teacher.model(data["image"])
+        distill_logits = recipe.model.forward_train(data["image"])["distill_logits"]
+    assert parts["distill_loss"].item() == pytest.approx(hard_distillation_loss(distill_logits, teacher_logits).item(), rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(0.75 * parts["task_loss"].item() + 0.25 * parts["distill_loss"].item(), rel=1e-5)
+
+
+def test_checkpoint_state_records_teacher_path_and_checksum_not_weights(teacher_path):
+    recipe = distill(teacher_path)
+    record = recipe.extra_state()["teacher"]
+    assert record["path"] == str(teacher_path.resolve())
+    assert record["sha256"] == hashlib.sha256(teacher_path.read_bytes()).hexdigest()
+    assert not any(isinstance(v, torch.Tensor) for v in record.values())
+    recipe.load_extra_state({"teacher": dict(record)})  # the same teacher resumes
+    with pytest.raises(CheckpointError, match="differs from the teacher this run started with"):
+        recipe.load_extra_state({"teacher": {**record, "sha256": "0" * 64}})
+
+
+def test_a_run_folder_is_a_teacher(tmp_path):
+    best = tmp_path / "run" / "checkpoints" / "best.pt"
+    best.parent.mkdir(parents=True)
+    write_teacher(best)
+    assert distill(tmp_path / "run").teacher.path == best.resolve()
+
+
+def one_line(err) -> str:
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def test_distill_without_teacher_says_how_to_give_one():
+    with pytest.raises(UsageError) as err:
+        build_recipe("distill", StandInStudent(), tiny_config(), {})
+    assert "--teacher" in one_line(err)
+
+
+def test_missing_and_unreadable_teachers_are_named(tmp_path):
+    with pytest.raises(CheckpointError) as err:
+        distill(tmp_path / "no-such-run")
+    assert "--teacher" in one_line(err) and "no-such-run" in one_line(err)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError) as err:
+        distill(junk)
+    assert "junk.pt" in one_line(err) and "not a readable" in one_line(err)
+
+
+def test_teacher_with_other_spacing_or_labels_is_refused_naming_both_values(tmp_path):
+    coarse = write_teacher(tmp_path / "coarse.pt", tiny_config(preprocessing={"spacing": [6.0, 6.0, 6.0]}))
+    with pytest.raises(UsageError) as err:
+        distill(coarse)
+    assert "preprocessing.spacing [6.0, 6.0, 6.0] differs from the student's [8.0, 8.0, 8.0]" in one_line(err)
+    other_labels = {"task": {"labels": {"background": 0, "spleen": 1, "liver": 2}}}
+    three = write_teacher(tmp_path / "three.pt", tiny_config(**other_labels))
+    with pytest.raises(UsageError) as err:
+        distill(three)
+    assert "'liver': 2" in one_line(err) and "labels" in one_line(err)
+
+
+def test_bad_params_and_unknown_recipe_are_config_errors(teacher_path):
+    with pytest.raises(ConfigError, match="recipe.params.mode: expected one of hard, soft, got 'warm'"):
+        distill(teacher_path, mode="warm")
+    with pytest.raises(ConfigError, match="recipe.params.temprature: not a parameter of recipe 'distill'"):
+        distill(teacher_path, temprature=2.0)
+    with pytest.raises(ConfigError, match="recipe.params.alpha"):
+        build_recipe("self_distill", StandInStudent(), tiny_config(), {"alpha": 1.5})
+    with pytest.raises(ConfigError, match="unknown recipe 'distil'. Did you mean distill"):
+        recipe_class("distil")
+
+
+def test_self_distill_recipe_trains_the_stand_in():
+    recipe = build_recipe("self_distill", StandInStudent(), tiny_config())
+    parts = recipe(batch(2))
+    parts["loss"].backward()
+    assert set(parts) == {"loss", "output", "task_loss", "aux_task_loss", "kd_loss", "hint_loss"}
+    assert recipe.model.aux_head.weight.grad.abs().sum() > 0 and recipe.model.hint.weight.grad.abs().sum() > 0
+
+
+def test_heads_train_through_a_ddp_wrapper(tmp_path):
+    """Under torchrun the trainer wraps recipe.model in DDP: forward_train must run as its forward."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        student = StandInStudent()
+        recipe = build_recipe("self_distill", student, tiny_config())
+        recipe.model = torch.nn.parallel.DistributedDataParallel(student)
+        recipe(batch(3))["loss"].backward()
+        assert student.aux_head.weight.grad.abs().sum() > 0 and student.head.weight.grad.abs().sum() > 0
+        assert "forward" not in vars(student), "the model's own forward is restored"
+    finally:
+        dist.destroy_process_group()
