@@ -172,3 +172,19 @@ class LastBlockAttention:
         patches = rows[:, :, num_prefix_tokens:].float()
         patches = patches / patches.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return patches.reshape(*patches.shape[:2], *grid)
+
+
+@torch.no_grad()
+def attention_volume(encoder: TokenEncoder, image: torch.Tensor, class_token: torch.Tensor | None = None) -> torch.Tensor:
+    """(C, *size) image -> (heads, *size) last-block attention per voxel, each head summing to 1 over
+    the patches. The image is zero-padded at the end of each axis to a multiple of the patch size;
+    each patch's value fills its voxels (nearest upsampling, as DINO's figure)."""
+    size = tuple(image.shape[1:])
+    padded = tuple(-(-s // p) * p for s, p in zip(size, encoder.patch_size))
+    x = F.pad(image[None], [v for s, t in reversed(list(zip(size, padded))) for v in (0, t - s)])
+    with LastBlockAttention(encoder) as capture:
+        _, grid = encode_tokens(encoder, x, extra_prefix=class_token)
+    prefix = encoder.num_prefix_tokens + (class_token.shape[1] if class_token is not None else 0)
+    maps = capture.patch_maps(prefix, grid)  # (1, heads, *grid)
+    maps = F.interpolate(maps, size=padded, mode="nearest")[0]
+    return maps[(slice(None), *(slice(0, s) for s in size))]
