@@ -56,6 +56,7 @@ def _register_commands() -> None:
     app.command("review")(review.review)
     from unetr_app.cli.models import models_app; app.add_typer(models_app, name="models")  # noqa: E702
     from unetr_app.cli import attention; app.command("attention")(attention.attention)  # noqa: E702
+    from unetr_app.cli import pretrain; app.command("pretrain")(pretrain.pretrain)  # noqa: E702
 
 
 _register_commands()

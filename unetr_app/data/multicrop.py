@@ -133,3 +133,19 @@ class MultiCropd(mt.Randomizable, mt.Transform):
     def _view(view: mt.Compose, image: torch.Tensor) -> torch.Tensor:
         out = view({IMAGE: image})[IMAGE]
         return torch.as_tensor(out).float()
+
+
+def multicrop_loader(samples: list[dict], crops: MultiCropd, batch_size: int, seed: int, num_workers: int = 0,
+                     rank: int = 0, world_size: int = 1):
+    """A shuffling loader of multi-crop batches (a DistributedSampler under torchrun), which the
+    trainer reseeds every epoch (`set_rnd` reaches MultiCropd through the dataset)."""
+    from monai.data import DataLoader, Dataset
+    from torch.utils.data import DistributedSampler
+
+    dataset = Dataset(samples, transform=crops)
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed) if world_size > 1 else None
+    return DataLoader(dataset, batch_size=batch_size, shuffle=sampler is None, sampler=sampler, generator=generator,
+                      num_workers=num_workers, drop_last=len(dataset) >= batch_size * world_size,
+                      persistent_workers=num_workers > 0)
