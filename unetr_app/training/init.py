@@ -104,7 +104,7 @@ def read_source_weights(source: str | Path, key: str) -> tuple[dict[str, torch.T
     path = Path(source)
     if path.is_dir() or _is_unetr_checkpoint(path):
         data = load_checkpoint(run_checkpoint(path))
-        extra = data.get("recipe_state") or data.get("extra_state") or {}
+        extra = (data.get("recipe") or {}).get("extra_state") or {}
         if key == "teacher" and "teacher" in extra:
             return dict(extra["teacher"]), str(path), "teacher"
         return dict(data["state_dict"]), str(path), "student" if "teacher" in extra else "model"
