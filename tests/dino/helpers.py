@@ -56,3 +56,19 @@ def oblique_scan(path: Path, shape=(40, 30, 18), spacing=(3.0, 4.5, 9.0), degree
     array = np.where(body, 40.0 + 20 * rng.standard_normal(shape), -1000.0).astype(np.float32)
     nib.save(nib.Nifti1Image(array, affine), path)
     return path
+
+
+DINO = {"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "local_crops": 0}
+
+
+def pretrain_checkpoint(tmp_path: Path, name: str = "vit_small_patch16"):
+    """What a pretraining run writes: the student's weights, the teacher in the recipe's extra state."""
+    from unetr_app.training.recipes import build_recipe
+
+    recipe = build_recipe("dino", tiny_model(name, seed=1), None, DINO)
+    with torch.no_grad():  # make teacher and student differ
+        for p in recipe.model.parameters():
+            p.add_(0.5)
+    path = write_checkpoint(tmp_path / "last.pt", name, recipe.model.state_dict(),
+                            recipe={"name": "dino", "params": DINO, "extra_state": recipe.extra_state()})
+    return path, recipe

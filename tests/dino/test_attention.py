@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.dino.helpers import oblique_scan, tiny_model, write_checkpoint
+from tests.dino.helpers import oblique_scan, pretrain_checkpoint, tiny_model, write_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +54,12 @@ def test_a_model_without_attention_layers_is_a_one_line_error(cli, tmp_path, sca
     assert result.exit_code != 0
     assert "no attention layers" in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_a_pretraining_run_gives_the_class_tokens_attention(cli, tmp_path, scan):
+    path, _ = pretrain_checkpoint(tmp_path, "vit_small_patch16")
+    result = cli("attention", path, scan, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "class token" in result.output
+    saved = nib.load(tmp_path / "out" / "oblique_attention_head2.nii.gz")
+    assert saved.shape == nib.load(scan).shape
