@@ -28,7 +28,7 @@ from unetr_app.errors import UsageError
 from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.io.scans import find_cases, nifti_output_path, read_volume, write_like
 from unetr_app.models import create_model
-from unetr_app.models.attention_maps import TokenEncoder, attention_volume, find_token_encoder
+from unetr_app.models.attention_maps import ATTENTION_SUFFIX, HEAD_COLOURS, TokenEncoder, attention_volume, find_token_encoder
 from unetr_app.training.init import run_checkpoint, read_source_weights
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def attention(checkpoint: str | Path, scan: str | Path, out_dir: str | Path, ove
     if len(cases) != 1:
         raise UsageError(f"{scan}: holds {len(cases)} scans; give one scan (a file or one DICOM series folder)")
     out_dir = Path(out_dir)
-    targets = [nifti_output_path(out_dir, f"{cases[0].name}_attention_head{h + 1}") for h in range(encoder.num_heads)]
+    targets = [nifti_output_path(out_dir, f"{cases[0].name}{ATTENTION_SUFFIX}{h + 1}") for h in range(encoder.num_heads)]
     montage = out_dir / f"{cases[0].name}_attention.png"
     existing = [p for p in [*targets, montage] if p.exists()]
     if existing and not overwrite:
@@ -86,10 +86,6 @@ def to_input_grid(maps: torch.Tensor, affine, shape: tuple[int, ...], input_affi
     source = MetaTensor(maps, affine=torch.as_tensor(affine))
     out = resample(source, dst_affine=torch.from_numpy(input_affine), spatial_size=tuple(shape))
     return torch.as_tensor(out).numpy().astype(np.float32)
-
-
-HEAD_COLOURS = ["#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
-                "#bfef45", "#fabed4", "#469990", "#dcbeff"]
 
 
 def write_montage(image: np.ndarray, maps: np.ndarray, path: Path, title: str = "", slices: int = 3) -> None:

@@ -28,6 +28,11 @@ from torch import nn
 
 from unetr_app.errors import UsageError
 
+# one colour per head, the same in the PNG montage and in `unetr review --attention`
+HEAD_COLOURS = ("#e6194b", "#3cb44b", "#ffe119", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6",
+                "#bfef45", "#fabed4", "#469990", "#dcbeff")
+ATTENTION_SUFFIX = "_attention_head"
+
 # queries per chunk when averaging the attention every patch receives (bounds memory on whole scans)
 _QUERY_CHUNK = 1024
 
