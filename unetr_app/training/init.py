@@ -15,8 +15,10 @@ and nothing is loaded.
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,7 @@ import torch
 from torch import nn
 
 from unetr_app.errors import CheckpointError, UsageError
+from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.checkpoint import load_checkpoint, resolve_checkpoint_path
 
 # where each kind of segmentation model keeps its encoder (ours, MONAI UNETR, MONAI SwinUNETR)
@@ -149,3 +152,44 @@ def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def _best_prefix(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
     prefixes = {""} | {f"{name}." for name in ENCODER_ATTRIBUTES}
     return max(sorted(prefixes), key=lambda p: sum(k.startswith(p) and k[len(p):] in target for k in weights))
+
+
+@dataclass
+class EncoderInit:
+    """`train --init-from SOURCE --init-key KEY --freeze-encoder` as data; `announce` prints a line."""
+
+    source: Path | None = None
+    key: str = "teacher"
+    freeze: bool = False
+    announce: Callable[[str], None] | None = None
+
+
+INIT_RECORD = "init.json"
+
+
+def prepare_encoder(model: nn.Module, run_dir: Path, model_name: str, init: EncoderInit | None, restoring: bool) -> dict | None:
+    """Apply --init-from/--freeze-encoder to a new run and record them in RUN/init.json; a resumed
+    run (its weights come from last.pt) only re-applies the recorded freeze."""
+    record = Path(run_dir) / INIT_RECORD
+    if restoring:
+        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        if recorded.get("freeze_encoder"):
+            freeze_encoder(model, model_name)
+        return recorded or None
+    if init is None or (init.source is None and not init.freeze):
+        return None
+    recorded: dict = {"freeze_encoder": init.freeze}
+    if init.source is not None:
+        report = init_encoder(model, init.source, init.key, model_name)
+        recorded["init"] = report.to_dict()
+        _say(init, report.summary())
+    if init.freeze:
+        trained = freeze_encoder(model, model_name)
+        _say(init, f"encoder frozen: {trained:,} parameters train (the decoder)")
+    atomic_write_text(record, json.dumps(recorded, indent=2) + "\n")
+    return recorded
+
+
+def _say(init: EncoderInit, line: str) -> None:
+    if init.announce is not None:
+        init.announce(line)
