@@ -59,12 +59,16 @@ def tutorial_steps(model, loader, steps: int, device, lr: float, weight_decay: f
 
 
 def our_steps(trainer: Trainer, loader, steps: int) -> float:
-    """Our training loop for `steps` steps, restarting the loader as the tutorial loop does."""
+    """Our training step (recipe, schedule, AMP, channels-last) for `steps` steps, restarting the loader as the tutorial loop does."""
+    trainer.model.train()
     done, start = 0, time.perf_counter()
-    while done < steps:
-        chunk = min(steps - done, len(loader))
-        trainer.train_one_epoch(loader, chunk)
-        done += chunk
+    with trainer.metadata_only_if_needed():
+        while done < steps:
+            for batch in loader:
+                trainer.train_step(batch)
+                done += 1
+                if done == steps:
+                    break
     _sync(trainer.device)
     return time.perf_counter() - start
 
@@ -96,14 +100,14 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(config.model.name, **config.model_kwargs())
         trainer = Trainer(config, copy.deepcopy(model), device, Path(tmp) / "run")
-        trainer.prepare(ours_loader)
+        trainer.state.total_steps = 10 * args.rounds * args.steps  # a schedule long enough for every round
         reference = copy.deepcopy(model).to(device)
-        tutorial_steps(reference, tutorial_loader, 2, device, config.training.lr, config.training.weight_decay)  # warm-up
+        tutorial_steps(reference, tutorial_loader, 2, device, config.optimizer.lr, config.optimizer.weight_decay)  # warm-up
         our_steps(trainer, ours_loader, 2)
         rounds = []
         for _ in range(args.rounds):
             ours = our_steps(trainer, ours_loader, args.steps)
-            tutorial = tutorial_steps(reference, tutorial_loader, args.steps, device, config.training.lr, config.training.weight_decay)
+            tutorial = tutorial_steps(reference, tutorial_loader, args.steps, device, config.optimizer.lr, config.optimizer.weight_decay)
             rounds.append({"ours_steps_per_s": args.steps / ours, "tutorial_steps_per_s": args.steps / tutorial, "ratio": tutorial / ours})
 
     result = {

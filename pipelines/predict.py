@@ -14,7 +14,7 @@ from pathlib import Path
 
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
-from unetr_app.inference import distributed
+from unetr_app import distributed
 from unetr_app.inference.batch import OutputOptions, predict_cases
 from unetr_app.io.scans import find_cases
 from unetr_app.inference.predictor import PredictSettings, Predictor

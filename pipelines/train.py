@@ -1,4 +1,8 @@
-"""Train a segmentation model on a task: the recipe, step by step."""
+"""Train a model on a task with a recipe: the recipe, step by step.
+
+Under `torchrun --nproc-per-node N -m unetr_app train ...` every process runs this function; rank 0
+alone prepares the run folder and writes files, the others wait for it and read what it wrote.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,12 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from unetr_app.config import RunConfig, validate_run_config
+from unetr_app import distributed
+from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
 from unetr_app.data.manifest import load_manifest
 from unetr_app.device import resolve_device
@@ -17,39 +23,59 @@ from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
+from unetr_app.training.recipes import recipe_class
 from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
 
 log = logging.getLogger(__name__)
 LAST = Path("checkpoints") / "last.pt"
 
 
-def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False, reporter=None) -> dict:
-    """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json`."""
-    run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, resume)
-    dataset = find_dataset_dir(config.task, data_dir)
-    train_cases, val_cases = load_or_make_split(run_dir, dataset, config)
-    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-
+def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False,
+          reporter=None, checkpoint_extras: dict[str, Any] | None = None) -> dict | None:
+    """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0)."""
     torch_device = resolve_device(device)
+    shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
+    try:
+        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard)
+    finally:
+        distributed.stop(shard)
+
+
+def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard) -> dict | None:
+    recipe = recipe_class(config.recipe.name)  # an unknown recipe fails before any data is read
+    dataset = find_dataset_dir(config.task, data_dir)
+    if shard.is_main:
+        prepare_run_dir(run_dir, resume)
+        load_or_make_split(run_dir, dataset, config)
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    distributed.barrier(shard)
+    train_cases, val_cases = load_or_make_split(run_dir, dataset, config)
+
     seed_everything(config.training.seed)
-    model = create_model(config.model.name, **config.model_kwargs())
-    trainer = Trainer(config, model, torch_device, run_dir, reporter=reporter)
+    model = create_model(config.model.name, **config.model_kwargs(), **recipe.model_kwargs(dict(config.recipe.params)))
+    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=checkpoint_extras)
     if resume and (run_dir / LAST).is_file():
         trainer.restore(run_dir / LAST)
-    loaders = build_loaders(config, train_cases, val_cases)
-    state = trainer.fit(*loaders)
+    train_loader, val_loader = build_loaders(config, train_cases, val_cases, shard=shard)
+    state = trainer.fit(train_loader, val_loader)
+    if not shard.is_main:
+        return None
 
+    last_line = state.history[-1] if state.history else {}
     summary = {
-        "best_val_dice": state.best_val_dice,
-        "best_epoch": state.best_epoch,
-        "epochs": state.epoch,
+        "best_val_dice": state.best_val_dice if state.best_val_dice >= 0 else None,
+        "best_step": state.best_step,
+        "steps": state.step,
+        "total_steps": state.total_steps,
+        "epochs": round(state.step / max(len(train_loader), 1), 3),
         "seconds": round(state.seconds, 1),
-        "final_train_loss": state.history[-1]["train_loss"],
+        "final_loss": last_line.get("loss"),
+        "recipe": config.recipe.name,
         "model": config.model.name,
         "parameters": count_parameters(model),
         "profile": config.profile,
-        "device": str(torch_device),
+        "device": str(device),
+        "processes": shard.world_size,
         "dataset": str(dataset),
         "train_cases": len(train_cases),
         "val_cases": len(val_cases),
@@ -80,10 +106,17 @@ def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig):
     return train_cases, val_cases
 
 
-def load_run_config_for_resume(run_dir: Path, epochs: int | None) -> RunConfig:
-    """A resumed run keeps its recorded config; only the number of epochs may change."""
+def with_budget(config: RunConfig, budget: BudgetConfig | None = None, checkpoint_every: int | None = None) -> RunConfig:
+    """The config with another budget (replacing steps/minutes/epochs) or checkpoint interval."""
+    data = config.to_dict()
+    if budget is not None:
+        data["training"]["budget"] = budget.model_dump(exclude_none=True)
+    if checkpoint_every is not None:
+        data["training"]["checkpoint_every_steps"] = checkpoint_every
+    return validate_run_config(data, source="command line")
+
+
+def load_recorded_config(run_dir: Path) -> RunConfig:
+    """The config a run recorded when it started (a resumed run keeps it)."""
     path = Path(run_dir) / "config.yaml"
-    data = yaml.safe_load(path.read_text())
-    if epochs is not None:
-        data["training"]["epochs"] = epochs
-    return validate_run_config(data, source=str(path))
+    return validate_run_config(yaml.safe_load(path.read_text()), source=str(path))

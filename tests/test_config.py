@@ -9,10 +9,10 @@ from unetr_app.errors import ConfigError
 
 
 def test_profile_model_params_override_the_model_file_and_cli_overrides_both():
-    config = load_run_config("spleen", profile="cpu-demo", overrides=parse_overrides(["model.params.feature_size=12", "training.lr=3e-4"]))
+    config = load_run_config("spleen", profile="cpu-demo", overrides=parse_overrides(["model.params.feature_size=12", "optimizer.lr=3e-4"]))
     assert config.model.params["hidden_size"] == 192  # from the profile
     assert config.model.params["proj_type"] == "conv"  # from configs/models/unetr.yaml
-    assert config.model.params["feature_size"] == 12 and config.training.lr == 3e-4  # from the CLI
+    assert config.model.params["feature_size"] == 12 and config.optimizer.lr == 3e-4  # from the CLI
     kwargs = config.model_kwargs()
     assert kwargs["img_size"] == [48, 48, 48] and kwargs["out_channels"] == 2
 
@@ -22,7 +22,10 @@ def test_gpu_default_is_the_published_recipe():
     assert config.preprocessing.spacing == (1.5, 1.5, 2.0)
     assert config.preprocessing.roi_size == (96, 96, 96)
     assert config.preprocessing.intensity_window == (-175, 250)
-    assert (config.training.lr, config.training.weight_decay, config.training.num_samples) == (1e-4, 1e-5, 4)
+    assert (config.optimizer.name, config.optimizer.lr, config.optimizer.weight_decay) == ("adamw", 1e-4, 1e-5)
+    assert config.training.num_samples == 4 and config.loss.name == "dice_ce" and config.schedule.name == "warmup_cosine"
+    # 500 passes over MSD spleen's 33 training cases, 50 of them warmup, in steps
+    assert config.training.budget.steps == 16500 and config.schedule.warmup_fraction == 0.1
     assert config.inference.overlap == 0.5
     assert config.model.params["hidden_size"] == 768 and config.model.params["feature_size"] == 16
 
@@ -30,8 +33,13 @@ def test_gpu_default_is_the_published_recipe():
 @pytest.mark.parametrize(
     "override, key",
     [
-        ({"training": {"lr": "fast"}}, "training.lr"),
-        ({"training": {"epoch": 3}}, "training.epoch: unknown key"),
+        ({"optimizer": {"lr": "fast"}}, "optimizer.lr"),
+        ({"training": {"budgett": 3}}, "training.budgett: unknown key; did you mean 'budget'"),
+        ({"training": {"lr": 3e-4}}, "training.lr: this key moved to optimizer.lr"),
+        ({"training": {"budget": {"steps": 10, "minutes": 2}}}, "training.budget: give exactly one of steps, minutes or epochs"),
+        ({"optimizer": {"name": "adamx"}}, "optimizer.name: unknown optimizer 'adamx'; did you mean 'adamw'"),
+        ({"schedule": {"name": "cosine"}}, "schedule.name: unknown schedule 'cosine'; did you mean 'warmup_cosine'"),
+        ({"loss": {"name": "dicece"}}, "loss.name: unknown loss 'dicece'; did you mean 'dice_ce'"),
         ({"preprocessing": {"spacing": [1.5, -1, 2]}}, "preprocessing.spacing"),
         ({"preprocessing": {"orientation": "RAX"}}, "preprocessing.orientation"),
         ({"preprocessing": {"intensity_window": [250, -175]}}, "preprocessing.intensity_window"),
@@ -65,6 +73,7 @@ def test_override_syntax_is_checked():
 
 
 def test_cli_config_error_is_one_line_exit_2(cli, tmp_path):
-    result = cli("train", "--set", "training.lr=fast", "--data-dir", tmp_path)
+    result = cli("train", "--set", "optimizer.lr=fast", "--data-dir", tmp_path)
     assert result.exit_code == 2
-    assert "training.lr" in result.output and "Traceback" not in result.output
+    assert "optimizer.lr" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1

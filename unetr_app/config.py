@@ -4,20 +4,23 @@ A run is resolved from three files and the command line, later ones overriding e
 
     configs/tasks/<task>.yaml      what to segment (labels, modality, dataset folder name)
     configs/models/<model>.yaml    which registered model and its hyper-parameters
-    configs/profiles/<name>.yaml   preprocessing, augmentation, training and inference settings,
+    configs/profiles/<name>.yaml   preprocessing, augmentation, training (budget, intervals),
+                                   recipe, optimizer, schedule, loss and inference settings,
                                    plus `model.params` overrides (e.g. a smaller UNETR on CPU)
 
-Every error names the file and the dotted key, e.g. `training.lr: Input should be a valid number`.
+Every error names the file and the dotted key, e.g. `optimizer.lr: Input should be a valid number`;
+an unknown key suggests the closest known one.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from unetr_app.errors import ConfigError
 
@@ -94,21 +97,113 @@ class AugmentationConfig(Strict):
     intensity_shift_offset: float = Field(0.1, ge=0)
 
 
+def _choose(value: str, known: tuple[str, ...], what: str) -> str:
+    """A name from a fixed list; an unknown one fails naming the value, the closest known and all of them."""
+    if value in known:
+        return value
+    close = difflib.get_close_matches(value, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ValueError(f"unknown {what} {value!r}; {hint}choose one of {', '.join(known)}")
+
+
+class BudgetConfig(Strict):
+    """How long to train: optimizer steps, minutes of training, or passes over the training cases."""
+
+    steps: int | None = Field(None, ge=1)
+    minutes: float | None = Field(None, gt=0)
+    epochs: int | None = Field(None, ge=1, description="passes over the training cases, turned into steps")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetConfig:
+        given = [k for k in ("steps", "minutes", "epochs") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of steps, minutes or epochs, got {given or 'none'}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_the_given_one(self, handler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
 class TrainingConfig(Strict):
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(1, ge=1, description="volumes per step; each gives num_samples crops")
+    budget: BudgetConfig
+    batch_size: int = Field(1, ge=1, description="volumes per step and process; each gives num_samples crops")
     num_samples: int = Field(4, ge=1, description="random crops per volume")
     pos_neg_ratio: tuple[float, float] = (1.0, 1.0)
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
-    warmup_epochs: int = Field(0, ge=0)
-    val_interval: int = Field(1, ge=1)
+    val_every_steps: int = Field(ge=0, description="validate every N optimizer steps and at the end; 0: never")
+    log_every_steps: int | None = Field(None, ge=1, description="one metrics line every N steps; null: at validations")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="write last.pt every N steps; null: at each metrics line")
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm; null: no clipping")
     seed: int = 0
     amp: bool = True
     cache_rate: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(0, ge=0)
-    max_steps_per_epoch: int | None = Field(None, ge=1, description="cap on steps per epoch (null: one pass)")
+
+    @model_validator(mode="after")
+    def _some_line_interval(self) -> TrainingConfig:
+        if self.val_every_steps == 0 and self.log_every_steps is None:
+            raise ValueError("without validation (val_every_steps 0) set log_every_steps")
+        return self
+
+    @property
+    def line_every_steps(self) -> int:
+        return self.log_every_steps or self.val_every_steps
+
+
+OPTIMIZERS = ("adamw", "sgd", "adafactor")
+SCHEDULES = ("warmup_cosine", "warmup_cooldown", "poly")
+LOSSES = ("dice_ce", "dice_focal", "dice", "ce")
+
+
+class RecipeConfig(Strict):
+    """A registered training recipe (unetr_app/training/recipes) and its keyword arguments."""
+
+    name: str = "supervised"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class OptimizerConfig(Strict):
+    name: str = "adamw"
+    lr: float = Field(gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="for the encoder (body); never on norms, biases, embeddings, tokens")
+    head_weight_decay: float | None = Field(None, ge=0, description="for the decoder/head; null: same as weight_decay")
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float | None = Field(None, gt=0, description="null: the optimizer's default")
+    momentum: float = Field(0.99, ge=0, lt=1, description="sgd only")
+    nesterov: bool = Field(True, description="sgd only")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _choose(name, OPTIMIZERS, "optimizer")
+
+
+class ScheduleConfig(Strict):
+    """The LR over the whole budget: a factor of optimizer.lr at each step."""
+
+    name: str = "warmup_cosine"
+    warmup_fraction: float = Field(0.0, ge=0, lt=1, description="linear warmup over this part of the budget")
+    warmup_steps: int | None = Field(None, ge=0, description="warmup in steps (instead of warmup_fraction)")
+    cooldown_fraction: float = Field(0.2, gt=0, le=1, description="warmup_cooldown: linear decay to zero over this last part")
+    exponent: float = Field(0.9, gt=0, description="poly: (1 - t/T)^exponent")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _choose(name, SCHEDULES, "schedule")
+
+
+class LossConfig(Strict):
+    """A MONAI loss on (logits, integer labels): dice_ce, dice_focal, dice or ce; params go to it."""
+
+    name: str = "dice_ce"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        return _choose(name, LOSSES, "loss")
 
 
 class InferenceConfig(Strict):
@@ -123,6 +218,10 @@ class RunConfig(Strict):
     preprocessing: PreprocessingConfig
     augmentation: AugmentationConfig = AugmentationConfig()
     training: TrainingConfig
+    recipe: RecipeConfig = RecipeConfig()
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig = ScheduleConfig()
+    loss: LossConfig = LossConfig()
     inference: InferenceConfig = InferenceConfig()
     profile: str = "custom"
 
@@ -228,27 +327,58 @@ def validate_run_config(data: dict[str, Any], source: str = "config") -> RunConf
         raise ConfigError(f"{source}: {format_validation_error(err)}") from None
 
 
+# keys that moved when the trainer went from epochs to step budgets and named optimizers/schedules
+MOVED_KEYS = {
+    "training.lr": "optimizer.lr",
+    "training.weight_decay": "optimizer.weight_decay",
+    "training.epochs": "training.budget.epochs (or training.budget.steps)",
+    "training.warmup_epochs": "schedule.warmup_fraction or schedule.warmup_steps",
+    "training.val_interval": "training.val_every_steps",
+    "training.max_steps_per_epoch": "training.budget.steps",
+}
+
+
 def format_validation_error(err: ValidationError) -> str:
-    """`training.lr: Input should be a valid number (got 'fast')`, several joined by '; '."""
+    """`training.budget.steps: Input should be a valid integer (got 'x')`, several joined by '; '."""
     parts = []
     for item in err.errors():
-        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        msg = item["msg"]
-        if item["type"] == "extra_forbidden":
-            msg = "unknown key (check its spelling)"
+        loc = [str(p) for p in item["loc"]]
+        key = ".".join(loc) or "(top level)"
+        msg = item["msg"].removeprefix("Value error, ")
         got = item.get("input")
-        shown = "" if item["type"] in ("missing",) or isinstance(got, dict) else f" (got {got!r})"
+        shown = "" if item["type"] in ("missing", "value_error") or isinstance(got, dict) else f" (got {got!r})"
+        if item["type"] == "extra_forbidden":
+            msg, shown = _unknown_key_message(loc), ""
         parts.append(f"{key}: {msg}{shown}")
     return "; ".join(parts)
 
 
+def _unknown_key_message(loc: list[str]) -> str:
+    key = ".".join(loc)
+    if key in MOVED_KEYS:
+        return f"this key moved to {MOVED_KEYS[key]}"
+    close = difflib.get_close_matches(loc[-1], _known_keys(loc[:-1]), n=1)
+    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key (check its spelling)"
+
+
+def _known_keys(parent: list[str]) -> list[str]:
+    """Field names of the config section at `parent` (e.g. ['training'])."""
+    model: Any = RunConfig
+    for part in parent:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """`training.lr=3e-4` style overrides -> nested dict, values parsed as YAML scalars."""
+    """`optimizer.lr=3e-4` style overrides -> nested dict, values parsed as YAML scalars."""
     result: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {pair!r}: expected KEY=VALUE, e.g. training.lr=3e-4")
+            raise ConfigError(f"override {pair!r}: expected KEY=VALUE, e.g. optimizer.lr=3e-4")
         node = result
         *parents, leaf = key.split(".")
         for part in parents:

@@ -48,27 +48,29 @@ def test_data_is_found_through_unetr_data(cli, tmp_path, monkeypatch, phantom_di
 
 def test_tiny_run_writes_its_folder_and_learns(cli, tmp_path, phantom_dir, tiny_profile):
     run = tmp_path / "run"
-    # 64 steps of a tiny UNETR: enough to learn the spleen from a fixed seed on a 6 mm grid, though
+    # 32 steps of a tiny UNETR: enough to learn the spleen from a fixed seed on a 6 mm grid, though
     # not from every seed (the init decides; seeds 0-2 reached 0.32, 0.61, 0.10 here): the seed is fixed
-    learn = ["--set", "training.max_steps_per_epoch=8", "--set", "training.lr=2e-3", "--set", "training.num_samples=4",
+    learn = ["--set", "training.val_every_steps=4", "--set", "optimizer.lr=2e-3", "--set", "training.num_samples=4",
              "--set", "training.seed=1", "--set", "preprocessing.spacing=[6.0, 6.0, 6.0]"]
-    result = cli(*train_args(phantom_dir, tiny_profile, run, "--epochs", 8, *learn))
+    result = cli(*train_args(phantom_dir, tiny_profile, run, "--steps", 32, *learn))
     assert result.exit_code == 0, result.output
     lines = metrics(run)
-    assert [m["epoch"] for m in lines] == list(range(1, 9))
+    assert [m["step"] for m in lines] == list(range(4, 33, 4))
+    assert [m["epoch"] for m in lines] == list(range(1, 9)), "4 training cases: one pass every 4 steps"
     summary = json.loads((run / "summary.json").read_text())
-    assert {"best_val_dice", "best_epoch", "epochs", "seconds"} <= summary.keys() and summary["epochs"] == 8
+    assert {"best_val_dice", "best_step", "steps", "epochs", "seconds"} <= summary.keys() and summary["steps"] == 32
     assert summary["best_val_dice"] > lines[0]["val_dice"] + 0.2, "validation Dice improves over the first epoch"
     assert summary["best_val_dice"] == max(m["val_dice"] for m in lines)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = yaml.safe_load((run / "config.yaml").read_text())
-    assert config["training"]["epochs"] == 8 and config["model"]["name"] == "unetr"
+    assert config["training"]["budget"] == {"steps": 32} and config["model"]["name"] == "unetr"
     split = json.loads((run / "split.json").read_text())
     assert len(split["validation"]) == 2 and not {c["image"] for c in split["train"]} & {c["image"] for c in split["validation"]}
-    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")], "no temporary files left"
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.pt", "last.pt"], "only best and last, no temporary files"
 
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    assert best["epoch"] == summary["best_epoch"] and "training_state" not in best
+    assert best["step"] == summary["best_step"] and "training_state" not in best
+    assert best["recipe"]["name"] == "supervised"
     assert best["preprocessing"]["spacing"] == [6.0, 6.0, 6.0] and best["labels"] == {"background": 0, "spleen": 1}
     loaded = load_model(run)  # a run folder means its best.pt
     x = torch.rand(1, 1, 32, 32, 32)
@@ -87,41 +89,57 @@ def _weights(path: Path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
+def _resumable_recipes():
+    from unetr_app.training.recipes import list_recipes, recipe_class
+
+    teacher = os.environ.get("UNETR_TEST_TEACHER")  # a checkpoint for recipes that need a teacher
+    for name in list_recipes():
+        needs = recipe_class(name).needs_teacher
+        reason = "needs a teacher checkpoint (set UNETR_TEST_TEACHER)" if needs and not teacher else None
+        extra = ["--set", f"recipe.params.teacher={teacher}"] if needs and teacher else []
+        yield pytest.param(name, extra, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else [])
+
+
 @pytest.mark.slow
-def test_killed_run_resumes_without_gaps_or_repeats_and_matches_an_uninterrupted_run(tmp_path, phantom_dir, tiny_profile):
-    epochs = "4"
-    base = [sys.executable, "-m", "unetr_app", "train", "--data-dir", str(phantom_dir), "--profile", str(tiny_profile), "--device", "cpu", "--epochs", epochs, *FAST]
+@pytest.mark.parametrize(("recipe", "recipe_args"), list(_resumable_recipes()))
+def test_killed_run_resumes_without_gaps_or_repeats_and_matches_an_uninterrupted_run(tmp_path, phantom_dir, tiny_profile, recipe, recipe_args):
+    # 12 steps over 4 training cases, a line every 2 steps and last.pt every 3: the kill lands
+    # mid-epoch and mid-interval, which the resumed run must replay exactly
+    base = [sys.executable, "-m", "unetr_app", "train", "--data-dir", str(phantom_dir), "--profile", str(tiny_profile), "--device", "cpu",
+            "--steps", "12", "--checkpoint-every", "3", "--recipe", recipe, *recipe_args, *FAST]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     straight = tmp_path / "straight"
-    subprocess.run([*base, "--out", str(straight)], check=True, env=env, capture_output=True)
+    done = subprocess.run([*base, "--out", str(straight)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen([*base, "--out", str(interrupted)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
-    while time.time() < deadline and not _has_epoch(interrupted, 2):
-        time.sleep(0.2)
+    while time.time() < deadline and not _has_step(interrupted, 3):
+        time.sleep(0.1)
     process.send_signal(signal.SIGKILL)  # no chance to clean up: as a power cut or OOM kill
     process.wait()
-    done = load_checkpoint(interrupted / "checkpoints" / "last.pt")["epoch"]
-    assert 2 <= done < 4, "killed mid-run"
+    done = load_checkpoint(interrupted / "checkpoints" / "last.pt")["step"]
+    assert 3 <= done < 12, "killed mid-run"
     # a crash between the checkpoint and the metrics line leaves the file behind or ahead: repair it
     with open(interrupted / "metrics.jsonl", "a") as handle:
-        handle.write('{"epoch": 99, "train_loss": 0}\n')
+        handle.write('{"step": 99, "loss": 0}\n')
 
-    resumed = subprocess.run([*base, "--out", str(interrupted), "--resume"], env=env, capture_output=True, text=True)
+    resumed = subprocess.run([*base[:base.index("--steps")], "--out", str(interrupted), "--resume"], env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
-    assert [m["epoch"] for m in metrics(interrupted)] == [1, 2, 3, 4]
-    assert load_checkpoint(interrupted / "checkpoints" / "last.pt")["epoch"] == 4
-    # per-epoch reseeding plus restored optimizer/scheduler/RNG state: the same training as never stopped
+    assert [m["step"] for m in metrics(interrupted)] == [2, 4, 6, 8, 10, 12]
+    assert load_checkpoint(interrupted / "checkpoints" / "last.pt")["step"] == 12
+    # per-epoch reseeding, replayed batches and restored optimizer/RNG/recipe state: the same training as never stopped
     for name, tensor in _weights(straight / "checkpoints" / "last.pt").items():
         torch.testing.assert_close(_weights(interrupted / "checkpoints" / "last.pt")[name], tensor, msg=name)
-    assert [m["train_loss"] for m in metrics(interrupted)] == pytest.approx([m["train_loss"] for m in metrics(straight)])
+    for key in ("loss", "val_dice"):
+        assert [m.get(key) for m in metrics(interrupted)] == pytest.approx([m.get(key) for m in metrics(straight)])
 
 
-def _has_epoch(run: Path, epoch: int) -> bool:
+def _has_step(run: Path, step: int) -> bool:
     try:
-        return load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] >= epoch
+        return load_checkpoint(run / "checkpoints" / "last.pt")["step"] >= step
     except Exception:  # not written yet, or being renamed into place
         return False
 
@@ -131,7 +149,23 @@ def test_resume_extends_a_finished_run(cli, tmp_path, phantom_dir, tiny_profile)
     assert cli(*train_args(phantom_dir, tiny_profile, run, "--epochs", 1)).exit_code == 0
     result = cli("train", "--out", run, "--resume", "--epochs", 2, "--data-dir", phantom_dir, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert [m["epoch"] for m in metrics(run)] == [1, 2]
-    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["epochs"] == 2
+    assert [m["step"] for m in metrics(run)] == [2, 4, 6, 8], "one pass is 4 steps; the second pass adds 4"
+    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["budget"] == {"epochs": 2}
     # the cosine schedule is stretched to the new length and ends at zero, not restarted
     assert metrics(run)[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
+    assert metrics(run)[2]["lr"] > 0, "the extension continues at a positive LR"
+
+
+def test_resume_refuses_options_it_would_ignore(cli, tmp_path, phantom_dir, tiny_profile):
+    run = tmp_path / "run"
+    assert cli(*train_args(phantom_dir, tiny_profile, run, "--steps", 2)).exit_code == 0
+    resume = ["train", "--out", run, "--resume", "--data-dir", phantom_dir, "--device", "cpu"]
+    refused = cli(*resume, "--profile", "gpu-default", "--set", "optimizer.lr=0.5", "--model", "vit_tiny_patch16")
+    assert refused.exit_code == 2 and "Traceback" not in refused.output
+    message = " ".join(refused.output.split())
+    assert "--profile gpu-default" in message and "--set optimizer.lr=0.5" in message and "--model vit_tiny_patch16" in message
+    assert "--task" not in message
+    # the values the run already has are not ignored: `make demo` repeats its options with --resume
+    again = cli(*resume, "--profile", tiny_profile, "--set", "training.val_fraction=0.34", "--steps", 4)
+    assert again.exit_code == 0, again.output
+    assert [m["step"] for m in metrics(run)] == [2, 4]

@@ -1,4 +1,4 @@
-"""Rich progress for training: a bar over all steps of the run and one line per epoch."""
+"""Rich progress for training: a bar over the run's optimizer steps and one line per metrics interval."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ class RichReporter:
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
         self.progress = Progress(
-            TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
+            TextColumn("[bold]step"),
             BarColumn(),
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  best Dice {task.fields[best]}"),
@@ -20,20 +20,19 @@ class RichReporter:
         )
         self.task = None
 
-    def start(self, first_epoch: int, epochs: int, steps: int) -> None:
-        self.epochs = epochs
-        remaining = max(epochs - first_epoch + 1, 0) * steps
+    def start(self, first_step: int, total_steps: int) -> None:
         self.progress.start()
-        self.task = self.progress.add_task("train", total=remaining, epoch=first_epoch, epochs=epochs, loss="-", best="-")
+        self.task = self.progress.add_task("train", total=total_steps, completed=first_step, loss="-", best="-")
 
     def step_done(self) -> None:
         self.progress.advance(self.task)
 
-    def epoch_done(self, line: dict, state) -> None:
+    def line_done(self, line: dict, state) -> None:
+        parts = "  ".join(f"{k} {v:.4f}" for k, v in line.items() if k.endswith("loss") and isinstance(v, float))
         dice = f"  val Dice {line['val_dice']:.4f}" if "val_dice" in line else ""
-        self.progress.console.print(f"epoch {line['epoch']:>4}  loss {line['train_loss']:.4f}{dice}  ({line['seconds']:.0f} s)")
+        self.progress.console.print(f"step {line['step']:>6}  epoch {line['epoch']:>7.2f}  {parts}{dice}  ({line['seconds']:.0f} s)")
         best = f"{state.best_val_dice:.4f}" if state.best_val_dice >= 0 else "-"
-        self.progress.update(self.task, epoch=min(line["epoch"] + 1, self.epochs), loss=f"{line['train_loss']:.3f}", best=best)
+        self.progress.update(self.task, loss=f"{line.get('loss', float('nan')):.3f}", best=best)
 
     def stop(self) -> None:
         self.progress.stop()

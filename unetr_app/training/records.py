@@ -27,19 +27,24 @@ class RunRecords:
         atomic_write_text(self.run_dir / name, json.dumps(data, indent=2) + "\n")
 
     def plot_curves(self, history: list[dict[str, Any]]) -> Path:
+        """Every loss part against the step (left) and validation Dice when there is any (right)."""
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        epochs = [h["epoch"] for h in history]
         validated = [h for h in history if h.get("val_dice") is not None]
-        fig, (ax_loss, ax_dice) = plt.subplots(1, 2, figsize=(10, 4))
-        ax_loss.plot(epochs, [h["train_loss"] for h in history], color="tab:blue")
-        ax_loss.set(xlabel="epoch", ylabel="training loss (Dice + CE)", title="Loss")
-        ax_dice.plot([h["epoch"] for h in validated], [h["val_dice"] for h in validated], "o-", color="tab:green")
-        ax_dice.set(xlabel="epoch", ylabel="mean foreground Dice", title="Validation Dice", ylim=(0, 1))
-        for ax in (ax_loss, ax_dice):
+        fig, axes = plt.subplots(1, 2 if validated else 1, figsize=(10 if validated else 5, 4), squeeze=False)
+        ax_loss = axes[0][0]
+        for name in loss_parts(history):
+            ax_loss.plot([h["step"] for h in history if name in h], [h[name] for h in history if name in h], label=name)
+        ax_loss.set(xlabel="optimizer step", ylabel="training loss", title="Loss and its parts")
+        ax_loss.legend()
+        if validated:
+            ax_dice = axes[0][1]
+            ax_dice.plot([h["step"] for h in validated], [h["val_dice"] for h in validated], "o-", color="tab:green")
+            ax_dice.set(xlabel="optimizer step", ylabel="mean foreground Dice", title="Validation Dice", ylim=(0, 1))
+        for ax in axes[0]:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         target = self.run_dir / "curves.png"
@@ -47,3 +52,12 @@ class RunRecords:
             fig.savefig(tmp, dpi=100)
         plt.close(fig)
         return target
+
+
+NOT_LOSSES = {"step", "epoch", "lr", "seconds", "val_dice", "val_dice_per_case"}
+
+
+def loss_parts(history: list[dict[str, Any]]) -> list[str]:
+    """`loss` first, then the recipe's other parts in the order they first appear."""
+    names = dict.fromkeys(k for line in history for k in line if k not in NOT_LOSSES)
+    return sorted(names, key=lambda k: k != "loss")

@@ -1,17 +1,29 @@
-"""The training loop: DiceCE, AdamW with warmup-cosine, AMP on CUDA, sliding-window validation,
-atomic checkpoints every epoch and exact resume (optimizer, scheduler, scaler, RNG, history).
+"""The training loop, the same for every recipe: one optimizer step per batch until the budget is spent.
 
-Each epoch reseeds the data pipeline from (seed, epoch), so a resumed run draws the same crops
-and augmentations as one that was never interrupted.
+Each step: the batch goes to the device as plain (channels-last) tensors, `parts = recipe(batch)`,
+backward on `parts["loss"]` (AMP on CUDA, optional gradient clipping), the optimizer steps at the
+schedule's LR, then `recipe.after_step(step, total)`. Every `log_every_steps` a metrics line records
+the mean of each loss part; every `val_every_steps` the model's plain forward is scored with
+sliding-window Dice; `last.pt` is written every `checkpoint_every_steps` and `best.pt` when the
+validation Dice improves (without validation, best is the last).
+
+The budget is fixed in steps before the first step (a minutes budget is timed first) and recorded,
+so a resumed run ends where an uninterrupted one would. Each epoch reseeds the data pipeline from
+(seed, epoch, rank), and a run resumed mid-epoch replays the epoch's first batches without training
+on them: it draws the same crops and augmentations as one that was never stopped.
+
+Under torchrun, DistributedDataParallel wraps only `recipe.model`; rank 0 alone writes files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 import logging
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +32,21 @@ import torch
 from monai.data import MetaTensor, get_track_meta, set_track_meta
 from monai.data.utils import set_rnd
 from monai.inferers import sliding_window_inference
-from monai.losses import DiceCELoss
 from monai.metrics import DiceMetric
-from monai.optimizers import WarmupCosineSchedule
 from torch import nn
 
+from unetr_app import distributed
 from unetr_app.config import RunConfig
-from unetr_app.errors import CheckpointError, UnetrError
+from unetr_app.distributed import Shard
+from unetr_app.errors import CheckpointError, UnetrError, UsageError
 from unetr_app.io.checkpoint import load_checkpoint, save_checkpoint
+from unetr_app.training.optim import Schedule, build_optimizer, parameter_groups, remember_initial_lr
+from unetr_app.training.recipes import Recipe, build_recipe
 from unetr_app.training.records import RunRecords
 
 log = logging.getLogger(__name__)
+
+TIMING_STEPS = 3  # steps timed (after one warm-up step) to turn a minutes budget into steps
 
 
 class TrainingInterrupted(UnetrError):
@@ -39,130 +55,211 @@ class TrainingInterrupted(UnetrError):
 
 @dataclass
 class TrainState:
-    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    epoch: int = 0  # passes over the training cases completed (bookkeeping and data seeding)
+    epoch_start_step: int = 0  # the step at which the current pass began
+    total_steps: int = 0  # the budget in steps, fixed before the first step
+    budget: dict[str, Any] = field(default_factory=dict)  # the budget total_steps was planned for
+    seconds_per_step: float = 0.0  # a minutes budget's timed cost of one step (validation included)
     best_val_dice: float = -1.0
-    best_epoch: int = 0
+    best_step: int = 0
     seconds: float = 0.0  # training time over all sessions of this run
+    window: dict[str, float] = field(default_factory=dict)  # loss-part sums since the last metrics line
+    window_steps: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Trainer:
-    """Trains one model on one split; `fit` runs epochs from `state.epoch + 1` to the configured end."""
+    """Trains `recipe.model` (a model passed alone gets the config's recipe) until the budget is spent."""
 
-    def __init__(self, config: RunConfig, model: nn.Module, device: torch.device, run_dir: Path, reporter=None):
-        self.config, self.device, self.run_dir = config, device, Path(run_dir)
+    def __init__(self, config: RunConfig, model: nn.Module, device: torch.device, run_dir: Path, reporter=None,
+                 shard: Shard = Shard(), checkpoint_extras: dict[str, Any] | None = None):
+        self.config, self.device, self.run_dir, self.shard = config, device, Path(run_dir), shard
+        self.recipe = model if isinstance(model, Recipe) else build_recipe(config.recipe.name, model, config, config.recipe.params)
         # channels-last 3D convolutions run 1.4-1.8x faster on CPU here (oneDNN); same numbers on GPU
-        self.model = model.to(device, memory_format=torch.channels_last_3d)
-        train = config.training
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-        self.amp = train.amp and device.type == "cuda"
+        self.model = self.recipe.model.to(device, memory_format=torch.channels_last_3d)
+        self.recipe.to(device)
+        extra = [(f"recipe.{n}", p) for n, p in self.recipe.named_parameters() if p.requires_grad and not n.startswith("model.")]
+        self.extra_params = [p for _, p in extra]
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad] + self.extra_params
+        self.optimizer = build_optimizer(parameter_groups(self.model, config.optimizer, extra), config.optimizer)
+        remember_initial_lr(self.optimizer)
+        self.amp = config.training.amp and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.scheduler = None  # needs the number of steps per epoch; made in fit()
         self.dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
         self.state = TrainState()
         self.records = RunRecords(self.run_dir)
-        self.reporter = reporter or _SilentReporter()
-        self._restored: dict[str, Any] | None = None
+        self.reporter = reporter if (reporter and shard.is_main) else _SilentReporter()
+        self.checkpoint_extras = dict(checkpoint_extras or {})
+        self._window: dict[str, torch.Tensor] = {}
+        self._restored_rng: list[dict[str, Any]] | None = None
+        if shard.distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.recipe.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(self.config.schedule, self.state.total_steps)
 
     # --- the loop -------------------------------------------------------------------------
 
-    def fit(self, train_loader, val_loader) -> TrainState:
-        train = self.config.training
-        steps = self.prepare(train_loader)
-        self.records.restart_metrics(self.state.history)
-        self.reporter.start(first_epoch=self.state.epoch + 1, epochs=train.epochs, steps=steps)
+    def fit(self, train_loader, val_loader=None) -> TrainState:
+        self.val_loader = val_loader if self.config.training.val_every_steps else None
+        self.plan(train_loader)
+        self._restore_rng()
+        if self.shard.is_main:
+            self.records.restart_metrics(self.state.history)
+        self.reporter.start(first_step=self.state.step, total_steps=self.state.total_steps)
+        self._clock = time.perf_counter()
         try:
-            while self.state.epoch < train.epochs:
-                self._run_epoch(self.state.epoch + 1, train_loader, val_loader, steps)
+            while not self._finished():
+                self._run_epoch(train_loader)
         except KeyboardInterrupt:
             raise TrainingInterrupted(
-                f"interrupted during epoch {self.state.epoch + 1}; {self.state.epoch} epochs are saved in "
+                f"interrupted at step {self.state.step}; the last checkpoint is "
                 f"{self.run_dir / 'checkpoints' / 'last.pt'}; continue with `unetr train --resume --out {self.run_dir}`"
             ) from None
         finally:
             self.reporter.stop()
         return self.state
 
-    def prepare(self, train_loader) -> int:
-        """Build the per-step LR schedule (it needs the epoch length) and apply a restored state."""
-        train = self.config.training
-        steps = self.steps_per_epoch(train_loader)
-        self.scheduler = WarmupCosineSchedule(
-            self.optimizer, warmup_steps=train.warmup_epochs * steps, t_total=max(train.epochs * steps, 1)
-        )
-        self._apply_restored_state()
-        return steps
+    def _finished(self) -> bool:
+        return self.state.step >= self.state.total_steps or self._over_time
 
-    def steps_per_epoch(self, train_loader) -> int:
-        cap = self.config.training.max_steps_per_epoch
-        return min(len(train_loader), cap) if cap else len(train_loader)
-
-    def _run_epoch(self, epoch: int, train_loader, val_loader, steps: int) -> None:
-        started = time.perf_counter()
-        self._seed_epoch(epoch, train_loader)
-        loss = self.train_one_epoch(train_loader, steps)
-        line: dict[str, Any] = {"epoch": epoch, "train_loss": loss, "lr": self.optimizer.param_groups[0]["lr"]}
-        if epoch % self.config.training.val_interval == 0 or epoch == self.config.training.epochs:
-            per_case = self.validate(val_loader)
-            line["val_dice"] = float(np.mean(list(per_case.values())))
-            line["val_dice_per_case"] = per_case
-        self.state.seconds += time.perf_counter() - started
-        line["seconds"] = round(self.state.seconds, 2)
-        self.state.epoch = epoch
-        self.state.history.append(line)
-        improved = line.get("val_dice", -1.0) > self.state.best_val_dice
-        if improved:
-            self.state.best_val_dice, self.state.best_epoch = line["val_dice"], epoch
-        # checkpoint first, then the metrics line: the checkpoint's history is the truth on resume
-        self.save(self.run_dir / "checkpoints" / "last.pt", with_training_state=True)
-        if improved:
-            self.save(self.run_dir / "checkpoints" / "best.pt", with_training_state=False)
-        self.records.append_metrics(line)
-        self.reporter.epoch_done(line, self.state)
-
-    def train_one_epoch(self, loader, steps: int) -> float:
+    def _run_epoch(self, loader) -> None:
+        epoch = self.state.epoch + 1
+        self._seed_epoch(epoch, loader)
+        done = self.state.step - self.state.epoch_start_step  # batches of this pass trained before a resume
         self.model.train()
-        total = 0.0
-        with self._metadata_only_if_needed():
-            for step, batch in enumerate(loader):
-                if step == steps:
-                    break
-                total += self.train_step(batch)
+        with self.metadata_only_if_needed():
+            for batch in itertools.islice(loader, done, None):
+                self.train_step(batch)
                 self.reporter.step_done()
-        return total / max(steps, 1)
+                self._after_step()
+                if self._finished():
+                    return
+        self.state.epoch, self.state.epoch_start_step = epoch, self.state.step
 
-    def train_step(self, batch) -> float:
-        image = to_channels_last(as_plain_tensor(batch["image"]).to(self.device, non_blocking=True))
-        label = as_plain_tensor(batch["label"]).to(self.device, non_blocking=True)
+    def train_step(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One optimizer step on one batch; returns the recipe's parts."""
+        parts = self._optimizer_step(self._to_device(batch), self.state.step, self.state.total_steps)
+        self.state.step += 1
+        self._accumulate(parts)
+        return parts
+
+    def _optimizer_step(self, batch: dict[str, Any], step: int, total: int) -> dict[str, torch.Tensor]:
+        Schedule(self.config.schedule, total).apply(self.optimizer, step)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device.type, enabled=self.amp):
-            loss = self.loss_fn(self.model(image), label)
-        self.scaler.scale(loss).backward()
+            parts = self.recipe(batch)
+        self.scaler.scale(parts["loss"]).backward()
+        self._average_extra_gradients()
+        if self.config.training.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.trainable, self.config.training.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
-        return loss.item()
+        self.recipe.after_step(step + 1, total)
+        return parts
 
-    @contextlib.contextmanager
-    def _metadata_only_if_needed(self):
-        """Fully cached data needs no metadata: random crops and the network run faster on plain tensors."""
-        previous = get_track_meta()
-        set_track_meta(self.config.training.cache_rate < 1.0)
-        try:
-            yield
-        finally:
-            set_track_meta(previous)
+    def _average_extra_gradients(self) -> None:
+        """DDP averages the model's gradients; trainable parts of the recipe outside it are averaged here."""
+        if not self.shard.distributed:
+            return
+        for param in self.extra_params:
+            if param.grad is not None:
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= self.shard.world_size
+
+    def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
+        moved = {key: _move(value, self.device) for key, value in batch.items()}
+        moved["image"] = to_channels_last(moved["image"])
+        return moved
+
+    def _accumulate(self, parts: dict[str, torch.Tensor]) -> None:
+        for name, value in parts.items():
+            if name != "output" and isinstance(value, torch.Tensor) and value.numel() == 1:
+                total = self._window.get(name, torch.zeros((), dtype=torch.float64, device=value.device))
+                self._window[name] = total + value.detach().double()
+        self.state.window_steps += 1
+
+    def _window_sums(self) -> dict[str, float]:
+        """This session's sums plus those restored from the checkpoint (a resume mid-interval)."""
+        sums = dict(self.state.window)
+        for name, value in self._window.items():
+            sums[name] = sums.get(name, 0.0) + float(value)
+        return sums
+
+    # --- lines, validation and checkpoints ------------------------------------------------
+
+    def _after_step(self) -> None:
+        train, step = self.config.training, self.state.step
+        last = step >= self.state.total_steps
+        validate = self.val_loader is not None and (last or step % train.val_every_steps == 0)
+        line_due = validate or last or step % train.line_every_steps == 0
+        checkpoint_due = last or (step % train.checkpoint_every_steps == 0 if train.checkpoint_every_steps else line_due)
+        if line_due:
+            self._check_time()
+        line = self._metrics_line(validate) if line_due else None
+        improved = line is not None and self._track_best(line, checkpoint_due)
+        if checkpoint_due:
+            self._tick()
+            self.save(self.run_dir / "checkpoints" / "last.pt", with_training_state=True)
+        if improved:
+            self.save(self.run_dir / "checkpoints" / "best.pt", with_training_state=False)
+        if line is not None:
+            # checkpoint first, then the metrics line: the checkpoint's history is the truth on resume
+            if self.shard.is_main:
+                self.records.append_metrics(line)
+            self.reporter.line_done(line, self.state)
+
+    def _metrics_line(self, validate: bool) -> dict[str, Any]:
+        means = self._window_means()
+        line: dict[str, Any] = {
+            "step": self.state.step,
+            "epoch": round(self.state.step / max(self._steps_per_epoch, 1), 3),
+            "lr": self.config.optimizer.lr * self.schedule.factor(self.state.step),
+            **means,
+        }
+        if validate:
+            per_case = self.validate(self.val_loader)
+            line["val_dice"] = float(np.mean(list(per_case.values()))) if per_case else float("nan")
+            line["val_dice_per_case"] = per_case
+        self._tick()
+        line["seconds"] = round(self.state.seconds, 2)
+        self.state.history.append(line)
+        return line
+
+    def _window_means(self) -> dict[str, float]:
+        """Mean of each loss part since the last line, over steps and processes; restarts the window."""
+        sums = self._window_sums()
+        everyone = distributed.all_gather((sums, self.state.window_steps), self.shard)
+        steps = sum(n for _, n in everyone) or 1
+        means = {k: sum(s.get(k, 0.0) for s, _ in everyone) / steps for k in sums}
+        self._window, self.state.window, self.state.window_steps = {}, {}, 0
+        return means
+
+    def _track_best(self, line: dict[str, Any], checkpoint_due: bool) -> bool:
+        if "val_dice" in line:
+            improved = line["val_dice"] > self.state.best_val_dice
+            if improved:
+                self.state.best_val_dice = line["val_dice"]
+        else:
+            improved = self.val_loader is None and checkpoint_due  # without validation, best is the last
+        if improved:
+            self.state.best_step = self.state.step
+        return improved
 
     @torch.no_grad()
     def validate(self, loader) -> dict[str, float]:
-        """Mean foreground Dice per validation case, on whole volumes at the training spacing."""
+        """Mean foreground Dice per validation case (this process's share, gathered from all)."""
         self.model.eval()
-        scores = {}
-        with self._metadata_only_if_needed():
+        scores: dict[str, float] = {}
+        with self.metadata_only_if_needed():
             for batch in loader:
                 scores.update(self._validate_batch(batch))
-        return scores
+        self.model.train()
+        return {name: score for part in distributed.all_gather(scores, self.shard) for name, score in part.items()}
 
     def _validate_batch(self, batch) -> dict[str, float]:
         inference, classes = self.config.inference, self.config.task.out_channels
@@ -177,73 +274,164 @@ class Trainer:
         dice = self.dice(prediction, truth)  # (batch, classes without background)
         return {name: float(row.mean()) for name, row in zip(batch["case"], dice)}
 
+    @contextlib.contextmanager
+    def metadata_only_if_needed(self):
+        """Fully cached data needs no metadata: random crops and the network run faster on plain tensors."""
+        previous = get_track_meta()
+        set_track_meta(self.config.training.cache_rate < 1.0)
+        try:
+            yield
+        finally:
+            set_track_meta(previous)
+
+    # --- the budget -----------------------------------------------------------------------
+
+    def plan(self, train_loader) -> int:
+        """Fix the run's length in steps (kept from the checkpoint when the budget is unchanged)."""
+        self._steps_per_epoch = len(train_loader)
+        if not self._steps_per_epoch:
+            raise UsageError("the training loader is empty: no training cases (check the dataset and training.val_fraction)")
+        budget = self.config.training.budget
+        if self.state.total_steps and self.state.budget == budget.model_dump():
+            return self.state.total_steps
+        if budget.steps is not None:
+            total = budget.steps
+        elif budget.epochs is not None:
+            total = budget.epochs * len(train_loader)
+        else:
+            self.state.seconds_per_step = self.state.seconds_per_step or self._time_one_step(train_loader)
+            total = int((budget.minutes * 60 - self.state.seconds) / self.state.seconds_per_step)
+        self.state.total_steps = max(total, self.state.step, 1)
+        self.state.budget = budget.model_dump()
+        log.info("budget: %d optimizer steps (%.1f passes over the training cases)", self.state.total_steps, self.state.total_steps / max(len(train_loader), 1))
+        return self.state.total_steps
+
+    def _time_one_step(self, loader) -> float:
+        """Seconds per step, validation and checkpoints included, from a few steps that are then undone."""
+        started = time.perf_counter()
+        weights, optimizer, scaler = copy.deepcopy(self.recipe.state_dict()), copy.deepcopy(self.optimizer.state_dict()), self.scaler.state_dict()
+        rng = _rng_state()
+        self.model.train()
+        with self.metadata_only_if_needed():
+            batches = [self._to_device(b) for b in itertools.islice(itertools.cycle(loader), TIMING_STEPS + 1)]
+            self._optimizer_step(batches[0], 0, TIMING_STEPS + 1)  # warm-up: allocation and kernel choice
+            self._sync()
+            clock = time.perf_counter()
+            for i, batch in enumerate(batches[1:], start=1):
+                self._optimizer_step(batch, i, TIMING_STEPS + 1)
+            self._sync()
+            per_step = (time.perf_counter() - clock) / TIMING_STEPS
+        clock = time.perf_counter()
+        if self.val_loader is not None:
+            self.validate(self.val_loader)
+        self.save(self.run_dir / "checkpoints" / ".timing.pt", with_training_state=True)
+        (self.run_dir / "checkpoints" / ".timing.pt").unlink(missing_ok=True)
+        overhead = time.perf_counter() - clock
+        self.recipe.load_state_dict(weights)
+        self.optimizer.load_state_dict(optimizer)
+        self.scaler.load_state_dict(scaler)
+        _set_rng_state(rng)
+        self.state.seconds += time.perf_counter() - started
+        train = self.config.training
+        every = min(train.val_every_steps or train.line_every_steps, train.checkpoint_every_steps or train.line_every_steps)
+        cost = per_step + overhead / every
+        return max(distributed.all_gather(cost, self.shard))
+
+    @property
+    def _over_time(self) -> bool:
+        return getattr(self, "_stop_for_time", False)
+
+    def _check_time(self) -> None:
+        """A minutes budget also stops at 110% of it, whatever the plan said (rank 0 decides for all)."""
+        minutes = self.config.training.budget.minutes
+        if minutes is None:
+            return
+        self._tick()
+        late = distributed.broadcast_from_main(self.state.seconds > 1.1 * minutes * 60, self.shard)
+        if late and not self._over_time:
+            log.warning("stopping at step %d: %.0f s spent of a %.1f-minute budget", self.state.step, self.state.seconds, minutes)
+            self._stop_for_time = True
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.state.seconds += now - self._clock
+        self._clock = now
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
     # --- checkpoints ----------------------------------------------------------------------
 
     def checkpoint(self, with_training_state: bool) -> dict[str, Any]:
         cfg = self.config
         data: dict[str, Any] = {
+            **self.checkpoint_extras,
             "model": {"name": cfg.model.name, "kwargs": cfg.model_kwargs()},
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "recipe": {"name": cfg.recipe.name, "params": dict(cfg.recipe.params), "extra_state": self.recipe.extra_state()},
             "preprocessing": cfg.preprocessing.model_dump(mode="json"),
             "inference": cfg.inference.model_dump(mode="json"),
             "labels": dict(cfg.task.labels),
             "task": cfg.task.name,
             "modality": cfg.task.modality,
             "in_channels": cfg.task.in_channels,
+            "step": self.state.step,
             "epoch": self.state.epoch,
+            "total_steps": self.state.total_steps,
             "best_val_dice": self.state.best_val_dice,
-            "best_epoch": self.state.best_epoch,
+            "best_step": self.state.best_step,
             "config": cfg.to_dict(),
         }
         if with_training_state:
+            state = asdict(self.state)
+            state["window"] = self._window_sums()
             data["training_state"] = {
                 "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(),
-                "rng": _rng_state(),
-                "history": self.state.history,
-                "seconds": self.state.seconds,
+                "rng": distributed.all_gather(_rng_state(), self.shard),
+                "state": state,
             }
         return data
 
     def save(self, path: Path, with_training_state: bool) -> None:
-        save_checkpoint(path, self.checkpoint(with_training_state))
+        data = self.checkpoint(with_training_state)  # every process: it gathers the RNG states
+        if self.shard.is_main:
+            save_checkpoint(path, data)
 
     def restore(self, path: Path) -> None:
-        """Load weights and training state from last.pt; the rest is applied once fit() builds the scheduler."""
+        """Weights, optimizer, scaler, recipe state, counters and history from last.pt; RNG when fit() starts."""
         data = load_checkpoint(path)
-        if "training_state" not in data:
-            raise CheckpointError(f"{path}: has no training state (best.pt cannot be resumed; use last.pt)")
+        if "training_state" not in data or "state" not in data["training_state"]:
+            raise CheckpointError(f"{path}: has no training state of this unetr version (best.pt cannot be resumed; use last.pt)")
+        training = data["training_state"]
         self.model.load_state_dict(data["state_dict"])
-        self.optimizer.load_state_dict(data["training_state"]["optimizer"])
-        history = data["training_state"]["history"]
-        self.state = TrainState(
-            epoch=data["epoch"],
-            best_val_dice=data["best_val_dice"],
-            best_epoch=data["best_epoch"],
-            seconds=data["training_state"]["seconds"],
-            history=list(history),
-        )
-        self._restored = data["training_state"]
+        self.optimizer.load_state_dict(training["optimizer"])
+        self.scaler.load_state_dict(training["scaler"])
+        self.recipe.load_extra_state(data["recipe"]["extra_state"])
+        self.state = TrainState(**training["state"])
+        self._restored_rng = training["rng"]
 
-    def _apply_restored_state(self) -> None:
-        if self._restored is None:
-            return
-        restored = self._restored["scheduler"]
-        # keep where the schedule stands, but take its length from this config: --resume --epochs N extends it
-        self.scheduler.load_state_dict({**restored, "t_total": self.scheduler.t_total, "warmup_steps": self.scheduler.warmup_steps})
-        # building the scheduler reset the optimizer to the schedule's first LR; the next step needs the saved one
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
-            group["lr"] = lr
-        self.scaler.load_state_dict(self._restored["scaler"])
-        _set_rng_state(self._restored["rng"])
-        self._restored = None
+    def _restore_rng(self) -> None:
+        if self._restored_rng:
+            _set_rng_state(self._restored_rng[self.shard.rank % len(self._restored_rng)])
+            self._restored_rng = None
 
     def _seed_epoch(self, epoch: int, loader) -> None:
-        seed = self.config.training.seed * 100_003 + epoch
+        seed = self.config.training.seed * 100_003 + epoch + 7_919 * self.shard.rank
         set_rnd(loader.dataset, seed=seed)
         if getattr(loader, "generator", None) is not None:
             loader.generator.manual_seed(seed)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
+
+
+def _move(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return as_plain_tensor(value).to(device, non_blocking=True)
+    if isinstance(value, (list, tuple)) and value and isinstance(value[0], torch.Tensor):
+        return type(value)(_move(v, device) for v in value)
+    return value
 
 
 def as_plain_tensor(x: torch.Tensor) -> torch.Tensor:
@@ -291,10 +479,9 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class _SilentReporter:
     def start(self, **_): ...
     def step_done(self): ...
-    def epoch_done(self, line, state): ...
+    def line_done(self, line, state): ...
     def stop(self): ...
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-

@@ -17,11 +17,23 @@ class Recipe(nn.Module):
     """Base class. Subclasses set `name`, implement `forward(batch) -> dict` and may override the hooks.
 
     `model` is the trainable network. Frozen modules (a teacher) must be registered so that they
-    are neither in `trainable_parameters()` nor in the optimizer; `state_dict()` of the recipe is
+    require no grad and stay out of the optimizer; `state_dict()` of the recipe is
     not what checkpoints store: they store `model.state_dict()` plus `extra_state()`.
+
+    What the trainer does around a recipe:
+    - the optimizer gets `model`'s parameters plus any other parameter of the recipe that requires
+      grad (e.g. a projection head; it joins the head's weight-decay group); freeze a teacher with
+      `requires_grad_(False)`, and keep its weights (or an EMA copy's) in `extra_state()`;
+    - under torchrun `recipe.model` is replaced by its DistributedDataParallel wrapper, so call
+      `self.model(x)` (not `self.model.some_method(x)`) for every trainable forward;
+    - the trainer switches only `model` between train() and eval() (validation runs the model's
+      plain forward); modules of the recipe keep the mode the recipe gives them;
+    - batches hold the image on the device (channels-last) and, for labelled data, "label"; every
+      tensor (or list of tensors) in the batch is moved to the device.
     """
 
     name: ClassVar[str] = ""
+    needs_teacher: ClassVar[bool] = False  # True: cannot run without a teacher (tests skip it unless given one)
 
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
         super().__init__()
@@ -77,4 +89,8 @@ def recipe_class(name: str) -> type[Recipe]:
 
 
 def build_recipe(name: str, model: nn.Module, config: Any, params: dict[str, Any] | None = None) -> Recipe:
-    return recipe_class(name)(model, config, **(params or {}))
+    cls = recipe_class(name)
+    try:
+        return cls(model, config, **(params or {}))
+    except TypeError as err:  # an unknown or missing keyword in recipe.params
+        raise ConfigError(f"recipe.params: {err} (recipe {name!r})") from None

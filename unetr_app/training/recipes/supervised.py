@@ -1,4 +1,4 @@
-"""The default recipe: the model's logits against the labels with the configured loss (DiceCE)."""
+"""The default recipe: the model's logits against the labels with the configured loss (`loss.name`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from unetr_app.errors import ConfigError
+from unetr_app.training.losses import build_loss
 from unetr_app.training.recipes.base import Recipe, register_recipe
 
 
@@ -15,9 +17,9 @@ class Supervised(Recipe):
 
     def __init__(self, model, config, **params: Any) -> None:
         super().__init__(model, config, **params)
-        from monai.losses import DiceCELoss
-
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        if params:
+            raise ConfigError(f"recipe.params: the supervised recipe takes none, got {sorted(params)}")
+        self.loss_fn = build_loss(config.loss)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         output = self.model(batch["image"])

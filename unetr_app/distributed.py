@@ -1,9 +1,10 @@
-"""Sharding a prediction batch across `torchrun` processes.
+"""Processes under `torchrun`: rank, sharding and small collective helpers (training and prediction).
 
 Under `torchrun --nproc-per-node N -m unetr_app predict ...` every process gets the cases
 `cases[rank::world_size]`, writes its own outputs, and sends its records to rank 0, which writes the
-one merged report. The process group only carries these small Python objects, so it uses gloo on
-every device; each process runs its model on `cuda:LOCAL_RANK` when CUDA is chosen.
+one merged report; that group only carries small Python objects, so it uses gloo on every device.
+`unetr train` under torchrun trains with DistributedDataParallel: gloo on CPU, NCCL on CUDA. Each
+process runs on `cuda:LOCAL_RANK` when CUDA is chosen.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ class Shard:
         return self.world_size > 1
 
 
-def start() -> Shard:
+def start(backend: str = "gloo") -> Shard:
     """Join torchrun's process group when launched by it; a single process otherwise."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Shard()
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend=backend)
     return Shard(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
@@ -71,6 +72,15 @@ def gather_to_main(items: list[Any], shard: Shard) -> list[Any] | None:
     gathered: list[list[Any]] | None = [None] * shard.world_size if shard.is_main else None  # type: ignore[list-item]
     dist.gather_object(items, gathered, dst=0)
     return [item for part in gathered for item in part] if gathered is not None else None
+
+
+def all_gather(item: T, shard: Shard) -> list[T]:
+    """Every process's `item`, in rank order, on every process."""
+    if not shard.distributed:
+        return [item]
+    gathered: list[Any] = [None] * shard.world_size
+    dist.all_gather_object(gathered, item)
+    return gathered
 
 
 def broadcast_from_main(value: T, shard: Shard) -> T:
