@@ -23,6 +23,7 @@ from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
+from unetr_app.training.init import EncoderInit, prepare_encoder
 from unetr_app.training.recipes import recipe_class
 from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
 
@@ -31,17 +32,17 @@ LAST = Path("checkpoints") / "last.pt"
 
 
 def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False,
-          reporter=None, checkpoint_extras: dict[str, Any] | None = None) -> dict | None:
+          reporter=None, checkpoint_extras: dict[str, Any] | None = None, init: EncoderInit | None = None) -> dict | None:
     """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0)."""
     torch_device = resolve_device(device)
     shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
     try:
-        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard)
+        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, init)
     finally:
         distributed.stop(shard)
 
 
-def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard) -> dict | None:
+def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, init=None) -> dict | None:
     recipe = recipe_class(config.recipe.name)  # an unknown recipe fails before any data is read
     dataset = find_dataset_dir(config.task, data_dir)
     if shard.is_main:
@@ -53,6 +54,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
 
     seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs(), **recipe.model_kwargs(dict(config.recipe.params)))
+    initialised = prepare_encoder(model, run_dir, config.model.name, init, resume and (run_dir / LAST).is_file(), main=shard.is_main)
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=checkpoint_extras)
     if resume and (run_dir / LAST).is_file():
         trainer.restore(run_dir / LAST)
@@ -79,6 +81,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
         "dataset": str(dataset),
         "train_cases": len(train_cases),
         "val_cases": len(val_cases),
+        **({"encoder": initialised} if initialised else {}),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     trainer.records.write_json("summary.json", summary)

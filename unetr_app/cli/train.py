@@ -26,6 +26,9 @@ def train(
     checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1, help="write last.pt every N steps")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/<task>-<model>-<profile>-<time>")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from checkpoints/last.pt (--steps/--minutes/--epochs may extend it)")] = False,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="start the encoder from a pretraining/training run, checkpoint or MONAI UNETR/Swin UNETR state dict")] = None,
+    init_key: Annotated[str, typer.Option("--init-key", help="with --init-from a pretraining run: teacher or student weights")] = "teacher",
+    freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="train only the decoder")] = False,
     device: DeviceOption = "auto",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override any config key, e.g. --set optimizer.lr=3e-4")] = None,
 ) -> None:
@@ -57,7 +60,10 @@ def train(
         out = out or Path("runs") / f"{config.task.name}-{config.model.name}-{config.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = with_budget(config, budget, checkpoint_every)
     console.print(f"training {config.model.name} on {config.task.name} with the {config.recipe.name} recipe ({config.profile}) into {out}")
-    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console))
+    from unetr_app.training.init import EncoderInit
+
+    init = EncoderInit(init_from, init_key, freeze_encoder, announce=console.print)
+    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), init=init)
     if summary is None:  # a torchrun process other than rank 0
         return
     dice = f"best validation Dice {summary['best_val_dice']:.4f} at step {summary['best_step']}" if summary["best_val_dice"] is not None else f"final loss {summary['final_loss']:.4f}"

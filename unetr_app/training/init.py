@@ -167,9 +167,11 @@ class EncoderInit:
 INIT_RECORD = "init.json"
 
 
-def prepare_encoder(model: nn.Module, run_dir: Path, model_name: str, init: EncoderInit | None, restoring: bool) -> dict | None:
-    """Apply --init-from/--freeze-encoder to a new run and record them in RUN/init.json; a resumed
-    run (its weights come from last.pt) only re-applies the recorded freeze."""
+def prepare_encoder(model: nn.Module, run_dir: Path, model_name: str, init: EncoderInit | None, restoring: bool,
+                    main: bool = True) -> dict | None:
+    """Apply --init-from/--freeze-encoder to a new run and record them in RUN/init.json (the `main`
+    process writes and announces); a resumed run (its weights come from last.pt) only re-applies
+    the recorded freeze."""
     record = Path(run_dir) / INIT_RECORD
     if restoring:
         recorded = json.loads(record.read_text()) if record.is_file() else {}
@@ -182,14 +184,15 @@ def prepare_encoder(model: nn.Module, run_dir: Path, model_name: str, init: Enco
     if init.source is not None:
         report = init_encoder(model, init.source, init.key, model_name)
         recorded["init"] = report.to_dict()
-        _say(init, report.summary())
+        _say(init, main, report.summary())
     if init.freeze:
         trained = freeze_encoder(model, model_name)
-        _say(init, f"encoder frozen: {trained:,} parameters train (the decoder)")
-    atomic_write_text(record, json.dumps(recorded, indent=2) + "\n")
+        _say(init, main, f"encoder frozen: {trained:,} parameters train (the decoder)")
+    if main:
+        atomic_write_text(record, json.dumps(recorded, indent=2) + "\n")
     return recorded
 
 
-def _say(init: EncoderInit, line: str) -> None:
-    if init.announce is not None:
+def _say(init: EncoderInit, main: bool, line: str) -> None:
+    if main and init.announce is not None:
         init.announce(line)
