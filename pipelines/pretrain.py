@@ -54,9 +54,11 @@ def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None
 def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict | None:
     params = dino_params(config.recipe.params)
     if shard.is_main:
-        scans = recorded_scans(run_dir) if resume and (run_dir / SCANS).is_file() else [str(c.path) for c in find_scans(folders or [])]
+        continuing = resume and (run_dir / SCANS).is_file()
+        scans = [] if continuing else [str(c.path) for c in find_scans(folders or [])]
         prepare_run_dir(run_dir, resume)
-        atomic_write_text(run_dir / SCANS, json.dumps({"folders": [str(f) for f in folders or []], "scans": scans}, indent=2) + "\n")
+        if not continuing:  # a resumed run keeps the scans it started with
+            atomic_write_text(run_dir / SCANS, json.dumps({"folders": [str(f) for f in folders or []], "scans": scans}, indent=2) + "\n")
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
     distributed.barrier(shard)
     cases = [c for path in recorded_scans(run_dir) for c in find_scans([path])]

@@ -206,7 +206,17 @@ class Dino(Recipe):
         self.teacher = copy.deepcopy(network)
         self.teacher.requires_grad_(False)
         self.register_buffer("center", torch.zeros(1, self.dino.out_dim))
-        self.step, self.total_steps = 0, 1
+        # optimizer steps taken and planned, as buffers: restoring the recipe's state_dict restores them
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps_planned", torch.ones((), dtype=torch.long))
+
+    @property
+    def step(self) -> int:
+        return int(self.steps_done)
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.steps_planned)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch_size, n_global = batch["global_crops"].shape[:2]
@@ -223,9 +233,9 @@ class Dino(Recipe):
         return {"loss": loss, "output": student[0], "teacher_entropy": entropy.detach()}
 
     def after_step(self, step: int, total_steps: int) -> None:
-        self.total_steps = max(total_steps, 1)
+        self.steps_planned.fill_(max(total_steps, 1))
         ema_update(self.teacher, _unwrapped(self.model), teacher_momentum(self.step, self.total_steps, self.dino.momentum))
-        self.step += 1
+        self.steps_done += 1
 
     def extra_state(self) -> dict[str, Any]:
         return {
@@ -238,7 +248,8 @@ class Dino(Recipe):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.center.copy_(state["center"])
-        self.step, self.total_steps = int(state["step"]), int(state["total_steps"])
+        self.steps_done.fill_(int(state["step"]))
+        self.steps_planned.fill_(int(state["total_steps"]))
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
