@@ -59,3 +59,20 @@ def test_freeze_encoder_trains_only_the_decoder():
     optimizer.step()
     assert all(torch.equal(v, encoder_before[k]) for k, v in model.encoder.state_dict().items())
     assert any(not torch.equal(v, decoder_before[k]) for k, v in model.decoder.state_dict().items() if v.is_floating_point())
+
+
+def test_swin_unetr_self_supervised_backbone_weights_load(tmp_path):
+    """MONAI's self-supervised Swin UNETR weights: {"state_dict": {"module.<swinViT key>": ...}}."""
+    from unetr_app.models import create_model
+
+    def swin(seed):
+        torch.manual_seed(seed)
+        return create_model("swin_unetr", spatial_dims=3, in_channels=1, out_channels=2, img_size=[64, 64, 64],
+                            feature_size=12, depths=(1, 1, 1, 1))
+
+    source = swin(0)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.swinViT.state_dict().items()}}, tmp_path / "ssl.pt")
+    model = swin(1)
+    report = init_encoder(model, tmp_path / "ssl.pt", "teacher", "swin_unetr")
+    assert report.prefix == "" and report.missing == [] and report.unexpected == []
+    assert all(torch.equal(v, source.swinViT.state_dict()[k]) for k, v in model.swinViT.state_dict().items())
