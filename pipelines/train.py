@@ -71,7 +71,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
         "total_steps": state.total_steps,
         "epochs": round(state.step / max(len(train_loader), 1), 3),
         "seconds": round(state.seconds, 1),
-        "final_loss": last_line.get("loss"),
+        "final_train_loss": last_line.get("loss"),
         "recipe": config.recipe.name,
         "model": config.model.name,
         "parameters": count_parameters(model),

@@ -66,7 +66,7 @@ def train(
     summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), init=init)
     if summary is None:  # a torchrun process other than rank 0
         return
-    dice = f"best validation Dice {summary['best_val_dice']:.4f} at step {summary['best_step']}" if summary["best_val_dice"] is not None else f"final loss {summary['final_loss']:.4f}"
+    dice = f"best validation Dice {summary['best_val_dice']:.4f} at step {summary['best_step']}" if summary["best_val_dice"] is not None else f"final loss {summary['final_train_loss']:.4f}"
     console.print(
         f"{dice} ({summary['steps']} steps, {summary['epochs']:.1f} epochs, {summary['seconds']:.0f} s)\n"
         f"results: {out}/summary.json, {out}/curves.png, checkpoints in {out}/checkpoints/"

@@ -2,8 +2,9 @@
 
 Weight decay follows timm and the Scaling-ViT recipe: never on norms, biases (any parameter of one
 dimension), position embeddings or tokens (cls/dist/mask); `optimizer.weight_decay` on the encoder
-(the body) and `optimizer.head_weight_decay` on everything else (the decoder and head). A model
-without a recognised encoder (a plain CNN) counts its last layer with parameters as the head.
+(the body) and `optimizer.head_weight_decay` on everything else (the decoder and head). A
+classifier's head is its `head*` modules; a model with neither (a plain CNN) counts its last layer
+with parameters as the head.
 
 The schedule is a factor of `optimizer.lr` at each step, defined over the whole budget of `total`
 optimizer steps: the step taken after `t` completed steps runs at `lr * factor(t)`.
@@ -31,11 +32,15 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 
 def head_prefixes(model: nn.Module) -> tuple[str, ...]:
-    """Name prefixes of the parameters outside the encoder (the decoder/head)."""
+    """Name prefixes of the head: everything outside the encoder of a segmentation model, the
+    `head*` modules of a classifier, or else the last layer with parameters (a plain CNN's)."""
     children = dict(model.named_children())
     encoder = next((n for n in ENCODER_NAMES if n in children), None)
     if encoder is not None:
         return tuple(f"{name}." for name in children if name != encoder)
+    heads = tuple(f"{name}." for name in children if name.startswith("head"))
+    if heads:
+        return heads
     last = [name for name, module in model.named_modules() if name and any(True for _ in module.parameters(recurse=False))]
     return (f"{last[-1]}.",) if last else ()
 

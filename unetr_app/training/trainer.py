@@ -36,7 +36,7 @@ from monai.metrics import DiceMetric
 from torch import nn
 
 from unetr_app import distributed
-from unetr_app.config import RunConfig
+from unetr_app.config import BudgetConfig, RunConfig
 from unetr_app.distributed import Shard
 from unetr_app.errors import CheckpointError, UnetrError, UsageError
 from unetr_app.io.checkpoint import load_checkpoint, save_checkpoint
@@ -60,7 +60,7 @@ class TrainState:
     epoch_start_step: int = 0  # the step at which the current pass began
     total_steps: int = 0  # the budget in steps, fixed before the first step
     budget: dict[str, Any] = field(default_factory=dict)  # the budget total_steps was planned for
-    seconds_per_step: float = 0.0  # a minutes budget's timed cost of one step (validation included)
+    timing: dict[str, float] = field(default_factory=dict)  # a minutes budget's timed seconds per step, validation, checkpoint
     best_val_dice: float = -1.0
     best_step: int = 0
     seconds: float = 0.0  # training time over all sessions of this run
@@ -95,7 +95,9 @@ class Trainer:
         self._restored_rng: list[dict[str, Any]] | None = None
         if shard.distributed:
             ids = [device.index] if device.type == "cuda" else None
-            self.recipe.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+            # some models hold parameters their forward never uses (MONAI UNETR's cross-attention
+            # norms); without this DDP would wait for their gradients and never average the others
+            self.recipe.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
     @property
     def schedule(self) -> Schedule:
@@ -295,20 +297,20 @@ class Trainer:
         budget = self.config.training.budget
         if self.state.total_steps and self.state.budget == budget.model_dump():
             return self.state.total_steps
-        if budget.steps is not None:
-            total = budget.steps
-        elif budget.epochs is not None:
-            total = budget.epochs * len(train_loader)
-        else:
-            self.state.seconds_per_step = self.state.seconds_per_step or self._time_one_step(train_loader)
-            total = int((budget.minutes * 60 - self.state.seconds) / self.state.seconds_per_step)
+        if budget.minutes is not None and not self.state.timing:
+            self.state.timing = self._time_costs(train_loader)
+        train = self.config.training
+        intervals = {"validation": train.val_every_steps if self.val_loader is not None else 0,
+                     "checkpoint": train.checkpoint_every_steps or train.line_every_steps}
+        total = budget_steps(budget, len(train_loader), self.state.timing, intervals, self.state.seconds)
         self.state.total_steps = max(total, self.state.step, 1)
         self.state.budget = budget.model_dump()
         log.info("budget: %d optimizer steps (%.1f passes over the training cases)", self.state.total_steps, self.state.total_steps / max(len(train_loader), 1))
         return self.state.total_steps
 
-    def _time_one_step(self, loader) -> float:
-        """Seconds per step, validation and checkpoints included, from a few steps that are then undone."""
+    def _time_costs(self, loader) -> dict[str, float]:
+        """Seconds per step, per validation and per checkpoint, from a few steps that are then undone
+        (the schedule needs the step count before the first real step). The slowest process counts."""
         started = time.perf_counter()
         weights, optimizer, scaler = copy.deepcopy(self.recipe.state_dict()), copy.deepcopy(self.optimizer.state_dict()), self.scaler.state_dict()
         rng = _rng_state()
@@ -316,27 +318,25 @@ class Trainer:
         with self.metadata_only_if_needed():
             batches = [self._to_device(b) for b in itertools.islice(itertools.cycle(loader), TIMING_STEPS + 1)]
             self._optimizer_step(batches[0], 0, TIMING_STEPS + 1)  # warm-up: allocation and kernel choice
-            self._sync()
-            clock = time.perf_counter()
-            for i, batch in enumerate(batches[1:], start=1):
-                self._optimizer_step(batch, i, TIMING_STEPS + 1)
-            self._sync()
-            per_step = (time.perf_counter() - clock) / TIMING_STEPS
-        clock = time.perf_counter()
-        if self.val_loader is not None:
-            self.validate(self.val_loader)
-        self.save(self.run_dir / "checkpoints" / ".timing.pt", with_training_state=True)
-        (self.run_dir / "checkpoints" / ".timing.pt").unlink(missing_ok=True)
-        overhead = time.perf_counter() - clock
+            costs = {"step": self._seconds(lambda: [self._optimizer_step(b, i, TIMING_STEPS + 1) for i, b in enumerate(batches[1:], 1)]) / TIMING_STEPS}
+        costs["validation"] = self._seconds(lambda: self.validate(self.val_loader)) if self.val_loader is not None else 0.0
+        probe = self.run_dir / "checkpoints" / ".timing.pt"
+        costs["checkpoint"] = self._seconds(lambda: self.save(probe, with_training_state=True))
+        probe.unlink(missing_ok=True)
         self.recipe.load_state_dict(weights)
         self.optimizer.load_state_dict(optimizer)
         self.scaler.load_state_dict(scaler)
         _set_rng_state(rng)
         self.state.seconds += time.perf_counter() - started
-        train = self.config.training
-        every = min(train.val_every_steps or train.line_every_steps, train.checkpoint_every_steps or train.line_every_steps)
-        cost = per_step + overhead / every
-        return max(distributed.all_gather(cost, self.shard))
+        everyone = distributed.all_gather(costs, self.shard)
+        return {key: max(c[key] for c in everyone) for key in costs}
+
+    def _seconds(self, work) -> float:
+        self._sync()
+        clock = time.perf_counter()
+        work()
+        self._sync()
+        return time.perf_counter() - clock
 
     @property
     def _over_time(self) -> bool:
@@ -425,6 +425,21 @@ class Trainer:
             loader.generator.manual_seed(seed)
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
+
+
+def budget_steps(budget: BudgetConfig, steps_per_epoch: int, timing: dict[str, float] | None = None,
+                 intervals: dict[str, int] | None = None, seconds_spent: float = 0.0) -> int:
+    """Optimizer steps for a budget: as given; passes x steps per pass; or as many as fit in the
+    minutes left, each step costing `timing["step"]` plus a validation and a checkpoint every
+    `intervals[...]` steps and once more at the end."""
+    if budget.steps is not None:
+        return budget.steps
+    if budget.epochs is not None:
+        return budget.epochs * steps_per_epoch
+    timing, intervals = timing or {}, intervals or {}
+    per_step = timing["step"] + sum(timing.get(k, 0.0) / every for k, every in intervals.items() if every)
+    at_end = sum(timing.get(k, 0.0) for k, every in intervals.items() if every)
+    return int((budget.minutes * 60 - seconds_spent - at_end) / per_step)
 
 
 def _move(value: Any, device: torch.device) -> Any:
