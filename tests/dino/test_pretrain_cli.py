@@ -84,3 +84,22 @@ def test_bad_inputs_are_one_line_errors(cli, tmp_path, phantom_dir, tiny_profile
     assert result.exit_code != 0 and len(errors) == 1 and "architecture mismatch" in errors[0]
     assert "Traceback" not in result.output
     assert not (tmp_path / "fine" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_pretraining_with_two_processes(tmp_path, phantom_dir):
+    import os
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "unetr_app",
+               "pretrain", str(phantom_dir / "imagesTr"), str(phantom_dir / "imagesTs"), "--profile", str(TINY_DINO),
+               "--device", "cpu", "--out", str(tmp_path / "ddp")]
+    done = subprocess.run(command, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # rank 0 alone writes
+    assert "teacher" in load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["recipe"]["extra_state"]
