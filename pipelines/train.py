@@ -25,6 +25,7 @@ from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
+from unetr_app.training.init import EncoderInit, prepare_encoder
 from unetr_app.training.recipes import recipe_class
 from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
 
@@ -33,17 +34,18 @@ LAST = Path("checkpoints") / "last.pt"
 
 
 def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False,
-          reporter=None, checkpoint_extras: dict[str, Any] | None = None, fold: int | str | None = None, folds: int | None = None) -> dict | None:
+          reporter=None, checkpoint_extras: dict[str, Any] | None = None, fold: int | str | None = None, folds: int | None = None,
+          init: EncoderInit | None = None) -> dict | None:
     """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0)."""
     torch_device = resolve_device(device)
     shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
     try:
-        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, (fold, folds))
+        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, (fold, folds), init)
     finally:
         distributed.stop(shard)
 
 
-def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None)) -> dict | None:
+def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None) -> dict | None:
     recipe = recipe_class(config.recipe.name)  # an unknown recipe fails before any data is read
     dataset = find_dataset_dir(config.task, data_dir)
     if shard.is_main:
@@ -57,6 +59,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
 
     seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs(), **recipe.model_kwargs(dict(config.recipe.params)))
+    initialised = prepare_encoder(model, run_dir, config.model.name, init, resume and (run_dir / LAST).is_file(), main=shard.is_main)
     extras = {"fingerprint": fingerprint, **(checkpoint_extras or {})}
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras)
     if resume and (run_dir / LAST).is_file():
@@ -84,6 +87,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
         "dataset": str(dataset),
         "train_cases": len(train_cases),
         "val_cases": len(val_cases),
+        **({"encoder": initialised} if initialised else {}),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     trainer.records.write_json("summary.json", summary)

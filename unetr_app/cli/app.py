@@ -77,6 +77,8 @@ def _register_commands() -> None:
     from unetr_app.cli import export; app.command("export")(export.export)  # noqa: E702
     from unetr_app.cli.models import models_app; app.add_typer(models_app, name="models")  # noqa: E702
     from unetr_app.cli import compare, postprocess; app.command("compare")(compare.compare); app.command("postprocess")(postprocess.postprocess)  # noqa: E702
+    from unetr_app.cli import attention; app.command("attention")(attention.attention)  # noqa: E702
+    from unetr_app.cli import pretrain; app.command("pretrain")(pretrain.pretrain)  # noqa: E702
 
 
 _register_commands()

@@ -27,6 +27,9 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/<task>-<model>-<profile>-<time>")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out from checkpoints/last.pt (--steps/--minutes/--epochs may extend it)")] = False,
     teacher: Annotated[Path | None, typer.Option("--teacher", help="teacher run folder or .pt checkpoint for --recipe distill (sets recipe.params.teacher)")] = None,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="start the encoder from a pretraining/training run, checkpoint or MONAI UNETR/Swin UNETR state dict")] = None,
+    init_key: Annotated[str, typer.Option("--init-key", help="with --init-from a pretraining run: teacher or student weights")] = "teacher",
+    freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="train only the decoder")] = False,
     device: DeviceOption = "auto",
     fold: Annotated[str | None, typer.Option("--fold", help="cross-validation fold K of the dataset's splits.json, or 'all'; default: a val_fraction split")] = None,
     folds: Annotated[int | None, typer.Option("--folds", min=2, help="folds when splits.json is first made (default 5)")] = None,
@@ -63,7 +66,10 @@ def train(
         out = out or Path("runs") / f"{config.task.name}-{config.model.name}-{config.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = with_budget(config, budget, checkpoint_every)
     console.print(f"training {config.model.name} on {config.task.name} with the {config.recipe.name} recipe ({config.profile}) into {out}")
-    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), fold=fold, folds=folds)
+    from unetr_app.training.init import EncoderInit
+
+    init = EncoderInit(init_from, init_key, freeze_encoder, announce=console.print)
+    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), fold=fold, folds=folds, init=init)
     if summary is None:  # a torchrun process other than rank 0
         return
     dice = f"best validation Dice {summary['best_val_dice']:.4f} at step {summary['best_step']}" if summary["best_val_dice"] is not None else f"final loss {summary['final_train_loss']:.4f}"

@@ -50,10 +50,31 @@ def show_case(viewer, opened: OpenCase, names: dict[int, str], preset: str) -> N
                          colormap=label_colormap(reference_values, lambda _v: REFERENCE_COLOUR), **common)
         reference.contour = 1
         reference.editable = False
+    show_attention(viewer, opened, common)
     viewer.layers.selection.active = prediction
     viewer.dims.ndisplay = 2
     viewer.dims.order = (0, 1, 2)
     viewer.reset_view()
+
+
+def show_attention(viewer, opened: OpenCase, common: dict) -> None:
+    """`unetr attention` maps over the scan, one colour per head (as in its montage), added together."""
+    from napari.utils.colormaps import Colormap
+
+    from unetr_app.models.attention_maps import HEAD_COLOURS
+
+    for name in [layer.name for layer in viewer.layers if layer.name.startswith("attention head ")]:
+        if name not in opened.attention:
+            viewer.layers.remove(name)
+    for index, (name, data) in enumerate(opened.attention.items()):
+        colour = HEAD_COLOURS[index % len(HEAD_COLOURS)]
+        colormap = Colormap([[0, 0, 0, 0], [*_rgb(colour), 1]], name=f"attention {colour}")
+        _put(viewer, name, data, viewer.add_image, colormap=colormap, blending="additive", opacity=0.7,
+             contrast_limits=(0.0, float(data.max()) or 1.0), **common)
+
+
+def _rgb(colour: str) -> tuple[float, float, float]:
+    return tuple(int(colour[i:i + 2], 16) / 255 for i in (1, 3, 5))
 
 
 def _put(viewer, name: str, data: np.ndarray, add, **attributes):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +17,7 @@ import numpy as np
 from unetr_app.errors import InputError, UsageError
 from unetr_app.io.scans import Volume, read_volume, source_for, write_like
 from unetr_app.review import measures
-from unetr_app.review.cases import ReviewCase, find_review_cases, label_name, read_label_names
+from unetr_app.review.cases import ReviewCase, find_review_cases, label_name, natural_key, read_label_names
 from unetr_app.review.geometry import DisplayGrid
 from unetr_app.review.status import CSV_NAME, ReviewLog
 
@@ -36,11 +36,16 @@ class OpenCase:
     labels: np.ndarray  # what the reviewer edits: the saved correction if any, else the prediction
     reference: np.ndarray | None
     corrected: bool  # labels come from a saved correction
+    attention: dict[str, np.ndarray] = field(default_factory=dict)  # `unetr attention` maps by layer name
 
 
 class ReviewSession:
-    def __init__(self, images_dir: Path, pred_dir: Path, labels_dir: Path | None = None, corrections_dir: Path | None = None):
+    def __init__(self, images_dir: Path, pred_dir: Path, labels_dir: Path | None = None, corrections_dir: Path | None = None,
+                 attention_dir: Path | None = None):
         self.pred_dir = Path(pred_dir)
+        self.attention_dir = Path(attention_dir) if attention_dir else None
+        if self.attention_dir and not self.attention_dir.is_dir():
+            raise UsageError(f"--attention {self.attention_dir}: no such folder (the OUT_DIR of `unetr attention`)")
         self.cases = find_review_cases(Path(images_dir), self.pred_dir, Path(labels_dir) if labels_dir else None)
         self.corrections_dir = Path(corrections_dir) if corrections_dir else default_corrections_dir(self.pred_dir)
         if self.corrections_dir.resolve() == self.pred_dir.resolve():
@@ -80,10 +85,27 @@ class ReviewSession:
         labels = grid.to_display(_read_mask(correction, scan)) if correction.is_file() else prediction.copy()
         reference = grid.to_display(_read_mask(case.reference.path, scan)) if case.reference else None
         # a multi-channel scan is shown by its first channel (T2 for the prostate task)
-        opened = OpenCase(case, scan, grid, grid.to_display(scan.channel(0), copy=False), prediction, labels, reference, correction.is_file())
+        opened = OpenCase(case, scan, grid, grid.to_display(scan.channel(0), copy=False), prediction, labels, reference, correction.is_file(),
+                          self.attention_maps(case, scan, grid))
         self._volumes[case.name] = self.volumes_of(labels, grid.voxel_ml)
         self.index = index  # only once the case could be read: a broken file leaves the reviewer where they were
         return opened
+
+    def attention_maps(self, case: ReviewCase, scan: Volume, grid: DisplayGrid) -> dict[str, np.ndarray]:
+        """{"attention head k": map in display order} from --attention; maps on another grid are skipped."""
+        from unetr_app.models.attention_maps import ATTENTION_SUFFIX
+
+        if self.attention_dir is None:
+            return {}
+        maps = {}
+        for path in sorted(self.attention_dir.glob(f"{case.name}{ATTENTION_SUFFIX}*.nii.gz"), key=lambda p: natural_key(p.name)):
+            image = nib.load(path)
+            if image.shape != scan.array.shape or not np.allclose(image.affine, scan.affine, atol=1e-3):
+                log.warning("%s: not on the grid of %s; not shown", path, case.image.path)
+                continue
+            head = path.name[len(case.name) + len(ATTENTION_SUFFIX):].split(".")[0]
+            maps[f"attention head {head}"] = grid.to_display(np.asarray(image.dataobj, dtype=np.float32))
+        return maps
 
     def correction_path(self, case: ReviewCase) -> Path:
         return self.corrections_dir / f"{case.name}.nii.gz"

@@ -175,7 +175,8 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         moved = {key: _move(value, self.device) for key, value in batch.items()}
-        moved["image"] = to_channels_last(moved["image"])
+        if "image" in moved:  # self-supervised batches carry crops under other names
+            moved["image"] = to_channels_last(moved["image"])
         return moved
 
     def _accumulate(self, parts: dict[str, torch.Tensor]) -> None:

@@ -71,7 +71,7 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
 
 def _import_recipes() -> None:
     # each module registers its recipes on import
-    from unetr_app.training.recipes import distill, self_distill, supervised  # noqa: F401
+    from unetr_app.training.recipes import dino, distill, self_distill, supervised  # noqa: F401
 
 
 def list_recipes() -> list[str]:

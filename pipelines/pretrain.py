@@ -1,0 +1,106 @@
+"""Self-supervised pretraining of a segmentation model's encoder on unlabelled scans (DINO).
+
+    unetr pretrain IMAGES_DIR [IMAGES_DIR ...] --method dino --model vit_small_patch16 --out RUN
+
+1. Find every scan in the folders (any format predict reads) and record the list in the run.
+2. Preprocess each once with the task's orientation, spacing, window and body crop.
+3. Build the segmentation model the config names; the dino recipe takes its encoder, adds a class
+   token and the DINO head, and keeps an EMA teacher.
+4. Train with the one training loop (budget, checkpoints, exact resume, curves, torchrun) on
+   multi-crop batches, without validation.
+
+`unetr train --init-from RUN` then starts a segmentation model from the teacher's encoder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+from unetr_app import distributed
+from unetr_app.config import RunConfig
+from unetr_app.data.multicrop import MultiCropd, find_scans, multicrop_loader, preprocess_scans
+from unetr_app.device import resolve_device
+from unetr_app.errors import UsageError
+from unetr_app.io.atomic import atomic_write_text
+from unetr_app.models import create_model
+from unetr_app.training.recipes.dino import dino_params
+from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
+
+log = logging.getLogger(__name__)
+LAST = Path("checkpoints") / "last.pt"
+SCANS = "scans.json"
+METHODS = ("dino",)
+
+
+def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None, device: str = "auto",
+             resume: bool = False, reporter=None) -> dict | None:
+    """Pretrain into `run_dir`; returns the summary (None on torchrun ranks > 0). A resumed run
+    reads its scan list from the run folder."""
+    if config.recipe.name not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {config.recipe.name!r}")
+    torch_device = resolve_device(device)
+    shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
+    try:
+        return _pretrain(config, Path(run_dir), folders, distributed.device_for(shard, torch_device), resume, reporter, shard)
+    finally:
+        distributed.stop(shard)
+
+
+def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict | None:
+    params = dino_params(config.recipe.params)
+    if shard.is_main:
+        continuing = resume and (run_dir / SCANS).is_file()
+        scans = [] if continuing else [str(c.path) for c in find_scans(folders or [])]
+        prepare_run_dir(run_dir, resume)
+        if not continuing:  # a resumed run keeps the scans it started with
+            atomic_write_text(run_dir / SCANS, json.dumps({"folders": [str(f) for f in folders or []], "scans": scans}, indent=2) + "\n")
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    distributed.barrier(shard)
+    cases = [c for path in recorded_scans(run_dir) for c in find_scans([path])]
+    samples = preprocess_scans(cases, config.preprocessing)
+
+    seed_everything(config.training.seed)
+    model = create_model(config.model.name, **config.model_kwargs())
+    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard)
+    if resume and (run_dir / LAST).is_file():
+        trainer.restore(run_dir / LAST)
+    crops = MultiCropd(params.global_size or config.preprocessing.roi_size, params.local_size, params.global_crops,
+                       params.local_crops, params.global_scale, params.local_scale)
+    loader = multicrop_loader(samples, crops, config.training.batch_size, config.training.seed,
+                              config.training.num_workers, shard.rank, shard.world_size)
+    state = trainer.fit(loader, None)
+    if not shard.is_main:
+        return None
+    summary = {
+        "method": config.recipe.name,
+        "model": config.model.name,
+        "parameters": count_parameters(trainer.recipe.model),
+        "steps": state.step,
+        "total_steps": state.total_steps,
+        "seconds": round(state.seconds, 1),
+        "final_loss": state.history[-1].get("loss") if state.history else None,
+        "scans": len(samples),
+        "skipped_scans": len(cases) - len(samples),
+        "profile": config.profile,
+        "device": str(device),
+        "processes": shard.world_size,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    trainer.records.write_json("summary.json", summary)
+    trainer.records.plot_curves(state.history)
+    return summary
+
+
+def recorded_scans(run_dir: Path) -> list[str]:
+    return json.loads((Path(run_dir) / SCANS).read_text())["scans"]
+
+
+def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+    if (run_dir / LAST).exists() and not resume:
+        raise UsageError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
+    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,159 @@
+"""Known answers for the DINO recipe: loss, centre, EMA, schedules, head, which crops the teacher sees."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from unetr_app.errors import ConfigError
+from unetr_app.models import create_model
+from unetr_app.training.recipes import build_recipe, list_recipes
+from unetr_app.training.recipes.dino import (
+    DinoHead,
+    DinoParams,
+    dino_loss,
+    ema_update,
+    teacher_momentum,
+    teacher_temperature,
+    updated_center,
+)
+
+TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+PARAMS = {"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "local_crops": 3, "local_size": [16, 16, 16]}
+
+
+def tiny_recipe(**params):
+    torch.manual_seed(0)
+    model = create_model("vit_small_patch16", task="segmentation", spatial_dims=3, in_channels=1, out_channels=2,
+                         img_size=[32, 32, 32], **TINY_VIT)
+    return build_recipe("dino", model, None, {**PARAMS, **params})
+
+
+def tiny_batch(batch=2, local=3):
+    return {"global_crops": torch.randn(batch, 2, 1, 32, 32, 32), "local_crops": torch.randn(batch, local, 1, 16, 16, 16)}
+
+
+def test_dino_is_registered():
+    assert "dino" in list_recipes()
+
+
+def test_loss_equals_the_formula_on_toy_logits():
+    rng = np.random.default_rng(0)
+    student, teacher, center = rng.normal(size=(4, 3, 5)), rng.normal(size=(2, 3, 5)), rng.normal(size=(1, 5))
+    ts, tt = 0.1, 0.04
+
+    def softmax(x):
+        e = np.exp(x - x.max(-1, keepdims=True))
+        return e / e.sum(-1, keepdims=True)
+
+    expected, pairs = 0.0, 0
+    for t in range(2):
+        p = softmax((teacher[t] - center) / tt)
+        for s in range(4):
+            if s == t:
+                continue
+            log_q = np.log(softmax(student[s] / ts))
+            expected += np.mean(-(p * log_q).sum(-1))
+            pairs += 1
+    expected /= pairs
+    assert pairs == 2 * 4 - 2
+    got = dino_loss(torch.tensor(student), torch.tensor(teacher), torch.tensor(center), ts, tt)
+    assert got.item() == pytest.approx(expected, rel=1e-10)
+
+
+def test_center_update():
+    center = torch.tensor([[1.0, -1.0, 0.0]])
+    teacher = torch.tensor([[[2.0, 0.0, 4.0], [0.0, 2.0, 0.0]], [[4.0, 2.0, 0.0], [2.0, 0.0, 0.0]]])  # (V=2, B=2, K=3)
+    # batch mean over 4 rows = [2, 1, 1]; 0.9 * center + 0.1 * mean
+    expected = torch.tensor([[0.9 + 0.2, -0.9 + 0.1, 0.1]])
+    assert torch.allclose(updated_center(center, teacher, 0.9), expected)
+
+
+def test_ema_update_at_a_given_momentum():
+    teacher, student = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in teacher.parameters()]
+    ema_update(teacher, student, 0.75)
+    for t, t0, s in zip(teacher.parameters(), before, student.parameters()):
+        assert torch.allclose(t, 0.75 * t0 + 0.25 * s)
+
+
+def test_teacher_momentum_is_a_cosine_from_start_to_one():
+    assert teacher_momentum(0, 100, 0.996) == pytest.approx(0.996)
+    assert teacher_momentum(50, 100, 0.996) == pytest.approx(0.998)
+    assert teacher_momentum(25, 100, 0.996) == pytest.approx(1 - 0.004 * (math.cos(math.pi / 4) + 1) / 2)
+    assert teacher_momentum(100, 100, 0.996) == pytest.approx(1.0)
+
+
+def test_teacher_temperature_warms_up_linearly_then_stays():
+    params = DinoParams(teacher_temp=0.04, teacher_temp_final=0.07, teacher_temp_warmup=0.3)
+    assert teacher_temperature(0, 100, params) == pytest.approx(0.04)
+    assert teacher_temperature(15, 100, params) == pytest.approx(0.055)
+    assert teacher_temperature(30, 100, params) == pytest.approx(0.07)
+    assert teacher_temperature(99, 100, params) == pytest.approx(0.07)
+
+
+def test_last_layer_is_weight_normalised_with_g_fixed_to_one():
+    torch.manual_seed(0)
+    head = DinoHead(8, 10, hidden_dim=16, bottleneck_dim=4)
+    optimizer = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        head(torch.randn(5, 8)).square().sum().backward()
+        optimizer.step()
+    magnitude = head.last_layer.parametrizations.weight.original0
+    assert not magnitude.requires_grad
+    assert torch.allclose(magnitude, torch.ones_like(magnitude))
+    assert torch.allclose(head.last_layer.weight.norm(dim=1), torch.ones(10), atol=1e-6)
+
+
+def test_teacher_never_receives_a_local_crop():
+    recipe = tiny_recipe()
+    seen = []
+    recipe.teacher.encoder.patch_embedding.patch_embeddings.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    recipe(tiny_batch())
+    assert seen == [(2 * 2, 1, 32, 32, 32)]  # both global views of both scans, nothing else
+
+
+def test_student_sees_every_view_and_the_loss_trains_the_student_only():
+    recipe = tiny_recipe()
+    seen = []
+    recipe.model.encoder.patch_embedding.patch_embeddings.register_forward_pre_hook(lambda m, args: seen.append(tuple(args[0].shape)))
+    parts = recipe(tiny_batch())
+    assert seen == [(4, 1, 32, 32, 32), (6, 1, 16, 16, 16)]
+    parts["loss"].backward()
+    assert all(p.grad is None for p in recipe.teacher.parameters())
+    assert recipe.model.cls_token.grad is not None
+
+
+def test_after_step_moves_the_teacher_towards_the_student_and_state_round_trips():
+    recipe = tiny_recipe(momentum=0.5)
+    with torch.no_grad():
+        for p in recipe.model.parameters():
+            p.add_(1.0)
+    teacher_before = [p.clone() for p in recipe.teacher.parameters()]
+    recipe(tiny_batch())
+    recipe.after_step(1, 10)  # first step: momentum 0.5
+    for t, t0, s in zip(recipe.teacher.parameters(), teacher_before, recipe.model.parameters()):
+        assert torch.allclose(t, 0.5 * t0 + 0.5 * s, atol=1e-6)
+    state = recipe.extra_state()
+    fresh = tiny_recipe(momentum=0.5)
+    fresh.load_extra_state(state)
+    assert fresh.step == 1 and torch.equal(fresh.center, recipe.center)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.teacher.state_dict().values(), recipe.teacher.state_dict().values()))
+
+
+def test_bad_recipe_params_name_the_key():
+    with pytest.raises(ConfigError, match="local_scale"):
+        tiny_recipe(local_scale=[0.5, 0.1])
+
+
+def test_a_model_without_attention_is_a_one_line_error():
+    model = create_model("convmixer_768_32", task="segmentation", spatial_dims=3, in_channels=1, out_channels=2,
+                         img_size=[32, 32, 32], embed_dim=32, depth=2, kernel_size=3, patch_size=16)
+    from unetr_app.errors import UsageError
+
+    with pytest.raises(UsageError, match="no attention layers"):
+        build_recipe("dino", model, None, PARAMS)

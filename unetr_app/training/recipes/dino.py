@@ -1,0 +1,256 @@
+"""DINO: self-distillation with no labels (Caron et al., "Emerging Properties in Self-Supervised
+Vision Transformers", ICCV 2021), for 3D scans.
+
+The student (the trainable `model`: a segmentation model's ViT encoder, a class token and the DINO
+head) sees every crop of a scan: 2 global crops and N smaller local crops. The teacher, an
+exponential moving average of the student, sees only the global crops. The loss is the
+cross-entropy between the teacher's centred, sharpened distribution and the student's, over every
+(teacher view, student view) pair that are not the same view, averaged over the pairs as DINO does:
+
+    L = 1/|pairs| * sum_{t, s != t}  mean_batch  sum_k  -softmax((T_t - c) / tau_t)_k log softmax(S_s / tau_s)_k
+
+Schedules (per optimizer step, over the run's total steps): teacher temperature linear from
+`teacher_temp` to `teacher_temp_final` over the first `teacher_temp_warmup` fraction, then
+constant; teacher momentum on a cosine from `momentum` to 1; centre c <- m c + (1 - m) mean(T).
+
+The checkpoint's weights are the student's; the teacher, the centre and the step live in the
+recipe's extra state, so a resumed run continues exactly and `train --init-from` can take either.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from torch import nn
+
+from unetr_app.errors import ConfigError
+from unetr_app.models.attention_maps import TokenEncoder, encode_tokens, find_token_encoder
+from unetr_app.training.recipes.base import Recipe, register_recipe
+
+
+class DinoParams(BaseModel):
+    """`recipe.params` of the dino recipe (validated; errors name the key)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    out_dim: int = Field(65536, ge=2, description="K: prototypes of the head's last layer")
+    hidden_dim: int = Field(2048, ge=1)
+    bottleneck_dim: int = Field(256, ge=1)
+    student_temp: float = Field(0.1, gt=0)
+    teacher_temp: float = Field(0.04, gt=0)
+    teacher_temp_final: float = Field(0.07, gt=0)
+    teacher_temp_warmup: float = Field(0.3, ge=0, le=1, description="fraction of the run")
+    center_momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at step 0 (cosine to 1)")
+    global_crops: int = Field(2, ge=1)
+    local_crops: int = Field(8, ge=0)
+    global_size: tuple[int, int, int] | None = Field(None, description="null: preprocessing.roi_size")
+    local_size: tuple[int, int, int] = (48, 48, 48)
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+
+    @field_validator("global_scale", "local_scale")
+    @classmethod
+    def _scale_range(cls, value):
+        if not 0 < value[0] <= value[1] <= 1:
+            raise ValueError(f"must be [low, high] with 0 < low <= high <= 1, got {list(value)}")
+        return value
+
+
+def dino_params(params: dict[str, Any] | None) -> DinoParams:
+    from unetr_app.config import format_validation_error
+
+    try:
+        return DinoParams.model_validate(params or {})
+    except ValidationError as err:
+        raise ConfigError(f"recipe.params: {format_validation_error(err)}") from None
+
+
+# --- the network ---------------------------------------------------------------------------------
+
+
+class DinoHead(nn.Module):
+    """3-layer MLP -> L2-normalised bottleneck -> weight-normalised linear layer to K prototypes.
+
+    The last layer's weight is g * v / |v| per prototype with g fixed to 1 (not trained), as DINO.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        for layer in self.mlp:
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=0.02)
+                nn.init.zeros_(layer.bias)
+        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
+        magnitude = self.last_layer.parametrizations.weight.original0
+        with torch.no_grad():
+            magnitude.fill_(1.0)
+        magnitude.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class DinoNetwork(nn.Module):
+    """A ViT encoder + a class token + the DINO head: crops (B, C, *size) of any patch-divisible size -> (B, K).
+
+    `encoder` keeps the name and layout it has in the segmentation model, so its weights load
+    there unchanged; the class token belongs to this network (segmentation encoders have none).
+    """
+
+    def __init__(self, encoder: TokenEncoder, head: DinoHead) -> None:
+        super().__init__()
+        self.encoder = encoder.module
+        self.head = head
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+        nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.grid, self.patch_size = encoder.grid, encoder.patch_size
+
+    def token_encoder(self) -> TokenEncoder:
+        return TokenEncoder(self.encoder, "encoder", self.grid, self.patch_size)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, *size) -> the class token's output (B, D)."""
+        tokens, _ = encode_tokens(self.token_encoder(), x, extra_prefix=self.cls_token)
+        return tokens[:, 0]
+
+    def forward(self, *views: torch.Tensor) -> torch.Tensor:
+        """Each argument holds all crops of one size, view-major (V*B, C, *size); returns (sum V*B, K)."""
+        return self.head(torch.cat([self.embed(v) for v in views if v.shape[0]], dim=0))
+
+
+def build_dino_network(segmentation_model: nn.Module, params: DinoParams, model_name: str = "this model") -> DinoNetwork:
+    encoder = find_token_encoder(segmentation_model, model_name)
+    head = DinoHead(encoder.embed_dim, params.out_dim, params.hidden_dim, params.bottleneck_dim)
+    return DinoNetwork(encoder, head)
+
+
+# --- loss and schedules -----------------------------------------------------------------------------
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
+              student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """student (Vs, B, K) logits, teacher (Vt, B, K) logits for views 0..Vt-1 (the first student views):
+    the mean over pairs s != t of the batch-mean cross-entropy H(teacher_t, student_s)."""
+    targets = F.softmax((teacher - center) / teacher_temp, dim=-1).detach()
+    log_probs = F.log_softmax(student / student_temp, dim=-1)
+    terms = [
+        (-targets[t] * log_probs[s]).sum(dim=-1).mean()
+        for t in range(teacher.shape[0]) for s in range(student.shape[0]) if s != t
+    ]
+    return torch.stack(terms).mean()
+
+
+def teacher_temperature(step: int, total_steps: int, params: DinoParams) -> float:
+    warmup = params.teacher_temp_warmup * total_steps
+    if warmup <= 0 or step >= warmup:
+        return params.teacher_temp_final
+    return params.teacher_temp + (params.teacher_temp_final - params.teacher_temp) * step / warmup
+
+
+def teacher_momentum(step: int, total_steps: int, start: float) -> float:
+    """Cosine from `start` at step 0 to 1 at the last step."""
+    progress = min(step / max(total_steps, 1), 1.0)
+    return 1.0 - (1.0 - start) * (math.cos(math.pi * progress) + 1.0) / 2.0
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- m * teacher + (1 - m) * student, parameter by parameter."""
+    for t, s in zip(teacher.parameters(), student.parameters()):
+        t.mul_(momentum).add_(s.detach(), alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def updated_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> torch.Tensor:
+    """center (1, K), teacher logits (V, B, K) -> m * center + (1 - m) * mean over views and batch
+    (and over processes under torch.distributed)."""
+    total = teacher.reshape(-1, teacher.shape[-1]).sum(dim=0, keepdim=True)
+    count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(total)
+        dist.all_reduce(count)
+    return center * momentum + total / count * (1.0 - momentum)
+
+
+# --- the recipe ------------------------------------------------------------------------------------
+
+
+def _views(crops: torch.Tensor) -> torch.Tensor:
+    """(B, V, C, *size) -> view-major (V*B, C, *size)."""
+    return crops.transpose(0, 1).reshape(-1, *crops.shape[2:])
+
+
+@register_recipe
+class Dino(Recipe):
+    """Batches: {"global_crops": (B, G, C, *g), "local_crops": (B, L, C, *l)} from data.multicrop."""
+
+    name = "dino"
+
+    def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
+        self.dino = dino_params(params)
+        name = getattr(getattr(config, "model", None), "name", "this model")
+        network = build_dino_network(model, self.dino, name)
+        super().__init__(network, config, **params)
+        self.teacher = copy.deepcopy(network)
+        self.teacher.requires_grad_(False)
+        self.register_buffer("center", torch.zeros(1, self.dino.out_dim))
+        # optimizer steps taken and planned, as buffers: restoring the recipe's state_dict restores them
+        self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
+        self.register_buffer("steps_planned", torch.ones((), dtype=torch.long))
+
+    @property
+    def step(self) -> int:
+        return int(self.steps_done)
+
+    @property
+    def total_steps(self) -> int:
+        return int(self.steps_planned)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        batch_size, n_global = batch["global_crops"].shape[:2]
+        global_views, local_views = _views(batch["global_crops"]), _views(batch["local_crops"])
+        student = self.model(global_views, local_views).reshape(-1, batch_size, self.dino.out_dim)
+        with torch.no_grad():
+            teacher = self.teacher(global_views).reshape(n_global, batch_size, self.dino.out_dim)
+        temp = teacher_temperature(self.step, self.total_steps, self.dino)
+        loss = dino_loss(student, teacher, self.center, self.dino.student_temp, temp)
+        probs = F.softmax((teacher - self.center) / temp, dim=-1)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+        if self.training:
+            self.center.copy_(updated_center(self.center, teacher, self.dino.center_momentum))
+        return {"loss": loss, "output": student[0], "teacher_entropy": entropy.detach()}
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        self.steps_planned.fill_(max(total_steps, 1))
+        ema_update(self.teacher, _unwrapped(self.model), teacher_momentum(self.step, self.total_steps, self.dino.momentum))
+        self.steps_done += 1
+
+    def extra_state(self) -> dict[str, Any]:
+        return {
+            "teacher": {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()},
+            "center": self.center.detach().cpu(),
+            "step": self.step,
+            "total_steps": self.total_steps,
+        }
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.teacher.load_state_dict(state["teacher"])
+        self.center.copy_(state["center"])
+        self.steps_done.fill_(int(state["step"]))
+        self.steps_planned.fill_(int(state["total_steps"]))
+
+
+def _unwrapped(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel keeps the network in .module
