@@ -23,7 +23,7 @@ from monai import transforms as mt
 from monai.data import MetaTensor
 
 from unetr_app.data.multicrop import preprocessing_after_load
-from unetr_app.data.transforms import IMAGE
+from unetr_app.data.transforms import IMAGE, volume_tensor
 from unetr_app.errors import UsageError
 from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.io.scans import find_cases, nifti_output_path, read_volume, write_like
@@ -53,7 +53,7 @@ def attention(checkpoint: str | Path, scan: str | Path, out_dir: str | Path, ove
     from unetr_app.config import PreprocessingConfig
 
     prepared = preprocessing_after_load(PreprocessingConfig.model_validate(data["preprocessing"]))(
-        {IMAGE: MetaTensor(torch.from_numpy(volume.array)[None], affine=torch.from_numpy(volume.affine))}
+        {IMAGE: volume_tensor(volume)}
     )[IMAGE]
     maps = attention_volume(encoder, prepared.as_tensor().float(), class_token)  # (heads, *preprocessed)
     on_input = to_input_grid(maps, prepared.affine, volume.array.shape, volume.affine)

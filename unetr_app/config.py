@@ -373,7 +373,8 @@ def load_run_config(
     configs/models/ is taken as a registered model with its own defaults. The profile's
     `model.params` size its own model; `model.sizes` sizes others, by model name or family
     (e.g. cpu-demo's CPU-sized variant of every family; a `roi_size` there replaces the profile's
-    window for that family). Sizes that do not fit are an error.
+    window for that family). Sizes that do not fit are an error, unless the overrides size the
+    chosen model themselves (`--set model.params.KEY=...`).
     """
     task_data = read_yaml(find_config("tasks", task))
     profile_path = find_config("profiles", profile)
@@ -383,7 +384,9 @@ def load_run_config(
         raise ConfigError(f"{profile_path}: model: expected a mapping with name, params and sizes")
     model_name = model or profile_model.get("name", "unetr")
     model_data = _model_config_data(model_name)
-    params = _profile_model_params(profile_model, model_data["name"], profile_path)
+    sized_by_user = bool(((overrides or {}).get("model") or {}).get("params"))
+    params = {} if sized_by_user and model is not None and model != profile_model.get("name") else \
+        _profile_model_params(profile_model, model_data["name"], profile_path)
     if "roi_size" in params:  # a family whose deepest stride needs a larger window than the profile's
         profile_data = deep_merge(profile_data, {"preprocessing": {"roi_size": params.pop("roi_size")}})
     model_data = deep_merge(model_data, {"params": params})

@@ -26,10 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai import transforms as mt
-from monai.data import MetaTensor
 
 from unetr_app.config import PreprocessingConfig
-from unetr_app.data.transforms import IMAGE, preprocessing_transforms
+from unetr_app.data.transforms import IMAGE, LoadScand, preprocessing_transforms, volume_tensor
 from unetr_app.errors import InputError, UsageError
 from unetr_app.io.scans import CaseSource, find_cases, read_volume
 
@@ -46,17 +45,10 @@ def find_scans(folders: Sequence[str | Path]) -> list[CaseSource]:
     return [case for folder in folders for case in find_cases(folder)]
 
 
-def volume_as_tensor(source: CaseSource) -> MetaTensor:
-    """One scan as a channel-first MetaTensor carrying its RAS affine (what MONAI's spatial transforms read)."""
-    volume = read_volume(source)
-    return MetaTensor(torch.from_numpy(volume.array)[None], affine=torch.as_tensor(volume.affine),
-                      meta={"filename_or_obj": str(source.path)})
-
-
 def preprocessing_after_load(pre: PreprocessingConfig) -> mt.Compose:
     """The shared preprocessing without its file loading (scans come from our reader)."""
     steps = [s for s in preprocessing_transforms(pre, keys=(IMAGE,))
-             if not isinstance(s, (mt.LoadImaged, mt.EnsureChannelFirstd))]
+             if not isinstance(s, (LoadScand, mt.LoadImaged, mt.EnsureChannelFirstd))]
     return mt.Compose(steps)
 
 
@@ -67,7 +59,7 @@ def preprocess_scans(cases: Sequence[CaseSource], pre: PreprocessingConfig,
     samples, skipped = [], []
     for source in cases:
         try:
-            image = prepare({IMAGE: volume_as_tensor(source)})[IMAGE]
+            image = prepare({IMAGE: volume_tensor(read_volume(source))})[IMAGE]
         except InputError as err:
             log.warning("skipping %s", err)
             skipped.append(source.path)
