@@ -341,12 +341,15 @@ class Trainer:
         return time.perf_counter() - clock
 
     def _check_time(self) -> None:
-        """A minutes budget also stops at 110% of it, whatever the plan said (rank 0 decides for all)."""
-        minutes = self.config.training.budget.minutes
-        if minutes is None:
+        """A minutes budget stops early, whatever the plan said, when going on to the next metrics line
+        (its steps, a validation and a checkpoint at their timed cost) would pass 110% of it: the
+        machine got slower than when it was timed. Rank 0 decides for all."""
+        minutes, timing = self.config.training.budget.minutes, self.state.timing
+        if minutes is None or not timing:
             return
         self._tick()
-        late = distributed.broadcast_from_main(self.state.seconds > 1.1 * minutes * 60, self.shard)
+        next_line = self.config.training.line_every_steps * timing["step"] + timing["validation"] + timing["checkpoint"]
+        late = distributed.broadcast_from_main(self.state.seconds + next_line > 1.1 * minutes * 60, self.shard)
         if late and not self._out_of_time:
             log.warning("stopping at step %d: %.0f s spent of a %.1f-minute budget", self.state.step, self.state.seconds, minutes)
             self._out_of_time = True
