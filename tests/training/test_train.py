@@ -50,7 +50,7 @@ def test_tiny_run_writes_its_folder_and_learns(cli, tmp_path, phantom_dir, tiny_
     run = tmp_path / "run"
     # 32 steps of a tiny UNETR: enough to learn the spleen from a fixed seed on a 6 mm grid, though
     # not from every seed (the init decides; seeds 0-2 reached 0.32, 0.61, 0.10 here): the seed is fixed
-    learn = ["--set", "training.val_every_steps=4", "--set", "optimizer.lr=2e-3", "--set", "training.num_samples=4",
+    learn = ["--set", "training.val_every_steps=4", "--set", "training.log_every_steps=4", "--set", "optimizer.lr=2e-3", "--set", "training.num_samples=4",
              "--set", "training.seed=1", "--set", "preprocessing.spacing=[6.0, 6.0, 6.0]"]
     result = cli(*train_args(phantom_dir, tiny_profile, run, "--steps", 32, *learn))
     assert result.exit_code == 0, result.output

@@ -91,8 +91,10 @@ class Trainer:
         self.records = RunRecords(self.run_dir)
         self.reporter = reporter if (reporter and shard.is_main) else _SilentReporter()
         self.checkpoint_extras = dict(checkpoint_extras or {})
+        self.val_loader = None
         self._window: dict[str, torch.Tensor] = {}
         self._restored_rng: list[dict[str, Any]] | None = None
+        self._out_of_time = False
         if shard.distributed:
             ids = [device.index] if device.type == "cuda" else None
             # some models hold parameters their forward never uses (MONAI UNETR's cross-attention
@@ -126,7 +128,7 @@ class Trainer:
         return self.state
 
     def _finished(self) -> bool:
-        return self.state.step >= self.state.total_steps or self._over_time
+        return self.state.step >= self.state.total_steps or self._out_of_time
 
     def _run_epoch(self, loader) -> None:
         epoch = self.state.epoch + 1
@@ -175,7 +177,8 @@ class Trainer:
 
     def _to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
         moved = {key: _move(value, self.device) for key, value in batch.items()}
-        moved["image"] = to_channels_last(moved["image"])
+        if "image" in moved:
+            moved["image"] = to_channels_last(moved["image"])
         return moved
 
     def _accumulate(self, parts: dict[str, torch.Tensor]) -> None:
@@ -196,12 +199,12 @@ class Trainer:
 
     def _after_step(self) -> None:
         train, step = self.config.training, self.state.step
-        last = step >= self.state.total_steps
+        if step % train.line_every_steps == 0:
+            self._check_time()
+        last = self._finished()
         validate = self.val_loader is not None and (last or step % train.val_every_steps == 0)
         line_due = validate or last or step % train.line_every_steps == 0
         checkpoint_due = last or (step % train.checkpoint_every_steps == 0 if train.checkpoint_every_steps else line_due)
-        if line_due:
-            self._check_time()
         line = self._metrics_line(validate) if line_due else None
         improved = line is not None and self._track_best(line, checkpoint_due)
         if checkpoint_due:
@@ -337,20 +340,19 @@ class Trainer:
         self._sync()
         return time.perf_counter() - clock
 
-    @property
-    def _over_time(self) -> bool:
-        return getattr(self, "_stop_for_time", False)
-
     def _check_time(self) -> None:
-        """A minutes budget also stops at 110% of it, whatever the plan said (rank 0 decides for all)."""
-        minutes = self.config.training.budget.minutes
-        if minutes is None:
+        """A minutes budget stops early, whatever the plan said, when going on to the next metrics line
+        (its steps, a validation and a checkpoint at their timed cost) would pass 110% of it: the
+        machine got slower than when it was timed. Rank 0 decides for all."""
+        minutes, timing = self.config.training.budget.minutes, self.state.timing
+        if minutes is None or not timing:
             return
         self._tick()
-        late = distributed.broadcast_from_main(self.state.seconds > 1.1 * minutes * 60, self.shard)
-        if late and not self._over_time:
+        next_line = self.config.training.line_every_steps * timing["step"] + timing["validation"] + timing["checkpoint"]
+        late = distributed.broadcast_from_main(self.state.seconds + next_line > 1.1 * minutes * 60, self.shard)
+        if late and not self._out_of_time:
             log.warning("stopping at step %d: %.0f s spent of a %.1f-minute budget", self.state.step, self.state.seconds, minutes)
-            self._stop_for_time = True
+            self._out_of_time = True
 
     def _tick(self) -> None:
         now = time.perf_counter()
