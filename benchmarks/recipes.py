@@ -12,6 +12,7 @@ grids (Dice of the spleen, mean +- std over seeds):
 
     python benchmarks/recipes.py                      # the committed run (about 20 min on 2 busy cores)
     python benchmarks/recipes.py --seeds 0 --steps 8  # a quick check of the whole path
+    python benchmarks/recipes.py --work runs/bench    # keep the runs; rerunning skips finished ones
 
 Writes benchmarks/results/recipes.json and recipes.png.
 """
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import statistics
 import tempfile
 import time
@@ -155,23 +157,34 @@ def main() -> None:
     print(f"wall {result['wall_seconds']:.0f} s; wrote {args.out} and {args.out.with_suffix('.png')}")
 
 
+def run_once(run_dir: Path, config, data: Path, split: dict, seed: int) -> dict:
+    """Train and score one run; a finished run in --work is read back, an unfinished one redone."""
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    result = {"seed": seed, **train_run(config, run_dir, data, split), **score(run_dir, data)}
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def run_benchmark(args, work: Path) -> dict:
-    data = write_phantom_dataset(work / "Task09_Spleen", cases=args.train_cases + 1, test_cases=args.held_out, seed=2026)
+    data = work / "Task09_Spleen"
+    if not (data / "dataset.json").is_file():  # the phantom is deterministic: a kept one is the same data
+        write_phantom_dataset(data, cases=args.train_cases + 1, test_cases=args.held_out, seed=2026)
     cases = [{"image": str(data / e["image"]), "label": str(data / e["label"])} for e in json.loads((data / "dataset.json").read_text())["training"]]
     split = {"seed": 0, "val_fraction": 0.0, "train": cases[: args.train_cases], "validation": cases[args.train_cases:]}
     runs: dict[str, list[dict]] = {name: [] for name in ("teacher", *ARMS)}
     load_start = os.getloadavg()
     for seed in args.seeds:
         teacher_dir = work / f"teacher-{seed}"
-        recorded = train_run(run_config(TEACHER, "supervised", {}, seed, args), teacher_dir, data, split)
-        runs["teacher"].append({"seed": seed, **recorded, **score(teacher_dir, data)})
+        runs["teacher"].append(run_once(teacher_dir, run_config(TEACHER, "supervised", {}, seed, args), data, split, seed))
         recipes = {"plain": ("supervised", {}), "distill": ("distill", {"teacher": str(teacher_dir), "mode": "hard"}), "self_distill": ("self_distill", {})}
         for arm in ARMS:
             recipe, params = recipes[arm]
-            run_dir = work / f"{arm}-{seed}"
-            recorded = train_run(run_config(STUDENT, recipe, params, seed, args), run_dir, data, split)
-            runs[arm].append({"seed": seed, **recorded, **score(run_dir, data)})
-            print(f"seed {seed} {arm:>12}: Dice {runs[arm][-1]['dice']:.3f} (train {recorded['train_seconds']:.0f} s)", flush=True)
+            runs[arm].append(run_once(work / f"{arm}-{seed}", run_config(STUDENT, recipe, params, seed, args), data, split, seed))
+            print(f"seed {seed} {arm:>12}: Dice {runs[arm][-1]['dice']:.3f} (train {runs[arm][-1]['train_seconds']:.0f} s)", flush=True)
     return {
         "benchmark": "recipes: few-label phantom, plain vs distill vs self_distill",
         "command": "python benchmarks/recipes.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (("steps", args.steps), ("crops", args.crops), ("threads", args.threads))),
@@ -191,6 +204,7 @@ def run_benchmark(args, work: Path) -> dict:
         "seeds": args.seeds,
         "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
         "load_average_start": load_start,
+        "run_seconds_total": round(sum(r["train_seconds"] + r["predict_evaluate_seconds"] for rows in runs.values() for r in rows), 1),
         "metric": "spleen Dice from `unetr evaluate` on the held-out scans' original grids; mean and sample std over seeds",
         "arms": {name: {"dice": summarise([r["dice"] for r in rows]), "runs": rows} for name, rows in runs.items()},
     }
