@@ -75,7 +75,7 @@ def segment_description(value: int, name: str):
     return hd.seg.SegmentDescription(
         segment_number=value,
         segment_label=name,
-        segmented_property_category=Code(*ANATOMICAL_STRUCTURE[:1], "SCT", ANATOMICAL_STRUCTURE[1]),
+        segmented_property_category=Code(ANATOMICAL_STRUCTURE[0], "SCT", ANATOMICAL_STRUCTURE[1]),
         segmented_property_type=Code(code, "SCT", meaning),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
         algorithm_identification=hd.AlgorithmIdentificationSequence(

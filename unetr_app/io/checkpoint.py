@@ -162,14 +162,14 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
 def _from_weights_file(path: Path, state_dict: dict, metadata: dict[str, str]) -> dict[str, Any] | None:
     if metadata.get("format") != FORMAT:
         return None
-    _check_version(path, int(metadata.get("format_version", "0")))
+    version = _check_version(path, metadata.get("format_version", "0"))
     try:
         data = json.loads(metadata.get("checkpoint", "{}"))
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path}: its metadata is not valid JSON ({err})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: its metadata is not a JSON object")
-    data.update(format=FORMAT, format_version=int(metadata["format_version"]), state_dict=state_dict)
+    data.update(format=FORMAT, format_version=version, state_dict=state_dict)
     _check_required(path, data)
     return data
 
@@ -209,12 +209,17 @@ def _is_safetensors(path: Path) -> bool:
     return len(head) == 9 and head[8:9] == b"{" and not zipfile.is_zipfile(path)
 
 
-def _check_version(path: Path, version: int) -> None:
+def _check_version(path: Path, version: Any) -> int:
+    try:
+        version = int(version)
+    except (TypeError, ValueError):
+        raise CheckpointError(f"{path}: format_version {version!r} is not a number") from None
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint format version {version} is newer than this unetr understands "
             f"({FORMAT_VERSION}); upgrade unetr"
         )
+    return version
 
 
 def _check_required(path: Path, data: dict) -> None:
