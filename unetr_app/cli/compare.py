@@ -33,6 +33,8 @@ def compare(
     from pipelines.compare import CompareRequest, run_compare
 
     console = Console()
+    if not console.is_terminal:  # logs and pipes get the whole table, not an 80-column squeeze
+        console = Console(width=160)
     request = CompareRequest(
         task=task, models=tuple(m.strip() for m in models.split(",") if m.strip()), out=out, folds=folds, steps=steps,
         minutes=minutes, epochs=epochs, profile=profile, data_dir=data_dir, processes=processes, device=device,
