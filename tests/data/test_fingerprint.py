@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from tests.predict.predict_helpers import tiny_unetr_checkpoint
@@ -18,7 +17,7 @@ from unetr_app.data.fingerprint import compute_fingerprint, intensity_warnings
 from unetr_app.data.manifest import load_manifest
 from unetr_app.data.phantom import save_nifti
 from unetr_app.data.phantom_prostate import make_prostate_case
-from unetr_app.io.checkpoint import save_checkpoint
+from unetr_app.io.checkpoint import load_checkpoint, save_checkpoint
 from unetr_app.io.scans import find_cases, read_volume
 
 
@@ -53,7 +52,7 @@ def _mr_volume(path: Path):
 
 def test_predict_warns_per_case_on_the_console_and_in_the_report(phantom_dir, ct_fingerprint, tmp_path):
     checkpoint = tiny_unetr_checkpoint(tmp_path / "tiny.pt")
-    data = torch.load(checkpoint, weights_only=True)
+    data = load_checkpoint(checkpoint)
     save_checkpoint(checkpoint, {**{k: v for k, v in data.items() if k not in ("format", "format_version")}, "fingerprint": ct_fingerprint})
     inputs = tmp_path / "inputs"
     inputs.mkdir()

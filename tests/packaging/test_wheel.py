@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from unetr_app.io.checkpoint import checkpoint_files, load_checkpoint
+
 REPO = Path(__file__).resolve().parents[2]
 SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "unetr_app", "pipelines", "configs", "data_manifests")
 
@@ -79,5 +81,6 @@ def test_installed_wheel_runs_every_step_from_any_folder(installed, tmp_path):
     profile = tmp_path / "tiny.yaml"  # a user's own profile, by path
     shutil.copy(REPO / "tests" / "configs" / "tiny.yaml", profile)
     _run(["unetr", "train", "--task", "spleen", "--profile", str(profile), "--out", "runs/tiny",
-          "--set", "training.epochs=1", "--set", "training.max_steps_per_epoch=1", "--device", "cpu"], work, env)
-    assert (work / "runs" / "tiny" / "checkpoints" / "best.pt").is_file()
+          "--steps", "1", "--device", "cpu"], work, env)
+    best, _ = checkpoint_files(work / "runs" / "tiny" / "checkpoints" / "best")
+    assert load_checkpoint(best)["model"]["name"] == "unetr"

@@ -10,6 +10,7 @@ import torch
 
 from tests.recipes.recipe_helpers import StandInStudent, batch, tiny_config, write_teacher
 from unetr_app.errors import CheckpointError, ConfigError, UsageError
+from unetr_app.io.checkpoint import resolve_checkpoint_path
 from unetr_app.training.recipes import build_recipe, list_recipes, recipe_class
 from unetr_app.training.recipes.distill import hard_distillation_loss
 
@@ -57,8 +58,9 @@ def test_loss_is_the_weighted_sum_of_task_and_distillation(teacher_path):
 def test_checkpoint_state_records_teacher_path_and_checksum_not_weights(teacher_path):
     recipe = distill(teacher_path)
     record = recipe.extra_state()["teacher"]
-    assert record["path"] == str(teacher_path.resolve())
-    assert record["sha256"] == hashlib.sha256(teacher_path.read_bytes()).hexdigest()
+    teacher_file = resolve_checkpoint_path(teacher_path)  # the weights file (NAME.safetensors)
+    assert record["path"] == str(teacher_file.resolve())
+    assert record["sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
     assert not any(isinstance(v, torch.Tensor) for v in record.values())
     recipe.load_extra_state({"teacher": dict(record)})  # the same teacher resumes
     with pytest.raises(CheckpointError, match="differs from the teacher this run started with"):
@@ -69,7 +71,7 @@ def test_a_run_folder_is_a_teacher(tmp_path):
     best = tmp_path / "run" / "checkpoints" / "best.pt"
     best.parent.mkdir(parents=True)
     write_teacher(best)
-    assert distill(tmp_path / "run").teacher.path == best.resolve()
+    assert distill(tmp_path / "run").teacher.path == resolve_checkpoint_path(best).resolve()
 
 
 def one_line(err) -> str:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.recipes.recipe_helpers import tiny_config, write_teacher
-from unetr_app.io.checkpoint import load_checkpoint
+from unetr_app.io.checkpoint import load_checkpoint, resolve_checkpoint_path
 
 # a narrow DeiT with UNETR's decoder: the distillation token and heads exist, a step takes a second
 STUDENT = ["--model", "deit_tiny_distilled_patch16", "--set", "model.params.embed_dim=32", "--set", "model.params.depth=4",
@@ -44,7 +44,7 @@ def teacher_run(tmp_path_factory, phantom_dir, tiny_profile):
 
 
 def test_distilled_student_records_its_teacher_and_predicts_plainly(cli, tmp_path, phantom_dir, tiny_profile, teacher_run):
-    teacher_file = next(p for p in (teacher_run / "checkpoints" / "best.pt", teacher_run / "checkpoints" / "last.pt") if p.is_file())
+    teacher_file = resolve_checkpoint_path(teacher_run)  # the run's best weights file
     before = hashlib.sha256(teacher_file.read_bytes()).hexdigest()
     student = tmp_path / "student"
     result = train(cli, phantom_dir, tiny_profile, student, "--recipe", "distill", "--teacher", teacher_run, *STUDENT)

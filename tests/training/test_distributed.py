@@ -104,7 +104,7 @@ def test_torchrun_training_writes_once_and_resumes_after_a_kill(tmp_path, phanto
     assert done.returncode == 0, done.stderr[-3000:]
     lines = _metrics(straight)
     assert [m["step"] for m in lines] == [2, 4, 6, 8], "rank 0 alone writes: one line per interval"
-    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["best.safetensors", "last.pt", "last.safetensors"]
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 8
     assert len(lines[-1]["val_dice_per_case"]) == 2, "validation split across the ranks and gathered"
