@@ -90,28 +90,39 @@ def _weights(path: Path) -> dict:
 
 
 # recipe heads need one of our decoders (MONAI's UNETR builds none): a narrow DeiT with UNETR's decoder
-RECIPE_MODEL_ARGS = {"self_distill": ["--model", "deit_tiny_distilled_patch16", "--set", "model.params.embed_dim=32", "--set", "model.params.depth=4",
-                                      "--set", "model.params.num_heads=2", "--set", "model.params.feature_size=4"]}
+NARROW_DEIT = ["--model", "deit_tiny_distilled_patch16", "--set", "model.params.embed_dim=32", "--set", "model.params.depth=4",
+               "--set", "model.params.num_heads=2", "--set", "model.params.feature_size=4"]
+RECIPE_MODEL_ARGS = {"self_distill": NARROW_DEIT, "distill": NARROW_DEIT}
 # pretraining reads unlabelled scans through `unetr pretrain`; its exact resume has its own test
 OWN_RESUME_TEST = {"dino": "exact resume tested in tests/dino/test_pretrain_cli.py::test_resume_continues_exactly"}
 
 
 def _resumable_recipes():
-    from unetr_app.training.recipes import list_recipes, recipe_class
+    from unetr_app.training.recipes import list_recipes
 
-    teacher = os.environ.get("UNETR_TEST_TEACHER")  # a checkpoint for recipes that need a teacher
     for name in list_recipes():
-        needs = recipe_class(name).needs_teacher
-        reason = "needs a teacher checkpoint (set UNETR_TEST_TEACHER)" if needs and not teacher else None
-        reason = OWN_RESUME_TEST.get(name, reason)
-        extra = ["--set", f"recipe.params.teacher={teacher}"] if needs and teacher else []
-        extra += RECIPE_MODEL_ARGS.get(name, [])
-        yield pytest.param(name, extra, id=name, marks=[pytest.mark.skip(reason=reason)] if reason else [])
+        reason = OWN_RESUME_TEST.get(name)
+        yield pytest.param(name, RECIPE_MODEL_ARGS.get(name, []), id=name, marks=[pytest.mark.skip(reason=reason)] if reason else [])
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, phantom_dir, tiny_profile) -> Path:
+    """A CNN teacher run for the recipes that distil from one (2 steps: its quality does not matter here)."""
+    run = tmp_path_factory.mktemp("teacher") / "run"
+    done = subprocess.run([sys.executable, "-m", "unetr_app", "train", "--data-dir", str(phantom_dir), "--profile", str(tiny_profile),
+                           "--device", "cpu", "--steps", "2", "--model", "segresnet_small", "--out", str(run), *FAST],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return run
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("recipe", "recipe_args"), list(_resumable_recipes()))
-def test_killed_run_resumes_without_gaps_or_repeats_and_matches_an_uninterrupted_run(tmp_path, phantom_dir, tiny_profile, recipe, recipe_args):
+def test_killed_run_resumes_without_gaps_or_repeats_and_matches_an_uninterrupted_run(request, tmp_path, phantom_dir, tiny_profile, recipe, recipe_args):
+    from unetr_app.training.recipes import recipe_class
+
+    if recipe_class(recipe).needs_teacher:
+        recipe_args = [*recipe_args, "--teacher", str(request.getfixturevalue("tiny_teacher"))]
     # 12 steps over 4 training cases, a line every 2 steps and last.pt every 3: the kill lands
     # mid-epoch and mid-interval, which the resumed run must replay exactly
     base = [sys.executable, "-m", "unetr_app", "train", "--data-dir", str(phantom_dir), "--profile", str(tiny_profile), "--device", "cpu",
