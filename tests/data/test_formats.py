@@ -62,13 +62,13 @@ def _sitk_copy(path: Path) -> sitk.Image:
     return image
 
 
-def _first_epoch_loss(data_dir: Path, run_dir: Path, tiny_profile: Path) -> float:
+def _first_line_loss(data_dir: Path, run_dir: Path, tiny_profile: Path) -> float:
     from pipelines.train import train
 
-    overrides = {"training": {"epochs": 1, "max_steps_per_epoch": 2, "val_fraction": 0.34, "cache_rate": 0.0}}
+    overrides = {"training": {"budget": {"steps": 2}, "log_every_steps": 2, "val_fraction": 0.34, "cache_rate": 0.0}}
     config = load_run_config("spleen", profile=str(tiny_profile), overrides=overrides)
     train(config, run_dir, data_dir=data_dir, device="cpu")
-    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["train_loss"]
+    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
 
 
 def test_mha_and_dicom_copies_train_like_nifti(phantom_dir, tmp_path, tiny_profile):
@@ -77,6 +77,6 @@ def test_mha_and_dicom_copies_train_like_nifti(phantom_dir, tmp_path, tiny_profi
         data = _copy_as(phantom_dir, tmp_path / kind / "Task09_Spleen", kind)
         cases = labelled_cases(data, load_manifest("spleen"))
         assert [c["case"] for c in cases] == [f"spleen_{i}" for i in range(1, CASES + 1)]
-        losses[kind] = _first_epoch_loss(data, tmp_path / kind / "run", tiny_profile)
+        losses[kind] = _first_line_loss(data, tmp_path / kind / "run", tiny_profile)
     assert losses["mha"] == pytest.approx(losses["nifti"], rel=1e-6), losses
     assert losses["dicom"] == pytest.approx(losses["nifti"], rel=1e-6), losses

@@ -75,13 +75,15 @@ def test_train_predict_evaluate(prostate, as_channel_files, tmp_path):
     overrides = {
         "model": {"params": {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_heads": 2}},
         "preprocessing": {"roi_size": [32, 32, 16]},
-        "training": {"epochs": 3, "max_steps_per_epoch": 4, "warmup_epochs": 0, "val_interval": 3, "lr": 3e-3},
+        "training": {"budget": {"steps": 12}, "log_every_steps": 4, "checkpoint_every_steps": 4, "val_every_steps": 12},
+        "optimizer": {"lr": 3e-3},
+        "schedule": {"warmup_fraction": 0.0},
     }
     config = load_run_config("prostate", profile="cpu-prostate", overrides=overrides)
     assert config.preprocessing.modalities == ("MRI", "MRI") and config.task.in_channels == 2
     run = tmp_path / "run"
     train(config, run, data_dir=prostate, device="cpu")
-    losses = [json.loads(line)["train_loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0], losses  # it learns
 
     cli = CliRunner()

@@ -42,10 +42,10 @@ def trained_run(tmp_path_factory, phantom_dir, tiny_profile) -> Path:
     from unetr_app.cli.app import app
 
     run = tmp_path_factory.mktemp("exchange_run") / "run"
-    learn = ["--set", "training.max_steps_per_epoch=8", "--set", "training.lr=2e-3", "--set", "training.num_samples=4",
+    learn = ["--set", "optimizer.lr=2e-3", "--set", "training.num_samples=4",
              "--set", "training.seed=1", "--set", "preprocessing.spacing=[6.0, 6.0, 6.0]", "--set", "training.val_fraction=0.34"]
     args = ["train", "--data-dir", str(phantom_dir), "--profile", str(tiny_profile), "--out", str(run), "--device", "cpu",
-            "--epochs", "4", *learn]
+            "--steps", "32", *learn]
     result = CliRunner().invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return run

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from .predict_helpers import axis_affine, save_nifti
+from .predict_helpers import TINY_UNETR, axis_affine, checkpoint_dict, save_nifti
 from unetr_app.cli.app import app
+from unetr_app.io.checkpoint import save_checkpoint
+from unetr_app.models import create_model
 
 AFFINE = axis_affine("RAS", (4.0, 4.0, 4.0))
 EXPECTED = {  # case -> words its error must contain
@@ -87,3 +89,23 @@ def test_usage_errors_exit_2_without_traceback(tmp_path, tiny_checkpoint):
     assert not_a_folder.exit_code == 2 and "not a folder" in not_a_folder.output
     for result in (missing, overlap, same_folder, not_a_folder):
         assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("window, value", [(None, 0), ([-175.0, 250.0], -1024)], ids=["zeros_zscored", "air_ct_window"])
+def test_a_scan_empty_after_normalisation_is_a_one_line_error(tmp_path, window, value):
+    # nothing survives the foreground crop: all zeros (z-scored over nonzero voxels) or all air (CT window)
+    checkpoint = tmp_path / "tiny.pt"
+    state = create_model("unetr", **TINY_UNETR).state_dict()
+    save_checkpoint(checkpoint, checkpoint_dict("unetr", TINY_UNETR, state, (4.0, 4.0, 4.0), window, {"background": 0, "spleen": 1}))
+    (tmp_path / "in").mkdir()
+    body = np.full((24, 24, 24), value, np.int16)
+    body[4:20, 4:20, 4:20] = np.random.default_rng(0).integers(20, 60, (16, 16, 16))
+    save_nifti(body, AFFINE, tmp_path / "in" / "good.nii.gz")
+    save_nifti(np.full((24, 24, 24), value, np.int16), AFFINE, tmp_path / "in" / "empty.nii.gz")
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), str(tmp_path / "out"), "-c", str(checkpoint), "--quiet"])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    cases = {c["case"]: c for c in json.loads((tmp_path / "out" / "predict_report.json").read_text())["cases"]}
+    assert cases["good"]["status"] == "ok" and (tmp_path / "out" / "good.nii.gz").is_file()
+    error = cases["empty"]["error"]
+    assert error.startswith(f"{tmp_path / 'in' / 'empty.nii.gz'}: empty scan") and "nothing to segment" in error, error
+    assert "\n" not in error and not (tmp_path / "out" / "empty.nii.gz").exists()

@@ -74,7 +74,8 @@ class NormalizeChannelsd(mt.MapTransform):
             for c in range(image.shape[0]):
                 modality = self.modalities[c] if self.modalities else ("CT" if self.scale else "MRI")
                 step = self.scale if modality == "CT" and self.scale is not None else self.zscore
-                out[c] = step(image[c : c + 1])[0]
+                out[c] = step(out[c : c + 1])[0]  # on the copy: NormalizeIntensity works in place, and the
+                # input may share memory with the caller's scan (volume_tensor does not copy float32 arrays)
             d[key] = out
         return d
 

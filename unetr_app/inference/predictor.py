@@ -105,6 +105,7 @@ class Predictor:
         self.check_channels(volume)
         self.check_memory(volume)
         prepared = self.preprocess({IMAGE: volume_tensor(volume)})
+        self.check_not_empty(volume, prepared[IMAGE])
         prepared[INPUT_GRID] = (volume.shape, volume.affine)
         prepared[INTENSITY_WARNINGS] = intensity_warnings(volume, self.loaded.fingerprint)
         return prepared
@@ -189,6 +190,15 @@ class Predictor:
             raise InputError(
                 f"{source.path}: case {source.name} has {found}; the model needs {expected} channel(s){wanted}, as "
                 "CASE_0000, CASE_0001, ... files or one 4D NIfTI with channels last"
+            )
+
+    def check_not_empty(self, volume: Volume, image: torch.Tensor) -> None:
+        """The foreground crop keeps the voxels nonzero after intensity normalisation; a scan with
+        none (all zeros, or all air in a CT window) would leave nothing to slide a window over."""
+        if 0 in image.shape[1:]:
+            raise InputError(
+                f"{volume.source.path}: empty scan: values {volume.array.min():g} to {volume.array.max():g} "
+                "are all 0 after the checkpoint's intensity normalisation, so there is nothing to segment"
             )
 
     def check_memory(self, volume: Volume) -> None:
