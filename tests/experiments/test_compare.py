@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MODELS = ("unetr", "segformer_b0")
+MODELS = ("unetr", "unet_small")
 
 
 def _args(dataset, tiny_profile, out):

@@ -66,12 +66,12 @@ def test_read_only_dataset_keeps_its_folds_beside_it(dataset, monkeypatch):
 
 def test_every_model_gets_the_same_fold(dataset, tiny_profile, tmp_path):
     splits = {}
-    for model in ("unetr", "segformer_b0"):
+    for model in ("unetr", "unet_small"):
         config = load_run_config("spleen", model, str(tiny_profile))
         train, val = load_or_make_split(tmp_path / model, dataset, config, fold=1, folds=3)
         splits[model] = (train, val)
         assert json.loads((tmp_path / model / "split.json").read_text())["fold"] == 1
-    assert splits["unetr"] == splits["segformer_b0"]
+    assert splits["unetr"] == splits["unet_small"]
     fold1 = json.loads((dataset / "splits.json").read_text())[1]["val"]
     assert sorted(c["image"].rsplit("/", 1)[1].split(".")[0].removesuffix("_0000") for c in splits["unetr"][1]) == sorted(fold1)
 

@@ -22,7 +22,7 @@ def compare(
     profile: Annotated[str, typer.Option("--profile", help="configs/profiles NAME or a .yaml path")] = "cpu-demo",
     processes: Annotated[int, typer.Option("--processes", min=1, help="runs trained at once (subprocesses sharing the cores)")] = 1,
     device: DeviceOption = "auto",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="config override for every run, e.g. --set training.lr=3e-4")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="config override for every run, e.g. --set optimizer.lr=3e-4")] = None,
     receptive_field: Annotated[bool, typer.Option("--receptive-field/--no-receptive-field", help="measure and plot each model's effective receptive field")] = True,
 ) -> None:
     """Train every model on the same folds, seed and budget; report Dice, size, speed, curves and receptive fields.

@@ -1,6 +1,6 @@
 """Start a segmentation model from a pretrained encoder (`train --init-from`), and freeze it.
 
-Sources, all read with `torch.load(weights_only=True)`:
+Sources, all read as safetensors or with `torch.load(weights_only=True)`:
 
 - a `unetr pretrain` run or checkpoint: the teacher's encoder (default, as DINO evaluates) or the
   student's (`--init-key student`);
@@ -16,8 +16,6 @@ and nothing is loaded.
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from torch import nn
 
 from unetr_app.errors import CheckpointError, UsageError
 from unetr_app.io.atomic import atomic_write_text
-from unetr_app.io.checkpoint import load_checkpoint, resolve_checkpoint_path
+from unetr_app.io.checkpoint import checkpoint_files, load_checkpoint, read_state_dict, resolve_checkpoint_path
 
 # where each kind of segmentation model keeps its encoder (ours, MONAI UNETR, MONAI SwinUNETR)
 ENCODER_ATTRIBUTES = ("encoder", "vit", "swinViT")
@@ -105,48 +103,29 @@ def read_source_weights(source: str | Path, key: str) -> tuple[dict[str, torch.T
     """(flat state dict, where it came from, which weights: teacher/student/model) of a run, a
     checkpoint or a state-dict file."""
     path = Path(source)
-    if path.is_dir() or _is_unetr_checkpoint(path):
+    if not path.exists() and not checkpoint_files(path)[0].is_file():
+        raise UsageError(f"--init-from {path}: no such run folder or file")
+    try:
         data = load_checkpoint(run_checkpoint(path))
+    except CheckpointError:
+        if path.is_dir():
+            raise
+        data = None
+    if data is not None:
         extra = (data.get("recipe") or {}).get("extra_state") or {}
         if key == "teacher" and "teacher" in extra:
             return dict(extra["teacher"]), str(path), "teacher"
         return dict(data["state_dict"]), str(path), "student" if "teacher" in extra else "model"
-    return _plain_state_dict(path), str(path), "state dict"
+    return read_state_dict(path), str(path), "state dict"
 
 
 def run_checkpoint(path: Path) -> Path:
-    """A pretraining run has no validation, hence no best.pt: take last.pt there."""
-    if path.is_dir() and not (path / "checkpoints" / "best.pt").is_file() and (path / "checkpoints" / "last.pt").is_file():
-        return path / "checkpoints" / "last.pt"
-    return resolve_checkpoint_path(path)
-
-
-def _is_unetr_checkpoint(path: Path) -> bool:
-    if not path.is_file():
-        raise UsageError(f"--init-from {path}: no such run folder or file")
-    try:
-        load_checkpoint(path)
-    except CheckpointError:
-        return False
-    return True
-
-
-def _plain_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if not zipfile.is_zipfile(path):
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint or state dict (not a torch.save archive)")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise CheckpointError(f"{path}: refused: holds pickled objects other than tensors and plain data") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not a readable state dict ({str(err).splitlines()[0]})") from None
-    for wrapper in ("state_dict", "model", "net"):
-        if isinstance(data, dict) and isinstance(data.get(wrapper), dict):
-            data = data[wrapper]
-    if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise CheckpointError(f"{path}: not a state dict (a mapping of names to tensors)")
-    # weights saved from DistributedDataParallel carry a "module." prefix
-    return {k.removeprefix("module."): v for k, v in data.items()}
+    """The checkpoint of a run folder (its best, else its last) or of NAME.pt / NAME.safetensors,
+    read through its NAME.pt when there is one: only that file holds a recipe's extra state (DINO's
+    teacher); the weights file alone is the student."""
+    resolved = resolve_checkpoint_path(path)
+    sidecar = checkpoint_files(resolved)[1]
+    return sidecar if sidecar.is_file() else resolved
 
 
 def _best_prefix(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
