@@ -96,7 +96,7 @@ def test_torchrun_pretraining_with_two_processes(tmp_path, phantom_dir):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "unetr_app",
                "pretrain", str(phantom_dir / "imagesTr"), str(phantom_dir / "imagesTs"), "--profile", str(TINY_DINO),
                "--device", "cpu", "--out", str(tmp_path / "ddp")]
-    done = subprocess.run(command, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["steps"] == 2

@@ -42,7 +42,7 @@ def test_bundle_runs_in_monai_and_matches_unetr_predict(cli, trained_run, phanto
     run = subprocess.run(
         [sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
          "--dataset_dir", str(scans), "--output_dir", str(tmp_path / "bundle_out")],
-        cwd=bundle, env=env, capture_output=True, text=True, timeout=600,
+        cwd=bundle, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert cli("predict", scans, tmp_path / "predict_out", "-c", trained_run, "--device", "cpu", "--quiet").exit_code == 0
@@ -80,7 +80,7 @@ def test_a_model_monai_lacks_ships_its_code_in_the_bundle(cli, tmp_path):
         "net.load_state_dict(torch.load('models/model.pt', weights_only=True), strict=True)\n"
         f"torch.save(net.eval()(torch.load({str(tmp_path / 'x.pt')!r})).detach(), {str(tmp_path / 'y.pt')!r})\n"
     )
-    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "bundle", capture_output=True, text=True, timeout=300,
+    run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "bundle", capture_output=True, text=True, encoding="utf-8", timeout=300,
                          env={**os.environ, "PYTHONPATH": ""})
     assert run.returncode == 0, run.stderr[-2000:]
     with torch.inference_mode():

@@ -47,7 +47,7 @@ def installed(tmp_path_factory) -> Path:
 
 
 def _run(command: list[str], cwd: Path, env: dict | None = None, expect: int = 0) -> str:
-    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert result.returncode == expect, f"{' '.join(command)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
 

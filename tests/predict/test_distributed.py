@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def predict(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in both runs (torchrun sets 1 too)
-    return subprocess.run([*launcher, "-m", "unetr_app", "predict", *args, "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run([*launcher, "-m", "unetr_app", "predict", *args, "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
 
 
 def test_two_processes_match_one(tmp_path, tiny_checkpoint):

@@ -80,7 +80,7 @@ def test_killed_run_restarts_and_finishes_without_temporaries(tmp_path, tiny_che
     done_before = {p.name for p in out.glob("case*.nii.gz")}
     assert "case0.nii.gz" in done_before and len(done_before) < len(names), done_before
 
-    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert not [p for p in out.iterdir() if TMP_MARK in p.name]
     report = json.loads((out / "predict_report.json").read_text())

@@ -100,7 +100,7 @@ def test_torchrun_training_writes_once_and_resumes_after_a_kill(tmp_path, phanto
               "--set", "training.val_fraction=0.34", "--set", "training.log_every_steps=2"]
 
     straight = tmp_path / "straight"
-    done = subprocess.run(_torchrun([*common, "--out", str(straight)]), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_torchrun([*common, "--out", str(straight)]), cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = _metrics(straight)
     assert [m["step"] for m in lines] == [2, 4, 6, 8], "rank 0 alone writes: one line per interval"
@@ -122,7 +122,7 @@ def test_torchrun_training_writes_once_and_resumes_after_a_kill(tmp_path, phanto
     assert 2 <= _step_of(interrupted) < 8, "killed mid-run"
 
     resumed = subprocess.run(_torchrun(["--out", str(interrupted), "--resume", "--data-dir", str(phantom_dir), "--device", "cpu"]),
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+                             cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert [m["step"] for m in _metrics(interrupted)] == [2, 4, 6, 8]
     final = load_checkpoint(interrupted / "checkpoints" / "last.pt")["state_dict"]

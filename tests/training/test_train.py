@@ -111,7 +111,7 @@ def tiny_teacher(tmp_path_factory, phantom_dir, tiny_profile) -> Path:
     run = tmp_path_factory.mktemp("teacher") / "run"
     done = subprocess.run([sys.executable, "-m", "unetr_app", "train", "--data-dir", str(phantom_dir), "--profile", str(tiny_profile),
                            "--device", "cpu", "--steps", "2", "--model", "segresnet_small", "--out", str(run), *FAST],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, encoding="utf-8")
     assert done.returncode == 0, done.stderr
     return run
 
@@ -130,7 +130,7 @@ def test_killed_run_resumes_without_gaps_or_repeats_and_matches_an_uninterrupted
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     straight = tmp_path / "straight"
-    done = subprocess.run([*base, "--out", str(straight)], env=env, capture_output=True, text=True)
+    done = subprocess.run([*base, "--out", str(straight)], env=env, capture_output=True, text=True, encoding="utf-8")
     assert done.returncode == 0, done.stderr
 
     interrupted = tmp_path / "interrupted"
@@ -146,7 +146,7 @@ def test_killed_run_resumes_without_gaps_or_repeats_and_matches_an_uninterrupted
     with open(interrupted / "metrics.jsonl", "a") as handle:
         handle.write('{"step": 99, "loss": 0}\n')
 
-    resumed = subprocess.run([*base[:base.index("--steps")], "--out", str(interrupted), "--resume"], env=env, capture_output=True, text=True)
+    resumed = subprocess.run([*base[:base.index("--steps")], "--out", str(interrupted), "--resume"], env=env, capture_output=True, text=True, encoding="utf-8")
     assert resumed.returncode == 0, resumed.stderr
     assert [m["step"] for m in metrics(interrupted)] == [2, 4, 6, 8, 10, 12]
     assert load_checkpoint(interrupted / "checkpoints" / "last.pt")["step"] == 12

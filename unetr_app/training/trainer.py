@@ -353,6 +353,7 @@ class Trainer:
         if late and not self._out_of_time:
             log.warning("stopping at step %d: %.0f s spent of a %.1f-minute budget", self.state.step, self.state.seconds, minutes)
             self._out_of_time = True
+            self.state.total_steps = self.state.step  # the budget is spent: a resume with it has nothing left to train
 
     def _tick(self) -> None:
         now = time.perf_counter()
