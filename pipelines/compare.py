@@ -165,10 +165,10 @@ def _child_env(processes: int) -> dict[str, str]:
 
 def _read_training(run: RunResult) -> RunResult:
     run_dir = Path(run.run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     run.parameters, run.train_seconds, run.best_val_dice = summary.get("parameters"), summary.get("seconds"), summary.get("best_val_dice")
     metrics = run_dir / "metrics.jsonl"
-    run.history = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    run.history = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()] if metrics.is_file() else []
     return run
 
 
@@ -185,7 +185,7 @@ def _judge(run: RunResult, device: str, say) -> None:
         labels = run_labels(Path(run.run_dir))
         dice = {c.name: case_dice(c.prediction, c.reference, labels) for c in validation_cases(Path(run.run_dir))}
         atomic_write_text(results, json.dumps({"case_dice": dice, "seconds_per_scan": float(np.mean(seconds)) if seconds else None}, indent=2))
-    data = json.loads(results.read_text())
+    data = json.loads(results.read_text(encoding="utf-8"))
     run.case_dice, run.seconds_per_scan = data["case_dice"], data["seconds_per_scan"]
 
 
@@ -194,7 +194,7 @@ def _postprocess(model_dir: Path, runs: list[RunResult], device: str, say) -> st
     if not decision_file.is_file():
         say(f"{model_dir.name}: deciding post-processing on {sum(len(r.case_dice) for r in runs)} validation cases")
         run_postprocess(model_dir, device)
-    steps = Postprocessing.from_dict(json.loads(decision_file.read_text()))
+    steps = Postprocessing.from_dict(json.loads(decision_file.read_text(encoding="utf-8")))
     for run in runs:
         labels = run_labels(Path(run.run_dir))
         run.case_dice_postprocessed = {
@@ -216,7 +216,7 @@ def _receptive_field(out: Path, run: RunResult, say, max_scans: int = 4) -> floa
         say(f"{run.model}: measuring the effective receptive field")
         loaded = load_model(Path(run.run_dir), "cpu")  # its best checkpoint
         predictor = Predictor(loaded, PredictSettings(device=torch.device("cpu")))
-        split = json.loads((Path(run.run_dir) / "split.json").read_text())
+        split = json.loads((Path(run.run_dir) / "split.json").read_text(encoding="utf-8"))
         sources = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), "nifti") for c in split["validation"][:max_scans]]
         images = (predictor.prepare(read_volume(source))[IMAGE].as_tensor() for source in sources)
         erf = effective_receptive_field(loaded.model, images, loaded.preprocessing.roi_size)
@@ -282,7 +282,7 @@ def _record_request(request: CompareRequest, dataset: Path, splits_file: Path) -
     recorded = {"task": request.task, "profile": request.profile, "folds": request.folds, "budget": request.budget(), "overrides": list(request.overrides)}
     path = request.out / REQUEST_FILE
     if path.is_file():
-        before = json.loads(path.read_text())
+        before = json.loads(path.read_text(encoding="utf-8"))
         changed = [k for k in recorded if before.get(k) != recorded[k]]
         if changed:
             key = changed[0]

@@ -116,7 +116,7 @@ def label_names(
     predictions, a dataset.json beside or above the references; else `label_N` for values present."""
     if labels_json is not None:
         try:
-            return parse_label_map(json.loads(Path(labels_json).read_text()), labels_json)
+            return parse_label_map(json.loads(Path(labels_json).read_text(encoding="utf-8")), labels_json)
         except (OSError, json.JSONDecodeError) as err:
             raise UsageError(f"--labels-json {labels_json}: not a readable JSON file ({err})") from None
     if checkpoint is not None:
@@ -124,7 +124,7 @@ def label_names(
     for path in (Path(pred_dir) / REPORT_NAME, Path(label_dir) / "dataset.json", Path(label_dir).parent / "dataset.json"):
         if path.is_file():
             try:
-                return parse_label_map(json.loads(path.read_text()), path)
+                return parse_label_map(json.loads(path.read_text(encoding="utf-8")), path)
             except (UsageError, json.JSONDecodeError):
                 continue
     values = set()

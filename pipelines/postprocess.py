@@ -49,7 +49,7 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool = False) -> list:
     """Predict a run's validation cases with its best checkpoint into RUN/validation/ (no post-processing)."""
-    split = json.loads((run_dir / "split.json").read_text())
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     cases = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), file_kind(Path(c["image"])) or "nifti") for c in split["validation"]]
     torch_device = resolve_device(device)
     predictor = Predictor(load_model(run_dir, torch_device), PredictSettings(device=torch_device, tta=False))  # the run's best checkpoint
@@ -63,7 +63,7 @@ def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool 
 
 def validation_cases(run_dir: Path) -> list[ValidationCase]:
     """A run's validation predictions paired with their references."""
-    split = json.loads((run_dir / "split.json").read_text())
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     pairs = []
     for case in split["validation"]:
         name = case_name(Path(case["image"]))
@@ -75,7 +75,7 @@ def validation_cases(run_dir: Path) -> list[ValidationCase]:
 
 
 def run_labels(run_dir: Path) -> dict[str, int]:
-    return dict(yaml.safe_load((run_dir / "config.yaml").read_text())["task"]["labels"])
+    return dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["task"]["labels"])
 
 
 def run_postprocess(folder: Path, device: str = "auto", min_volumes_mm3: Iterable[float] = DEFAULT_MIN_VOLUMES_MM3, show_progress: bool = False) -> dict:

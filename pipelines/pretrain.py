@@ -97,7 +97,7 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
 
 
 def recorded_scans(run_dir: Path) -> list[str]:
-    return json.loads((Path(run_dir) / SCANS).read_text())["scans"]
+    return json.loads((Path(run_dir) / SCANS).read_text(encoding="utf-8"))["scans"]
 
 
 def prepare_run_dir(run_dir: Path, resume: bool) -> None:

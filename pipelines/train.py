@@ -107,7 +107,7 @@ def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig, fold: in
     that fold of the dataset's splits.json (shared by every model and run)."""
     split_path = run_dir / "split.json"
     if split_path.is_file():
-        split = json.loads(split_path.read_text())
+        split = json.loads(split_path.read_text(encoding="utf-8"))
         return split["train"], split["validation"]
     cases = labelled_cases(dataset, load_manifest(config.task.manifest))
     if fold is not None:
@@ -133,4 +133,4 @@ def with_budget(config: RunConfig, budget: BudgetConfig | None = None, checkpoin
 def load_recorded_config(run_dir: Path) -> RunConfig:
     """The config a run recorded when it started (a resumed run keeps it)."""
     path = Path(run_dir) / "config.yaml"
-    return validate_run_config(yaml.safe_load(path.read_text()), source=str(path))
+    return validate_run_config(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))

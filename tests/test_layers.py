@@ -47,7 +47,7 @@ def module_name(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
-SOURCES = {module_name(p): p.read_text() for p in sorted([*(ROOT / "unetr_app").rglob("*.py"), *(ROOT / "pipelines").rglob("*.py")])}
+SOURCES = {module_name(p): p.read_text(encoding="utf-8") for p in sorted([*(ROOT / "unetr_app").rglob("*.py"), *(ROOT / "pipelines").rglob("*.py")])}
 
 
 def upward_imports(sources: dict[str, str]) -> list[str]:

@@ -30,7 +30,7 @@ def test_cpu_demo_sizes_every_family_and_the_model_builds(family, name):
 
 
 def test_profile_params_for_another_model_are_an_error(tmp_path):
-    profile = yaml.safe_load(find_config("profiles", "cpu-demo").read_text())
+    profile = yaml.safe_load(find_config("profiles", "cpu-demo").read_text(encoding="utf-8"))
     profile["model"].pop("sizes")
     path = tmp_path / "small-unetr.yaml"
     path.write_text(yaml.safe_dump(profile))

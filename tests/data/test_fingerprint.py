@@ -62,7 +62,7 @@ def test_predict_warns_per_case_on_the_console_and_in_the_report(phantom_dir, ct
 
     result = CliRunner().invoke(app, ["predict", str(inputs), str(tmp_path / "out"), "-c", str(checkpoint), "--quiet"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "out" / "predict_report.json").read_text())
+    report = json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))
     warned = {c["case"]: c["warnings"] for c in report["cases"]}
     assert [name for name, lines in warned.items() if lines] == ["mr_scan"], warned
     assert "mr_scan" in result.output and "outside the training range" in " ".join(result.output.split())

@@ -24,7 +24,7 @@ CASES = 3  # two to train on, one to validate
 def _copy_as(phantom_dir: Path, root: Path, kind: str) -> Path:
     """The first CASES training cases of the phantom, images stored as `kind` ("nifti", "mha" or
     "dicom"), listed in dataset.json as MSD lists them."""
-    description = json.loads((phantom_dir / "dataset.json").read_text())
+    description = json.loads((phantom_dir / "dataset.json").read_text(encoding="utf-8"))
     entries = description["training"][:CASES]
     (root / "imagesTr").mkdir(parents=True)
     (root / "labelsTr").mkdir()
@@ -68,7 +68,7 @@ def _first_line_loss(data_dir: Path, run_dir: Path, tiny_profile: Path) -> float
     overrides = {"training": {"budget": {"steps": 2}, "log_every_steps": 2, "val_fraction": 0.34, "cache_rate": 0.0}}
     config = load_run_config("spleen", profile=str(tiny_profile), overrides=overrides)
     train(config, run_dir, data_dir=data_dir, device="cpu")
-    return json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])["loss"]
+    return json.loads((run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()[0])["loss"]
 
 
 def test_mha_and_dicom_copies_train_like_nifti(phantom_dir, tmp_path, tiny_profile):

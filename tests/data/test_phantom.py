@@ -88,7 +88,7 @@ def test_synth_writes_msd_layout(cli, tmp_path):
     out = tmp_path / "Task09_Spleen"
     result = cli("data", "synth", out, "--cases", 3, "--test-cases", 1, "--seed", 5)
     assert result.exit_code == 0, result.output
-    description = json.loads((out / "dataset.json").read_text())
+    description = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert description["numTraining"] == 3 and description["labels"] == {"0": "background", "1": "spleen"}
     for entry in description["training"]:
         image, label = nib.load(out / entry["image"]), nib.load(out / entry["label"])

@@ -83,7 +83,7 @@ def test_train_predict_evaluate(prostate, as_channel_files, tmp_path):
     assert config.preprocessing.modalities == ("MRI", "MRI") and config.task.in_channels == 2
     run = tmp_path / "run"
     train(config, run, data_dir=prostate, device="cpu")
-    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert losses[-1] < losses[0], losses  # it learns
 
     cli = CliRunner()
@@ -101,7 +101,7 @@ def test_train_predict_evaluate(prostate, as_channel_files, tmp_path):
 
     result = cli.invoke(app, ["evaluate", str(tmp_path / "pred"), str(prostate / "labelsTs"), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "eval" / "evaluation_summary.json").read_text())
+    summary = json.loads((tmp_path / "eval" / "evaluation_summary.json").read_text(encoding="utf-8"))
     assert summary["cases_evaluated"] == 2 and set(summary["mean"]) == {"peripheral_zone", "transition_zone"}
 
 
@@ -120,7 +120,7 @@ def test_missing_and_extra_channels_are_one_line_errors_naming_the_case(as_chann
     shutil.copy(inputs / "prostate_06_0000.nii.gz", inputs / "prostate_06_0002.nii.gz")  # one too many
     result = CliRunner().invoke(app, ["predict", str(inputs), str(tmp_path / "out"), "-c", str(tmp_path / "two.pt"), "--quiet"])
     assert result.exit_code == 1
-    errors = {c["case"]: c["error"] for c in json.loads((tmp_path / "out" / "predict_report.json").read_text())["cases"]}
+    errors = {c["case"]: c["error"] for c in json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))["cases"]}
     assert "case prostate_06 has 3 channel files" in errors["prostate_06"] and "needs 2" in errors["prostate_06"]
     assert "case prostate_07 has 1 channel" in errors["prostate_07"] and "needs 2" in errors["prostate_07"]
     assert all("\n" not in e for e in errors.values())
@@ -145,7 +145,7 @@ def test_review_opens_a_multi_channel_case_and_saves_on_its_grid(prostate, as_ch
 def test_data_check_names_swapped_channels_in_dataset_json(prostate, tmp_path):
     root = tmp_path / "Task05_Prostate"
     shutil.copytree(prostate, root)
-    description = json.loads((root / "dataset.json").read_text())
+    description = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     (root / "dataset.json").write_text(json.dumps({**description, "modality": {"0": "ADC", "1": "T2"}}))
     problems = [p.cause for p in check_dataset(root, _manifest())]
     assert problems == ["channels ADC, T2 differ from the manifest's T2, ADC (order matters)"], problems

@@ -33,9 +33,9 @@ def pretrained(tmp_path_factory, phantom_dir):
 
 
 def test_a_pretraining_run_reads_every_scan_without_labels(pretrained):
-    summary = json.loads((pretrained / "summary.json").read_text())
+    summary = json.loads((pretrained / "summary.json").read_text(encoding="utf-8"))
     assert summary["scans"] == 8 and summary["steps"] == 2 and summary["method"] == "dino"
-    lines = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [line["step"] for line in lines] == [1, 2] and all("teacher_entropy" in line for line in lines)
     assert (pretrained / "curves.png").stat().st_size > 0
     checkpoint = load_checkpoint(pretrained / "checkpoints" / "last.pt")
@@ -60,7 +60,7 @@ def test_train_init_from_a_pretraining_run_loads_every_encoder_key(cli, tmp_path
                  "--out", tmp_path / "fine", "--init-from", pretrained, "--freeze-encoder")
     assert result.exit_code == 0, result.output
     assert "0 missing" in result.output
-    record = json.loads((tmp_path / "fine" / "init.json").read_text())
+    record = json.loads((tmp_path / "fine" / "init.json").read_text(encoding="utf-8"))
     assert record["init"]["missing"] == [] and record["init"]["key"] == "teacher" and record["freeze_encoder"]
     teacher = load_checkpoint(pretrained / "checkpoints" / "last.pt")["recipe"]["extra_state"]["teacher"]
     trained = load_checkpoint(tmp_path / "fine" / "checkpoints" / "last.pt")["state_dict"]
@@ -98,8 +98,8 @@ def test_torchrun_pretraining_with_two_processes(tmp_path, phantom_dir):
                "--device", "cpu", "--out", str(tmp_path / "ddp")]
     done = subprocess.run(command, cwd=repo, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, encoding="utf-8", timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text(encoding="utf-8"))
     assert summary["processes"] == 2 and summary["steps"] == 2
-    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2  # rank 0 alone writes
     assert "teacher" in load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["recipe"]["extra_state"]

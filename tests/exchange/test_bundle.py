@@ -31,11 +31,11 @@ def test_bundle_runs_in_monai_and_matches_unetr_predict(cli, trained_run, phanto
     assert result.exit_code == 0, result.output
     for name in ("configs/metadata.json", "configs/inference.json", "models/model.pt", "LICENSE", "docs/README.md"):
         assert (bundle / name).is_file(), name
-    metadata = json.loads((bundle / "configs" / "metadata.json").read_text())
+    metadata = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     assert REQUIRED_METADATA <= metadata.keys()
     assert TENSOR_FORMAT_KEYS <= metadata["network_data_format"]["inputs"]["image"].keys()
     assert metadata["network_data_format"]["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "spleen"}
-    assert json.loads((bundle / "configs" / "inference.json").read_text())["network_def"]["_target_"] == "monai.networks.nets.UNETR"
+    assert json.loads((bundle / "configs" / "inference.json").read_text(encoding="utf-8"))["network_def"]["_target_"] == "monai.networks.nets.UNETR"
 
     scans = phantom_dir / "imagesTs"
     env = {**os.environ, "PYTHONPATH": ""}  # MONAI alone: the bundle must not need this project's code

@@ -74,7 +74,7 @@ def test_dicom_seg_of_a_nifti_input_fails_that_case_with_one_line(series, tmp_pa
     nib.save(image, tmp_path / "plain_0000.nii.gz")
     result = cli("predict", tmp_path / "plain_0000.nii.gz", tmp_path / "out", "-c", checkpoint, "--output-format", "dicom-seg", "--quiet")
     assert result.exit_code == 1
-    report = json.loads((tmp_path / "out" / "predict_report.json").read_text())
+    report = json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))
     assert "needs a DICOM series input" in report["cases"][0]["error"]
 
 

@@ -35,7 +35,7 @@ def test_monai_loads_our_export_strictly_and_computes_the_same(cli, tmp_path, na
     checkpoint = build_checkpoint(tmp_path / f"{name}.pt", name, kwargs)
     result = cli("export", checkpoint, tmp_path / "out", "--format", "monai-state-dict")
     assert result.exit_code == 0, result.output
-    network = json.loads((tmp_path / "out" / "network.json").read_text())
+    network = json.loads((tmp_path / "out" / "network.json").read_text(encoding="utf-8"))
     assert network.pop("_target_") == f"monai.networks.nets.{monai_class.__name__}"
     monai_model = monai_class(**network)
     monai_model.load_state_dict(torch.load(tmp_path / "out" / "model.pt", weights_only=True), strict=True)

@@ -71,13 +71,13 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
         assert next((run / "checkpoints").glob("best.*")).stat().st_mtime_ns == best_before[run]
     for run in killed:  # resumed, not restarted: every validation step exactly once
         assert f"{run.parent.name} fold {run.name[-1]}: resuming" in result.output
-        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
         assert steps == [2, 4, 6]
     for run in _run_dirs(out):
         assert (run / "summary.json").is_file() and (run / "validation" / "predict_report.json").is_file()
     # every model validated on the same cases in each fold
     for fold in range(2):
-        splits = [json.loads((out / m / f"fold_{fold}" / "split.json").read_text())["validation"] for m in MODELS]
+        splits = [json.loads((out / m / f"fold_{fold}" / "split.json").read_text(encoding="utf-8"))["validation"] for m in MODELS]
         assert splits[0] == splits[1]
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["model"] for r in rows] == list(MODELS) and all(r["folds"] == "2" for r in rows)

@@ -34,7 +34,7 @@ def test_an_ensemble_of_one_checkpoint_twice_equals_it(cli, tmp_path):
     assert cli("predict", scan, tmp_path / "twice", "-c", one, "-c", one, "-q", "--save-probabilities").exit_code == 0
     np.testing.assert_allclose(_probabilities(tmp_path / "twice"), _probabilities(tmp_path / "single"), atol=1e-3)
     np.testing.assert_array_equal(nib.load(tmp_path / "twice" / "case0.nii.gz").get_fdata(), nib.load(tmp_path / "single" / "case0.nii.gz").get_fdata())
-    report = json.loads((tmp_path / "twice" / "predict_report.json").read_text())
+    report = json.loads((tmp_path / "twice" / "predict_report.json").read_text(encoding="utf-8"))
     assert len(report["checkpoint"]) == 2 and report["model"] == "unetr+unetr"
 
     torch.manual_seed(1)  # another model: the ensemble's probabilities are the mean of both
@@ -76,5 +76,5 @@ def test_postprocessing_beside_the_checkpoint_is_applied_unless_turned_off(cli, 
     np.testing.assert_array_equal(raw, label)  # the echo model is exact
     np.testing.assert_array_equal(processed, steps.apply(label, (2.0, 2.0, 2.0)))
     assert raw[2:4, 2:4, 2:4].all() and not processed[2:4, 2:4, 2:4].any()
-    report = json.loads((tmp_path / "pp" / "predict_report.json").read_text())
+    report = json.loads((tmp_path / "pp" / "predict_report.json").read_text(encoding="utf-8"))
     assert report["postprocessing"] == str(run / "postprocessing.json")

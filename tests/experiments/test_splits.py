@@ -48,7 +48,7 @@ def test_splits_json_is_made_once_in_the_dataset_and_reused(dataset):
     cases = _cases(dataset)
     splits, path = load_or_make_splits(dataset, cases, 3)
     assert path == dataset / "splits.json"
-    assert json.loads(path.read_text()) == splits  # nnU-Net's layout: a list of {train, val}
+    assert json.loads(path.read_text(encoding="utf-8")) == splits  # nnU-Net's layout: a list of {train, val}
     again, _ = load_or_make_splits(dataset, list(reversed(cases)))  # no --folds: whatever exists
     assert again == splits
     with pytest.raises(UsageError, match="holds 3 folds"):
@@ -70,9 +70,9 @@ def test_every_model_gets_the_same_fold(dataset, tiny_profile, tmp_path):
         config = load_run_config("spleen", model, str(tiny_profile))
         train, val = load_or_make_split(tmp_path / model, dataset, config, fold=1, folds=3)
         splits[model] = (train, val)
-        assert json.loads((tmp_path / model / "split.json").read_text())["fold"] == 1
+        assert json.loads((tmp_path / model / "split.json").read_text(encoding="utf-8"))["fold"] == 1
     assert splits["unetr"] == splits["unet_small"]
-    fold1 = json.loads((dataset / "splits.json").read_text())[1]["val"]
+    fold1 = json.loads((dataset / "splits.json").read_text(encoding="utf-8"))[1]["val"]
     assert sorted(c["image"].rsplit("/", 1)[1].split(".")[0].removesuffix("_0000") for c in splits["unetr"][1]) == sorted(fold1)
 
 

@@ -272,7 +272,7 @@ def test_unetr_train_then_predict_with_each_architecture(name, cli, tmp_path, ph
         "--set", "preprocessing.roi_size=[64,32,32]", *model_overrides(name),
     )
     assert trained.exit_code == 0, trained.output
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert summary["model"] == name and summary["epochs"] == 1
     assert math.isfinite(summary["final_train_loss"])
     assert load_model(run).name == name

@@ -73,7 +73,7 @@ def test_installed_wheel_runs_every_step_from_any_folder(installed, tmp_path):
     # a user's own manifest in $UNETR_CONFIG_DIR overrides the shipped one
     user = tmp_path / "my_configs" / "data_manifests"
     user.mkdir(parents=True)
-    shipped = (REPO / "data_manifests" / "spleen.yaml").read_text()
+    shipped = (REPO / "data_manifests" / "spleen.yaml").read_text(encoding="utf-8")
     (user / "spleen.yaml").write_text(shipped.replace("training: 41", "training: 4").replace("test: 20", "test: 1"))
     out = _run(["unetr", "data", "check", "data/Task09_Spleen"], work, _user_env(installed, UNETR_CONFIG_DIR=str(user.parent)))
     assert "no problems" in out

@@ -58,7 +58,7 @@ def test_batch_goes_on_and_exits_1(run):
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
     assert (out / "good.nii.gz").is_file()
-    report = json.loads((out / "predict_report.json").read_text())
+    report = json.loads((out / "predict_report.json").read_text(encoding="utf-8"))
     assert {c["case"]: c["status"] for c in report["cases"]} == {"good": "ok", **{name: "failed" for name in EXPECTED}}
     assert report["summary"]["failed"] == len(EXPECTED)
 
@@ -66,7 +66,7 @@ def test_batch_goes_on_and_exits_1(run):
 @pytest.mark.parametrize("case", EXPECTED)
 def test_each_bad_input_has_its_one_line_error(run, case):
     result, out = run
-    report = json.loads((out / "predict_report.json").read_text())
+    report = json.loads((out / "predict_report.json").read_text(encoding="utf-8"))
     error = next(c["error"] for c in report["cases"] if c["case"] == case)
     assert "\n" not in error
     path, problem = error.split(": ", 1)
@@ -104,7 +104,7 @@ def test_a_scan_empty_after_normalisation_is_a_one_line_error(tmp_path, window, 
     save_nifti(np.full((24, 24, 24), value, np.int16), AFFINE, tmp_path / "in" / "empty.nii.gz")
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), str(tmp_path / "out"), "-c", str(checkpoint), "--quiet"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    cases = {c["case"]: c for c in json.loads((tmp_path / "out" / "predict_report.json").read_text())["cases"]}
+    cases = {c["case"]: c for c in json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))["cases"]}
     assert cases["good"]["status"] == "ok" and (tmp_path / "out" / "good.nii.gz").is_file()
     error = cases["empty"]["error"]
     assert error.startswith(f"{tmp_path / 'in' / 'empty.nii.gz'}: empty scan") and "nothing to segment" in error, error

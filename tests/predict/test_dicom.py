@@ -74,7 +74,7 @@ def test_series_beside_nifti_files_in_one_folder(series, tmp_path):
     checkpoint = echo_checkpoint(root, spacing=(2.0, 2.0, 2.0), classes=2)
     result = CliRunner().invoke(app, ["predict", str(root / "inputs"), str(tmp_path), "-c", str(checkpoint), "--quiet"])
     assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "predict_report.json").read_text())
+    report = json.loads((tmp_path / "predict_report.json").read_text(encoding="utf-8"))
     assert [(c["case"], c["status"]) for c in report["cases"]] == [("abdomen_ct", "ok"), ("other", "ok")]
     spleen = int(label.sum())
     assert all(c["volumes"]["organ1"]["voxels"] == spleen for c in report["cases"])

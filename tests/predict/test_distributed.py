@@ -33,7 +33,7 @@ def test_two_processes_match_one(tmp_path, tiny_checkpoint):
         one, two = nib.load(tmp_path / "single" / f"{name}.nii.gz"), nib.load(tmp_path / "pair" / f"{name}.nii.gz")
         np.testing.assert_array_equal(np.asarray(one.dataobj), np.asarray(two.dataobj))
         np.testing.assert_array_equal(one.affine, two.affine)
-    reports = [json.loads((tmp_path / run / "predict_report.json").read_text()) for run in ("single", "pair")]
+    reports = [json.loads((tmp_path / run / "predict_report.json").read_text(encoding="utf-8")) for run in ("single", "pair")]
     assert reports[1]["processes"] == 2
     strip = lambda report: [(c["case"], c["status"], c["volumes"]) for c in report["cases"]]  # noqa: E731
     assert strip(reports[0]) == strip(reports[1])

@@ -68,7 +68,7 @@ def test_evaluate_command_writes_csv_summary_and_reports_missing_cases(tmp_path)
 
     result = CliRunner().invoke(app, ["evaluate", str(preds), str(refs), "--out", str(tmp_path / "eval")])
     assert result.exit_code == 0, result.output
-    summary = json.loads((tmp_path / "eval" / "evaluation_summary.json").read_text())
+    summary = json.loads((tmp_path / "eval" / "evaluation_summary.json").read_text(encoding="utf-8"))
     assert summary["missing"] == {"without_label": ["only_pred"], "without_prediction": ["only_ref"]}
     assert summary["cases_evaluated"] == 1
     assert summary["mean"]["spleen"]["dice"] == pytest.approx(0.75)
@@ -111,7 +111,7 @@ def test_reference_in_another_voxel_order_gives_the_dice_of_manual_reorientation
 
     result = CliRunner().invoke(app, ["evaluate", str(preds), str(refs), "--labels-json", str(labels)])
     assert result.exit_code == 0, result.output
-    summary = json.loads((preds / "evaluation_summary.json").read_text())
+    summary = json.loads((preds / "evaluation_summary.json").read_text(encoding="utf-8"))
     expected = case_metrics(pred, ref, (1.5, 1.0, 2.5), {"background": 0, "liver": 1, "lesion": 2})
     assert summary["failed"] == {}
     for name in ("liver", "lesion"):
@@ -138,7 +138,7 @@ def test_truly_different_grids_are_refused_with_the_reason_on_the_console(tmp_pa
     assert any(line.startswith("refused shifted:") and "0.5 mm" in line for line in lines), result.output
     assert any(line.startswith("refused spacing:") and "different grid" in line for line in lines), result.output
     assert any(line.startswith("missing unpredicted:") and "no prediction" in line for line in lines), result.output
-    summary = json.loads((preds / "evaluation_summary.json").read_text())
+    summary = json.loads((preds / "evaluation_summary.json").read_text(encoding="utf-8"))
     assert summary["cases_evaluated"] == 0 and set(summary["failed"]) == {"shifted", "spacing"}
 
 
@@ -152,6 +152,6 @@ def test_label_names_come_from_the_dataset_json_above_the_references(tmp_path):
     (root / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "1": "peripheral_zone", "2": "transition_zone"}}))
     result = CliRunner().invoke(app, ["evaluate", str(preds), str(refs)])
     assert result.exit_code == 0, result.output
-    summary = json.loads((preds / "evaluation_summary.json").read_text())
+    summary = json.loads((preds / "evaluation_summary.json").read_text(encoding="utf-8"))
     assert set(summary["mean"]) == {"peripheral_zone", "transition_zone"}
     assert summary["mean"]["peripheral_zone"]["dice"] == 1.0

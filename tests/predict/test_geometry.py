@@ -109,13 +109,13 @@ def test_lossy_resampling_still_lands_on_the_right_voxels(predicted):
 
 def test_report_names_labels_and_volumes(predicted):
     _, outputs, labels = predicted
-    report = json.loads((outputs / "predict_report.json").read_text())
+    report = json.loads((outputs / "predict_report.json").read_text(encoding="utf-8"))
     assert report["labels"] == {"background": 0, "organ1": 1, "organ2": 2}
     ras = next(c for c in report["cases"] if c["case"] == "ras")  # `_0000` dropped from the case name
     assert ras["status"] == "ok"
     voxels = int(np.sum(labels["ras"] == 1))
     assert ras["volumes"]["organ1"] == {"voxels": voxels, "ml": pytest.approx(voxels * 8 / 1000)}
-    rows = (outputs / "statistics.csv").read_text().splitlines()
+    rows = (outputs / "statistics.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "case,status,organ1_voxels,organ1_ml,organ2_voxels,organ2_ml"
     assert len(rows) == 1 + len(CASES) + 2
 
@@ -128,5 +128,5 @@ def test_mirroring_tta_undoes_its_flips(tmp_path):
     args = ["predict", str(tmp_path / "case.nii.gz"), str(tmp_path / "out"), "-c", str(checkpoint), "--quiet"]
     result = CliRunner().invoke(app, [*args, "--tta", "--stitch-device", "cpu"])
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "out" / "predict_report.json").read_text())["tta"] is True
+    assert json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))["tta"] is True
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "out" / "case.nii.gz").dataobj), label)

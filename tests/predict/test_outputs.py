@@ -52,13 +52,13 @@ def test_probabilities_preview_and_skip(tmp_path, tiny_checkpoint):
 
     mtime = os.stat(tmp_path / "out" / "case0.nii.gz").st_mtime_ns
     again = CliRunner().invoke(app, args)
-    report = json.loads((tmp_path / "out" / "predict_report.json").read_text())
+    report = json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))
     assert again.exit_code == 0 and report["cases"][0]["status"] == "skipped"
     assert os.stat(tmp_path / "out" / "case0.nii.gz").st_mtime_ns == mtime
     first_volumes = report["cases"][0]["volumes"]
     assert first_volumes["spleen"]["voxels"] == int((mask == 1).sum())
     redo = CliRunner().invoke(app, [*args, "--overwrite"])
-    report = json.loads((tmp_path / "out" / "predict_report.json").read_text())
+    report = json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))
     assert redo.exit_code == 0 and report["cases"][0]["status"] == "ok"
     assert report["cases"][0]["volumes"] == first_volumes
 
@@ -83,7 +83,7 @@ def test_killed_run_restarts_and_finishes_without_temporaries(tmp_path, tiny_che
     finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert finished.returncode == 0, finished.stderr
     assert not [p for p in out.iterdir() if TMP_MARK in p.name]
-    report = json.loads((out / "predict_report.json").read_text())
+    report = json.loads((out / "predict_report.json").read_text(encoding="utf-8"))
     statuses = {c["case"]: c["status"] for c in report["cases"]}
     assert set(statuses) == set(names)
     assert all(statuses[p[: -len(".nii.gz")]] == "skipped" for p in done_before)

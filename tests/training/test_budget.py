@@ -65,7 +65,7 @@ def test_a_minutes_budget_is_timed_once_recorded_and_kept(cli, tmp_path, phantom
     result = cli("train", "--data-dir", phantom_dir, "--profile", tiny_profile, "--out", run, "--device", "cpu", "--minutes", minutes,
                  "--set", "training.val_fraction=0.34", "--set", "training.val_every_steps=8")
     assert result.exit_code == 0, result.output
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     assert 0 < last["step"] == summary["steps"] <= last["total_steps"], "the planned steps, or fewer if the machine slowed down"
     timing = last["training_state"]["state"]["timing"]

@@ -83,7 +83,7 @@ def _torchrun(args: list[str]) -> list[str]:
 
 
 def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def _step_of(run: Path) -> int:
@@ -105,7 +105,7 @@ def test_torchrun_training_writes_once_and_resumes_after_a_kill(tmp_path, phanto
     lines = _metrics(straight)
     assert [m["step"] for m in lines] == [2, 4, 6, 8], "rank 0 alone writes: one line per interval"
     assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["best.safetensors", "last.pt", "last.safetensors"]
-    summary = json.loads((straight / "summary.json").read_text())
+    summary = json.loads((straight / "summary.json").read_text(encoding="utf-8"))
     assert summary["processes"] == 2 and summary["steps"] == 8
     assert len(lines[-1]["val_dice_per_case"]) == 2, "validation split across the ranks and gathered"
     # 4 training cases over 2 processes: a pass is 2 steps

@@ -66,7 +66,7 @@ def test_a_recipe_without_labels_or_validation_trains_logs_its_parts_and_checkpo
     head = [g for g in trainer.optimizer.param_groups if g["name"] == "head"][0]
     assert any(p is recipe.projection.weight for p in head["params"]) and head["weight_decay"] == 0.5
 
-    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [m["step"] for m in lines] == [3, 6] and not any("val_dice" in m for m in lines)
     assert all(m["loss"] == pytest.approx(m["smooth_loss"] + m["small_loss"], rel=1e-6) for m in lines)
     last, best = load_checkpoint(tmp_path / "checkpoints" / "last.pt"), load_checkpoint(tmp_path / "checkpoints" / "best.pt")

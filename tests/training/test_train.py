@@ -24,7 +24,7 @@ def train_args(phantom_dir, profile, out, *extra):
 
 
 def metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def test_missing_data_says_where_it_looked_and_how_to_get_data(cli, tmp_path, monkeypatch):
@@ -43,7 +43,7 @@ def test_data_is_found_through_unetr_data(cli, tmp_path, monkeypatch, phantom_di
     monkeypatch.setenv("UNETR_DATA", str(phantom_dir.parent))
     result = cli("train", "--profile", tiny_profile, "--out", tmp_path / "run", "--epochs", 1, "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["dataset"] == str(phantom_dir)
+    assert json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))["dataset"] == str(phantom_dir)
 
 
 def test_tiny_run_writes_its_folder_and_learns(cli, tmp_path, phantom_dir, tiny_profile):
@@ -57,14 +57,14 @@ def test_tiny_run_writes_its_folder_and_learns(cli, tmp_path, phantom_dir, tiny_
     lines = metrics(run)
     assert [m["step"] for m in lines] == list(range(4, 33, 4))
     assert [m["epoch"] for m in lines] == list(range(1, 9)), "4 training cases: one pass every 4 steps"
-    summary = json.loads((run / "summary.json").read_text())
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert {"best_val_dice", "best_step", "steps", "epochs", "seconds"} <= summary.keys() and summary["steps"] == 32
     assert summary["best_val_dice"] > lines[0]["val_dice"] + 0.2, "validation Dice improves over the first epoch"
     assert summary["best_val_dice"] == max(m["val_dice"] for m in lines)
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
     assert config["training"]["budget"] == {"steps": 32} and config["model"]["name"] == "unetr"
-    split = json.loads((run / "split.json").read_text())
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     assert len(split["validation"]) == 2 and not {c["image"] for c in split["train"]} & {c["image"] for c in split["validation"]}
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best.safetensors", "last.pt", "last.safetensors"], "only best and last, no temporary files"
 
@@ -170,7 +170,7 @@ def test_resume_extends_a_finished_run(cli, tmp_path, phantom_dir, tiny_profile)
     result = cli("train", "--out", run, "--resume", "--epochs", 2, "--data-dir", phantom_dir, "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert [m["step"] for m in metrics(run)] == [2, 4, 6, 8], "one pass is 4 steps; the second pass adds 4"
-    assert yaml.safe_load((run / "config.yaml").read_text())["training"]["budget"] == {"epochs": 2}
+    assert yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["training"]["budget"] == {"epochs": 2}
     # the cosine schedule is stretched to the new length and ends at zero, not restarted
     assert metrics(run)[-1]["lr"] == pytest.approx(0.0, abs=1e-9)
     assert metrics(run)[2]["lr"] > 0, "the extension continues at a positive LR"

@@ -45,7 +45,7 @@ def labelled_cases(root: Path, manifest: Manifest) -> list[dict]:
     An image is a scan file (NIfTI, NRRD, MHA), a DICOM series folder, or a list of channel files;
     without a training list, nnU-Net's CASE_0000, CASE_0001 ... images pair with labelsTr/CASE."""
     description = root / manifest.layout.dataset_json
-    entries = json.loads(description.read_text()).get("training", []) if description.is_file() else []
+    entries = json.loads(description.read_text(encoding="utf-8")).get("training", []) if description.is_file() else []
     if entries:
         cases = [{"image": _under(root, e["image"]), "label": _under(root, e["label"])} for e in entries]
         cases = [{"case": source_for(c["image"]).name if _exists(c["image"]) else "", **c} for c in cases]

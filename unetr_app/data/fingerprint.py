@@ -70,7 +70,7 @@ def load_or_compute_fingerprint(run_dir: Path, cases: list[dict], channels: dict
     """Computed once per run and kept as RUN_DIR/fingerprint.json; a resumed run reads it back."""
     path = Path(run_dir) / FINGERPRINT_NAME
     if path.is_file():
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8"))
     fingerprint = compute_fingerprint(cases, channels, seed)
     atomic_write_text(path, json.dumps(fingerprint, indent=2) + "\n")
     return fingerprint

@@ -104,7 +104,7 @@ def _check_dataset_json(root: Path, manifest: Manifest) -> list[Problem]:
     if not path.is_file():
         return [Problem(str(path), "missing dataset description")]
     try:
-        description = json.loads(path.read_text())
+        description = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         return [Problem(str(path), f"unreadable JSON ({err})")]
     problems = []

@@ -65,7 +65,7 @@ def load_or_make_splits(dataset: Path, cases: list[dict[str, str]], folds: int |
 
 def read_splits(path: Path) -> list[dict[str, list[str]]]:
     try:
-        splits = json.loads(Path(path).read_text())
+        splits = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
         raise UsageError(f"{path}: unreadable folds ({' '.join(str(err).split())})") from None
     if not isinstance(splits, list) or not all(isinstance(s, dict) and {"train", "val"} <= s.keys() for s in splits):

@@ -152,6 +152,6 @@ def find_postprocessing(checkpoint: Path) -> Path | None:
 
 def read_postprocessing(path: Path) -> Postprocessing:
     try:
-        return Postprocessing.from_dict(json.loads(Path(path).read_text()))
+        return Postprocessing.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, ValueError, TypeError, AttributeError) as err:
         raise UsageError(f"{path}: unreadable post-processing decision ({' '.join(str(err).split())}); delete it or pass --no-postprocess") from None

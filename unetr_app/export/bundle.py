@@ -172,8 +172,8 @@ def _vendor_models(loaded: LoadedModel, out_dir: Path) -> dict[str, Any]:
         shutil.rmtree(target)
     target.mkdir(parents=True)
     atomic_write_text(out_dir / "scripts" / "__init__.py", '"""Code this bundle needs: unetr\'s model registry."""\n')
-    sources = {path.name: path.read_text() for path in MODELS_SOURCE.glob("*.py")}
-    sources["_errors.py"] = ERRORS_SOURCE.read_text()
+    sources = {path.name: path.read_text(encoding="utf-8") for path in MODELS_SOURCE.glob("*.py")}
+    sources["_errors.py"] = ERRORS_SOURCE.read_text(encoding="utf-8")
     for filename, text in sources.items():
         text = text.replace("unetr_app.models", VENDORED).replace("unetr_app.errors", f"{VENDORED}._errors")
         atomic_write_text(target / filename, text)

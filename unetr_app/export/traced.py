@@ -40,7 +40,7 @@ def export_torchscript(bundle_dir: Path) -> Path:
     from monai.bundle import ckpt_export
 
     configs = bundle_dir / "configs"
-    meta = json.loads((configs / "metadata.json").read_text())
+    meta = json.loads((configs / "metadata.json").read_text(encoding="utf-8"))
     shape = [1, meta["network_data_format"]["inputs"]["image"]["num_channels"], *meta["network_data_format"]["inputs"]["image"]["spatial_shape"]]
     target = bundle_dir / "models" / "model.ts"
     common = {"net_id": "network_def", "filepath": str(target), "ckpt_file": str(bundle_dir / "models" / "model.pt"),

@@ -38,12 +38,12 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
 
 def atomic_write_text(target: str | os.PathLike, text: str) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def append_line(target: str | os.PathLike, line: str) -> None:
     """Append one line and flush it to disk, so a crash loses at most the line being written."""
-    with open(target, "a") as handle:
+    with open(target, "a", encoding="utf-8") as handle:
         handle.write(line.rstrip("\n") + "\n")
         handle.flush()
         os.fsync(handle.fileno())

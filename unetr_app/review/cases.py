@@ -64,7 +64,7 @@ def read_label_names(pred_dir: Path) -> dict[int, str]:
     if not report_path.is_file():
         return {}
     try:
-        labels = json.loads(report_path.read_text()).get("labels", {})
+        labels = json.loads(report_path.read_text(encoding="utf-8")).get("labels", {})
         names = {int(value): str(name) for name, value in labels.items()}
     except (ValueError, TypeError, AttributeError) as err:
         raise InputError(f"{report_path}: unreadable label names ({err}); expected \"labels\": {{name: value}}") from None

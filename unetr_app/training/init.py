@@ -153,7 +153,7 @@ def prepare_encoder(model: nn.Module, run_dir: Path, model_name: str, init: Enco
     the recorded freeze."""
     record = Path(run_dir) / INIT_RECORD
     if restoring:
-        recorded = json.loads(record.read_text()) if record.is_file() else {}
+        recorded = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
         if recorded.get("freeze_encoder"):
             freeze_encoder(model, model_name)
         return recorded or None
