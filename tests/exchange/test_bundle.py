@@ -78,10 +78,10 @@ def test_a_model_monai_lacks_ships_its_code_in_the_bundle(cli, tmp_path):
         "parser = ConfigParser(); parser.read_config('configs/inference.json')\n"
         "net = parser.get_parsed_content('network_def')\n"
         "net.load_state_dict(torch.load('models/model.pt', weights_only=True), strict=True)\n"
-        f"torch.save(net.eval()(torch.load({str(tmp_path / 'x.pt')!r})).detach(), {str(tmp_path / 'y.pt')!r})\n"
+        f"torch.save(net.eval()(torch.load({str(tmp_path / 'x.pt')!r}, weights_only=True)).detach(), {str(tmp_path / 'y.pt')!r})\n"
     )
     run = subprocess.run([sys.executable, "-c", script], cwd=tmp_path / "bundle", capture_output=True, text=True, encoding="utf-8", timeout=300,
                          env={**os.environ, "PYTHONPATH": ""})
     assert run.returncode == 0, run.stderr[-2000:]
     with torch.inference_mode():
-        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), load_model(checkpoint).model(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt", weights_only=True), load_model(checkpoint).model(x), rtol=0, atol=1e-6)

@@ -12,32 +12,8 @@ from typer.testing import CliRunner
 
 from .predict_helpers import echo_checkpoint, save_nifti, axis_affine, blob_label
 from unetr_app.cli.app import app
+from tests.exchange.dicom_series import write_ct_series as write_dicom_series  # one DICOM series writer for every test
 from unetr_app.data.phantom import make_phantom_case
-
-
-def write_dicom_series(volume: np.ndarray, spacing, origin, direction, folder) -> None:
-    """One file per slice with the tags a series reader needs (position, orientation, series UID)."""
-    folder.mkdir(parents=True)
-    image = sitk.GetImageFromArray(np.swapaxes(volume.astype(np.int16), 0, 2))
-    image.SetSpacing(spacing), image.SetOrigin(origin), image.SetDirection(direction)
-    d = direction
-    orientation = "\\".join(f"{v:.6f}" for v in (d[0], d[3], d[6], d[1], d[4], d[7]))  # row, column cosines
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    for k in range(volume.shape[2]):
-        slice_ = image[:, :, k]
-        for tag, value in (
-            ("0008|0060", "CT"),
-            ("0020|000d", "1.2.826.0.1.3680043.2.1125.1"),
-            ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.2"),
-            ("0020|0037", orientation),
-            ("0020|0032", "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, k)))),
-            ("0020|0013", str(k + 1)),
-            ("0018|0050", f"{spacing[2]:.6f}"),
-        ):
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(slice_)
 
 
 @pytest.fixture(scope="module")
