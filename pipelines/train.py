@@ -111,7 +111,7 @@ def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig, fold: in
         return split["train"], split["validation"]
     cases = labelled_cases(dataset, load_manifest(config.task.manifest))
     if fold is not None:
-        train_cases, val_cases, recorded = cases_for_fold(dataset, cases, fold, folds)
+        train_cases, val_cases, recorded = cases_for_fold(dataset, cases, fold, folds, config.training.val_fraction, config.training.seed)
         split = {**recorded, "train": train_cases, "validation": val_cases}
     else:
         train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)

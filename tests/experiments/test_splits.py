@@ -80,6 +80,8 @@ def test_fold_all_trains_on_every_case(dataset, tiny_profile, tmp_path):
     config = load_run_config("spleen", None, str(tiny_profile))
     train, val = load_or_make_split(tmp_path / "run", dataset, config, fold="all", folds=None)
     assert len(train) == len(_cases(dataset)) == 6
+    # watched on the cases a default split would hold out (still trained on), not on all six
+    assert len(val) == round(6 * config.training.val_fraction) and {c["image"] for c in val} <= {c["image"] for c in train}
     assert not (dataset / "splits.json").exists()  # no folds file is needed or made
 
 

@@ -37,7 +37,7 @@ def test_a_profile_trains_the_same_steps_on_16_or_41_cases(profile):
 def test_cpu_demo_keeps_the_old_25_epochs_of_33_cases():
     config = load_run_config("spleen", profile="cpu-demo")
     assert steps_per_epoch(41, config) == 33
-    assert config.training.budget.steps == 25 * 33 and config.training.val_every_steps == 2 * 33
+    assert config.training.budget.steps == 25 * 33 and config.training.val_every_steps == 4 * 33
     assert round(config.schedule.warmup_fraction * config.training.budget.steps) == 33, "one pass of warmup, as before"
 
 

@@ -16,6 +16,7 @@ import os
 import random
 from pathlib import Path
 
+from unetr_app.data.dataset import split_cases
 from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.scans import case_name
@@ -94,11 +95,15 @@ def fold_cases(cases: list[dict[str, str]], splits: list[dict], fold: int | str,
     return [by_name[n] for n in splits[fold]["train"]], [by_name[n] for n in splits[fold]["val"]]
 
 
-def cases_for_fold(dataset: Path, cases: list[dict[str, str]], fold: str | int, folds: int | None = None) -> tuple[list, list, dict]:
-    """(train, validation, what to record) for `--fold`; `all` needs no folds file."""
+def cases_for_fold(dataset: Path, cases: list[dict[str, str]], fold: str | int, folds: int | None = None,
+                   watch_fraction: float = 1.0, seed: int = 0) -> tuple[list, list, dict]:
+    """(train, validation, what to record) for `--fold`. `all` needs no folds file: it trains on every
+    case and validates on the `watch_fraction` of them a default split would hold out, so watching
+    the run costs what it costs in any run, not a pass over the whole training set."""
     fold = parse_fold(fold)
     if fold == ALL:
-        return list(cases), list(cases), {"fold": ALL}
+        watched = split_cases(cases, watch_fraction, seed)[1] if watch_fraction < 1 and len(cases) > 1 else list(cases)
+        return list(cases), watched, {"fold": ALL}
     splits, path = load_or_make_splits(dataset, cases, folds)
     train, val = fold_cases(cases, splits, fold, path)
     return train, val, {"fold": fold, "folds": len(splits), "splits": str(path)}
