@@ -5,7 +5,7 @@ The recipe:
 1. resolve every model's config (a bad name stops here, before any work) and the dataset's folds;
 2. train each (model, fold) as an ordinary run folder EXP/<model>/fold_<k> in a subprocess
    (`unetr train --fold k --resume`): finished runs are skipped, a killed one resumes from its
-   last checkpoint, `processes` of them run at once;
+   last checkpoint, `processes` of them run at once (on several GPUs, each run on one of them);
 3. per run: predict its validation cases on their original grids (Dice per case, seconds per scan);
 4. per model, once its last fold is done: decide post-processing on the pooled validation
    predictions (EXP/<model>/postprocessing.json) and measure the effective receptive field;
@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import subprocess
 import sys
 import time
@@ -60,7 +61,7 @@ class CompareRequest:
     epochs: int | None = None
     profile: str = "cpu-demo"
     data_dir: Path | None = None
-    processes: int = 1
+    processes: int | None = None  # default: one run per visible GPU, else 1
     device: str = "auto"
     overrides: tuple[str, ...] = ()  # --set KEY=VALUE, for every model
     receptive_field: bool = True
@@ -104,8 +105,13 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
 
     runs = [RunResult(model_label(name), fold, str(request.out / model_label(name) / f"fold_{fold}"), config=name) for name in request.models for fold in range(len(splits))]
     say(f"{len(runs)} runs ({len(request.models)} models x {len(splits)} folds) in {request.out}; folds from {splits_file}")
-    with ThreadPoolExecutor(max(1, request.processes)) as pool:
-        for run in pool.map(lambda r: _train(r, request, dataset, say), runs):
+    gpus = visible_gpus(request.device)
+    processes = request.processes or max(1, len(gpus))
+    slots: queue.Queue = queue.Queue()
+    for slot in device_slots(processes, gpus):
+        slots.put(slot)
+    with ThreadPoolExecutor(processes) as pool:
+        for run in pool.map(lambda r: _train(r, request, dataset, say, slots, processes), runs):
             pass
     for run in runs:
         if run.status != "failed":
@@ -124,7 +130,7 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
 # --- training ---------------------------------------------------------------------------------
 
 
-def _train(run: RunResult, request: CompareRequest, dataset: Path, say) -> RunResult:
+def _train(run: RunResult, request: CompareRequest, dataset: Path, say, slots: queue.Queue, processes: int) -> RunResult:
     run_dir = Path(run.run_dir)
     if (run_dir / "summary.json").is_file():
         run.status = "already done"
@@ -132,8 +138,12 @@ def _train(run: RunResult, request: CompareRequest, dataset: Path, say) -> RunRe
     run.status = "resumed" if (run_dir / "checkpoints" / "last.pt").is_file() else "new"
     say(f"{run.model} fold {run.fold}: {'resuming' if run.status == 'resumed' else 'training'}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / "train.log", "a") as log_file:
-        done = subprocess.run(_train_command(run, request, dataset), stdout=log_file, stderr=subprocess.STDOUT, env=_child_env(request.processes))
+    gpu = slots.get()  # a device no other run in flight holds (several runs share one when processes > GPUs)
+    try:
+        with open(run_dir / "train.log", "a") as log_file:
+            done = subprocess.run(_train_command(run, request, dataset), stdout=log_file, stderr=subprocess.STDOUT, env=_child_env(processes, gpu))
+    finally:
+        slots.put(gpu)
     if done.returncode != 0 or not (run_dir / "summary.json").is_file():
         run.status, run.error = "failed", _last_line(run_dir / "train.log")
         say(f"{run.model} fold {run.fold}: failed ({run.error}); see {run_dir / 'train.log'}")
@@ -154,9 +164,24 @@ def _train_command(run: RunResult, request: CompareRequest, dataset: Path) -> li
     return command
 
 
-def _child_env(processes: int) -> dict[str, str]:
-    """Split the cores between concurrent runs instead of letting each take them all."""
+def visible_gpus(device: str) -> list[str]:
+    """The CUDA devices runs may be spread over, as CUDA_VISIBLE_DEVICES names them (none on CPU)."""
+    if device == "cpu" or not torch.cuda.is_available():
+        return []
+    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return named or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def device_slots(processes: int, gpus: list[str]) -> list[str | None]:
+    """The device of each of `processes` concurrent runs: the GPUs dealt round-robin (None on CPU)."""
+    return [gpus[i % len(gpus)] for i in range(processes)] if gpus else [None] * processes
+
+
+def _child_env(processes: int, gpu: str | None = None) -> dict[str, str]:
+    """Split the cores between concurrent runs instead of letting each take them all; pin a run to its GPU."""
     env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
     threads = max(1, (os.cpu_count() or 1) // max(1, processes))
     env.setdefault("OMP_NUM_THREADS", str(threads))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")]))

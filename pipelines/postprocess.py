@@ -24,7 +24,7 @@ from unetr_app.evaluation.postprocess import (
 )
 from unetr_app.inference.batch import OutputOptions, predict_cases
 from unetr_app.inference.predictor import PredictSettings, Predictor
-from unetr_app.inference.report import build_report, write_report
+from unetr_app.inference.report import OK, REPORT_NAME, CaseRecord, build_report, write_report
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
 from unetr_app.io.scans import CaseSource, case_name, file_kind
@@ -48,9 +48,15 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 
 def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool = False) -> list:
-    """Predict a run's validation cases with its best checkpoint into RUN/validation/ (no post-processing)."""
+    """Predict a run's validation cases with its best checkpoint into RUN/validation/ (no post-processing).
+    Done once: when every case is already predicted, the records (with their seconds) are read back."""
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     cases = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), file_kind(Path(c["image"])) or "nifti") for c in split["validation"]]
+    report = run_dir / VALIDATION_DIR / REPORT_NAME
+    if report.is_file():
+        done = [CaseRecord(**case) for case in json.loads(report.read_text(encoding="utf-8"))["cases"]]
+        if {r.case for r in done if r.status == OK} >= {c.name for c in cases}:
+            return done
     torch_device = resolve_device(device)
     predictor = Predictor(load_model(run_dir, torch_device), PredictSettings(device=torch_device, tta=False))  # the run's best checkpoint
     out = run_dir / VALIDATION_DIR
@@ -78,10 +84,33 @@ def run_labels(run_dir: Path) -> dict[str, int]:
     return dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["task"]["labels"])
 
 
-def run_postprocess(folder: Path, device: str = "auto", min_volumes_mm3: Iterable[float] = DEFAULT_MIN_VOLUMES_MM3, show_progress: bool = False) -> dict:
-    """Decide post-processing for the runs in `folder`; writes and returns FOLDER/postprocessing.json."""
+def finished_fold_runs(run_dir: Path) -> list[Path] | None:
+    """When a fold run's folder above now holds a finished run (summary.json) of every fold of the
+    same splits file for the same model, one run per fold (this one for its own fold): the moment
+    nnU-Net decides post-processing. Otherwise None."""
+    run_dir = Path(run_dir)
+    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    if not isinstance(split.get("fold"), int):
+        return None
+    model, by_fold = _model_name(run_dir), {split["fold"]: run_dir}
+    for other in sorted(p.parent for p in run_dir.parent.glob("*/split.json")):
+        recorded = json.loads((other / "split.json").read_text(encoding="utf-8"))
+        same = (recorded.get("splits"), recorded.get("folds")) == (split["splits"], split["folds"]) and _model_name(other) == model
+        if same and (other / "summary.json").is_file() and _has_checkpoint(other):
+            by_fold.setdefault(recorded["fold"], other)
+    return [by_fold[k] for k in range(split["folds"])] if by_fold.keys() >= set(range(split["folds"])) else None
+
+
+def _model_name(run_dir: Path) -> str | None:
+    config = run_dir / "config.yaml"
+    return yaml.safe_load(config.read_text(encoding="utf-8"))["model"]["name"] if config.is_file() else None
+
+
+def run_postprocess(folder: Path, device: str = "auto", min_volumes_mm3: Iterable[float] = DEFAULT_MIN_VOLUMES_MM3, show_progress: bool = False,
+                    runs: list[Path] | None = None) -> dict:
+    """Decide post-processing for `runs` (default: the runs in `folder`); writes and returns FOLDER/postprocessing.json."""
     folder = Path(folder)
-    runs = find_runs(folder)
+    runs = runs or find_runs(folder)
     if not runs:
         raise UsageError(f"{folder}: no run folders with split.json and a checkpoint (train with `unetr train --fold K` first)")
     for run in runs:

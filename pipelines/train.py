@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from pipelines.postprocess import finished_fold_runs, run_postprocess
 from unetr_app import distributed
 from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
@@ -46,7 +47,8 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
 
 
 def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None) -> dict | None:
-    recipe = recipe_class(config.recipe.name)  # an unknown recipe fails before any data is read
+    recipe = recipe_class(config.recipe.name)  # an unknown recipe or a bad teacher fails before any data is read
+    recipe.check(config)
     dataset = find_dataset_dir(config.task, data_dir)
     if shard.is_main:
         prepare_run_dir(run_dir, resume)
@@ -92,6 +94,9 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     }
     trainer.records.write_json("summary.json", summary)
     trainer.records.plot_curves(state.history)
+    if fold_runs := finished_fold_runs(run_dir):  # the split records the fold, also when resumed without --fold
+        log.info("every fold in %s is done: deciding post-processing on the cross-validation predictions", run_dir.parent)
+        run_postprocess(run_dir.parent, str(device), runs=fold_runs)
     return summary
 
 

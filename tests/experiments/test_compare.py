@@ -90,3 +90,19 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == mtimes
     changed = cli(*[a if a != "6" else "8" for a in _args(dataset, tiny_profile, out)])
     assert changed.exit_code == 2 and "budget" in changed.output  # another budget would mix incomparable runs
+
+
+def test_runs_are_spread_over_the_visible_gpus(monkeypatch):
+    from pipelines import compare
+
+    monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(compare.torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert compare.visible_gpus("auto") == ["0", "1"] and compare.visible_gpus("cpu") == []
+    assert compare.device_slots(4, ["0", "1"]) == ["0", "1", "0", "1"]  # more runs at once than GPUs: they share
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # the user's choice of GPUs is kept, not renumbered
+    assert compare.device_slots(2, compare.visible_gpus("cuda")) == ["2", "5"]
+    env = compare._child_env(2, "5")
+    assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["OMP_NUM_THREADS"]
+    assert compare.device_slots(3, []) == [None, None, None]
+    assert compare._child_env(1, None)["CUDA_VISIBLE_DEVICES"] == "2,5"  # no slot: the environment as the user set it

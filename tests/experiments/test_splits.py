@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -91,3 +92,16 @@ def test_fold_out_of_range_is_a_one_line_error(cli, dataset, tiny_profile, tmp_p
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: --fold 7:") and errors[0].endswith("choose 0..2 or 'all'")
     assert "Traceback" not in result.output
+
+
+def test_post_processing_is_decided_when_the_last_fold_finishes(cli, dataset, tiny_profile, tmp_path):
+    experiment = tmp_path / "exp"
+    quick = ["--data-dir", dataset, "--profile", tiny_profile, "--folds", "2", "--steps", "2"]
+    assert cli("train", *quick, "--fold", "1", "--out", experiment / "fold_1").exit_code == 0
+    assert not (experiment / "postprocessing.json").exists()  # fold 0 is not trained yet
+    assert cli("train", *quick, "--model", "unet_small", "--fold", "0", "--out", experiment / "other_model").exit_code == 0
+    assert not (experiment / "postprocessing.json").exists()  # another model's fold does not complete this one
+    assert cli("train", *quick, "--fold", "0", "--out", experiment / "fold_0").exit_code == 0
+    decision = json.loads((experiment / "postprocessing.json").read_text(encoding="utf-8"))
+    assert sorted(Path(r).name for r in decision["runs"]) == ["fold_0", "fold_1"]
+    assert decision["validation_cases"] == len(_cases(dataset))  # every case validated once over the two folds

@@ -80,7 +80,7 @@ def test_self_distilled_student_trains_and_predicts(cli, tmp_path, phantom_dir, 
 def test_distill_without_teacher(cli, tmp_path, phantom_dir, tiny_profile):
     result = train(cli, phantom_dir, tiny_profile, tmp_path / "run", "--recipe", "distill", *STUDENT)
     assert result.exit_code == 2
-    assert "--teacher" in error_line(result)
+    assert "--teacher" in error_line(result) and not (tmp_path / "run").exists()
 
 
 def test_missing_unreadable_and_incompatible_teachers(cli, tmp_path, phantom_dir, tiny_profile):
@@ -96,6 +96,8 @@ def test_missing_unreadable_and_incompatible_teachers(cli, tmp_path, phantom_dir
     result = train(cli, phantom_dir, tiny_profile, tmp_path / "c", "--recipe", "distill", "--teacher", coarse, *STUDENT)
     assert result.exit_code == 2
     assert "spacing [5.0, 5.0, 5.0] differs from the student's [8.0, 8.0, 8.0]" in error_line(result)
+    # refused before the run folder is made: the same --out works once the teacher is fixed
+    assert not any((tmp_path / name).exists() for name in "abc")
 
 
 def test_unknown_recipe_suggests_the_closest(cli, tmp_path, phantom_dir, tiny_profile):

@@ -20,7 +20,7 @@ def compare(
     epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="training budget per run in epochs")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="dataset folder; default $UNETR_DATA/<dataset>, then ./data/<dataset>")] = None,
     profile: Annotated[str, typer.Option("--profile", help="configs/profiles NAME or a .yaml path")] = "cpu-demo",
-    processes: Annotated[int, typer.Option("--processes", min=1, help="runs trained at once (subprocesses sharing the cores)")] = 1,
+    processes: Annotated[int | None, typer.Option("--processes", min=1, help="runs trained at once (subprocesses sharing the cores); default: one per visible GPU, else 1")] = None,
     device: DeviceOption = "auto",
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override for every run, e.g. --set optimizer.lr=3e-4")] = None,
     receptive_field: Annotated[bool, typer.Option("--receptive-field/--no-receptive-field", help="measure and plot each model's effective receptive field")] = True,

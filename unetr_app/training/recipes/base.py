@@ -46,6 +46,10 @@ class Recipe(nn.Module):
         """Extra keyword arguments for `create_model` that this recipe needs (e.g. a distillation head)."""
         return {}
 
+    @classmethod
+    def check(cls, config: Any) -> None:
+        """Refuse, before the run folder is touched, what would make the recipe fail when built (a bad teacher)."""
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -89,10 +89,19 @@ class Distill(Recipe):
     def model_kwargs(cls, params: dict[str, Any]) -> dict[str, Any]:
         return {"distillation": True}
 
-    def __init__(self, model, config, **params: Any) -> None:
-        params = check_params(self.name, params, self.defaults)
+    @classmethod
+    def check(cls, config: Any) -> None:
+        load_teacher(cls._params(dict(config.recipe.params))["teacher"], config)
+
+    @classmethod
+    def _params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        params = check_params(cls.name, params, cls.defaults)
         if params["mode"] not in MODES:
             raise ConfigError(f"recipe.params.mode: expected one of {', '.join(MODES)}, got {params['mode']!r}")
+        return params
+
+    def __init__(self, model, config, **params: Any) -> None:
+        params = self._params(params)
         super().__init__(model, config, **params)
         self.task_loss = build_loss(config.loss)
         self.teacher = load_teacher(params["teacher"], config)
