@@ -34,11 +34,11 @@ def test_a_profile_trains_the_same_steps_on_16_or_41_cases(profile):
     assert budget_steps(BudgetConfig(epochs=25), small) == 25 * small and budget_steps(BudgetConfig(epochs=25), full) == 25 * full
 
 
-def test_cpu_demo_trains_22_passes_over_33_cases_with_one_pass_of_warmup():
+def test_cpu_demo_keeps_the_old_25_epochs_of_33_cases():
     config = load_run_config("spleen", profile="cpu-demo")
     assert steps_per_epoch(41, config) == 33
-    assert config.training.budget.steps == 22 * 33 and config.training.val_every_steps == 4 * 33
-    assert round(config.schedule.warmup_fraction * config.training.budget.steps) == 33, "one pass of warmup"
+    assert config.training.budget.steps == 25 * 33 and config.training.val_every_steps == 4 * 33
+    assert round(config.schedule.warmup_fraction * config.training.budget.steps) == 33, "one pass of warmup, as before"
 
 
 def test_scaling_vit_profile_is_cpu_demo_with_the_scaling_vit_optimisation():
