@@ -7,8 +7,8 @@
     python scripts/make_figures.py all
 
 `review` predicts the dataset's test scans (imagesTs) with the run(s) (several: an ensemble) and
-their post-processing, then renders `unetr review` on one case with the reference (labelsTs) as a
-contour. Rendering needs an X server; one is started with Xvfb when there is none. The other
+their post-processing, then renders `unetr review` with the reference (labelsTs) as a contour on the
+case of median Dice (neither the best nor the worst), or on `--case`. Rendering needs an X server; one is started with Xvfb when there is none. The other
 figures are drawn by the benchmarks that measure them, which also write their JSON.
 """
 
@@ -19,6 +19,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -32,6 +34,7 @@ BENCHMARK_FIGURES = {
 
 def review_figure(checkpoints: list[Path], data_dir: Path, case: str | None, out: Path, device: str) -> int:
     from pipelines.predict import PredictRequest, run_predict
+    from unetr_app.errors import UnetrError
     from unetr_app.review.session import ReviewSession
     from unetr_app.review.viewer import screenshot_review
 
@@ -47,10 +50,30 @@ def review_figure(checkpoints: list[Path], data_dir: Path, case: str | None, out
             print(f"{report['summary']['failed']} cases failed; see {predictions / 'predict_report.json'}", file=sys.stderr)
             return 1
         session = ReviewSession(data_dir / "imagesTs", predictions, data_dir / "labelsTs", Path(work) / "corrections")
-        index = session.index_of(case) if case else 0
+        try:
+            index = session.index_of(case) if case else median_dice_case(session)
+        except UnetrError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
         screenshot_review(session, out, index)
-    print(f"wrote {out} ({session.cases[index].name}, predicted by {', '.join(map(str, checkpoints))})")
+        dice = case_dice(session.cases[index])
+    print(f"wrote {out} ({session.cases[index].name}, Dice {dice:.3f}, predicted by {', '.join(map(str, checkpoints))})")
     return 0
+
+
+def case_dice(case) -> float:
+    import nibabel as nib
+
+    from unetr_app.evaluation.postprocess import dice
+    from unetr_app.io.scans import read_volume
+
+    # the prediction is a NIfTI mask on the scan's grid; the reference is read as any scan is
+    return dice(np.asarray(nib.load(case.prediction).dataobj) > 0, read_volume(case.reference).array > 0)
+
+
+def median_dice_case(session) -> int:
+    scores = [case_dice(c) for c in session.cases]
+    return sorted(range(len(scores)), key=scores.__getitem__)[len(scores) // 2]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("figure", choices=["review", *BENCHMARK_FIGURES, "all"])
     parser.add_argument("--checkpoint", action="append", type=Path, help="review: run folder or checkpoint; repeat for an ensemble (default runs/demo)")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data" / "Task09_Spleen", help="review: dataset with imagesTs and labelsTs")
-    parser.add_argument("--case", default="spleen_2", help="review: the case shown")
+    parser.add_argument("--case", default=None, help="review: the case shown (default: the test case of median Dice)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "review.png", help="review: where the picture goes")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
