@@ -43,7 +43,7 @@ from unetr_app.evaluation.receptive_field import effective_receptive_field, plot
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.io.atomic import atomic_path, atomic_write_text
 from unetr_app.io.checkpoint import load_model
-from unetr_app.io.scans import CaseSource, case_name, read_volume
+from unetr_app.io.scans import read_volume, source_for
 
 log = logging.getLogger(__name__)
 REQUEST_FILE = "compare.json"
@@ -242,7 +242,7 @@ def _receptive_field(out: Path, run: RunResult, say, max_scans: int = 4) -> floa
         loaded = load_model(Path(run.run_dir), "cpu")  # its best checkpoint
         predictor = Predictor(loaded, PredictSettings(device=torch.device("cpu")))
         split = json.loads((Path(run.run_dir) / "split.json").read_text(encoding="utf-8"))
-        sources = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), "nifti") for c in split["validation"][:max_scans]]
+        sources = [source_for(c["image"]) for c in split["validation"][:max_scans]]
         images = (predictor.prepare(read_volume(source))[IMAGE].as_tensor() for source in sources)
         erf = effective_receptive_field(loaded.model, images, loaded.preprocessing.roi_size)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.inference.report import OK, REPORT_NAME, CaseRecord, build_report, write_report
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
-from unetr_app.io.scans import CaseSource, case_name, file_kind
+from unetr_app.io.scans import read_volume, source_for
 
 log = logging.getLogger(__name__)
 VALIDATION_DIR = "validation"
@@ -51,7 +51,7 @@ def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool 
     """Predict a run's validation cases with its best checkpoint into RUN/validation/ (no post-processing).
     Done once: when every case is already predicted, the records (with their seconds) are read back."""
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
-    cases = [CaseSource(case_name(Path(c["image"])), Path(c["image"]), file_kind(Path(c["image"])) or "nifti") for c in split["validation"]]
+    cases = [source_for(c["image"]) for c in split["validation"]]  # a file, a DICOM folder or a list of channel files
     report = run_dir / VALIDATION_DIR / REPORT_NAME
     if report.is_file():
         done = [CaseRecord(**case) for case in json.loads(report.read_text(encoding="utf-8"))["cases"]]
@@ -72,10 +72,10 @@ def validation_cases(run_dir: Path) -> list[ValidationCase]:
     split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
     pairs = []
     for case in split["validation"]:
-        name = case_name(Path(case["image"]))
+        name = source_for(case["image"]).name
         predicted = nib.load(run_dir / VALIDATION_DIR / f"{name}.nii.gz")
         spacing = tuple(float(s) for s in np.linalg.norm(predicted.affine[:3, :3], axis=0))
-        reference = np.asarray(nib.load(case["label"]).dataobj).astype(np.uint8)
+        reference = read_volume(source_for(case["label"])).array.astype(np.uint8)
         pairs.append(ValidationCase(name, np.asarray(predicted.dataobj).astype(np.uint8), reference, spacing))
     return pairs
 

@@ -149,3 +149,20 @@ def test_data_check_names_swapped_channels_in_dataset_json(prostate, tmp_path):
     (root / "dataset.json").write_text(json.dumps({**description, "modality": {"0": "ADC", "1": "T2"}}))
     problems = [p.cause for p in check_dataset(root, _manifest())]
     assert problems == ["channels ADC, T2 differ from the manifest's T2, ADC (order matters)"], problems
+
+
+def test_folds_and_their_post_processing_work_on_channel_files(as_channel_files, tmp_path):
+    from pipelines.train import train
+
+    overrides = {
+        "model": {"params": {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_heads": 2}},
+        "preprocessing": {"roi_size": [32, 32, 16]},
+        "training": {"budget": {"steps": 2}, "log_every_steps": 2, "val_every_steps": 2},
+    }
+    config = load_run_config("prostate", profile="cpu-prostate", overrides=overrides)
+    for fold in (0, 1):
+        train(config, tmp_path / "exp" / f"fold_{fold}", data_dir=as_channel_files, device="cpu", fold=fold, folds=2)
+    split = json.loads((tmp_path / "exp" / "fold_0" / "split.json").read_text(encoding="utf-8"))
+    assert isinstance(split["validation"][0]["image"], list)  # cases are lists of channel files
+    decision = json.loads((tmp_path / "exp" / "postprocessing.json").read_text(encoding="utf-8"))
+    assert decision["validation_cases"] == 6  # every case validated once, read from its channel files

@@ -19,7 +19,6 @@ from pathlib import Path
 from unetr_app.data.dataset import split_cases
 from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
-from unetr_app.io.scans import case_name
 
 SPLITS_FILE = "splits.json"
 DEFAULT_FOLDS = 5
@@ -49,7 +48,7 @@ def splits_path(dataset: Path) -> Path:
 def load_or_make_splits(dataset: Path, cases: list[dict[str, str]], folds: int | None = None) -> tuple[list[dict], Path]:
     """The dataset's folds (made on first use); `folds` None means "whatever exists, else 5"."""
     path = splits_path(dataset)
-    names = [case_name(Path(c["image"])) for c in cases]
+    names = [c["case"] for c in cases]
     if not path.is_file():
         splits = make_folds(names, folds or DEFAULT_FOLDS)
         atomic_write_text(path, json.dumps(splits, indent=2) + "\n")
@@ -84,14 +83,11 @@ def parse_fold(fold: str | int) -> int | str:
     raise UsageError(f"--fold {fold!r}: expected a fold index (0, 1, ...) or 'all'")
 
 
-def fold_cases(cases: list[dict[str, str]], splits: list[dict], fold: int | str, path: Path | str = SPLITS_FILE) -> tuple[list, list]:
-    """(train, validation) case dicts of one fold. `all` trains on every case and validates on them
-    too (a number to watch training by, not an estimate of accuracy)."""
-    if fold == ALL:
-        return list(cases), list(cases)
+def fold_cases(cases: list[dict[str, str]], splits: list[dict], fold: int, path: Path | str = SPLITS_FILE) -> tuple[list, list]:
+    """(train, validation) case dicts of fold `fold` of `splits`."""
     if not isinstance(fold, int) or not 0 <= fold < len(splits):
         raise UsageError(f"--fold {fold}: {path} has {len(splits)} folds; choose 0..{len(splits) - 1} or 'all'")
-    by_name = {case_name(Path(c["image"])): c for c in cases}
+    by_name = {c["case"]: c for c in cases}
     return [by_name[n] for n in splits[fold]["train"]], [by_name[n] for n in splits[fold]["val"]]
 
 
