@@ -100,14 +100,7 @@ def _fallback(request: PredictRequest) -> dict | None:
     """What a bare state dict lacks (model, preprocessing, labels), from --task/--model/--profile."""
     if request.task is None and request.model is None and request.profile is None:
         return None
-    config = load_run_config(request.task or "spleen", request.model, request.profile or "cpu-demo")
-    return {
-        "model": {"name": config.model.name, "kwargs": config.model_kwargs()},
-        "preprocessing": config.preprocessing.model_dump(mode="json"),
-        "inference": config.inference.model_dump(mode="json"),
-        "labels": dict(config.task.labels),
-        "modality": config.task.modality,
-    }
+    return load_run_config(request.task or "spleen", request.model, request.profile or "cpu-demo").checkpoint_description()
 
 
 def _output_format(value: str) -> str:

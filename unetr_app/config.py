@@ -313,6 +313,19 @@ class RunConfig(Strict):
             **self.model.params,
         }
 
+    def checkpoint_description(self, model_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What a checkpoint records besides its weights so that prediction can rebuild the network
+        (registry name + kwargs) and prepare scans exactly as training did."""
+        return {
+            "model": {"name": self.model.name, "kwargs": model_kwargs if model_kwargs is not None else self.model_kwargs()},
+            "preprocessing": self.preprocessing.model_dump(mode="json"),
+            "inference": self.inference.model_dump(mode="json"),
+            "labels": dict(self.task.labels),
+            "task": self.task.name,
+            "modality": self.task.modality,
+            "in_channels": self.task.in_channels,
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 

@@ -88,3 +88,11 @@ def test_a_bare_state_dict_needs_a_model_and_must_fill_it(cli, tmp_path, phantom
     torch.save({k: v for k, v in weights.items() if not k.startswith("out.")}, tmp_path / "partial.pt")
     result = cli("predict", scan, tmp_path / "b", "-c", tmp_path / "partial.pt", "--profile", tiny_profile, "--device", "cpu")
     assert result.exit_code == 1 and "2 missing (out.conv.conv.weight, out.conv.conv.bias)" in result.output
+
+
+def test_a_bare_state_dict_for_a_multi_channel_task_is_built_with_its_channels(tmp_path):
+    from pipelines.predict import PredictRequest, _fallback
+
+    described = _fallback(PredictRequest(input=tmp_path, output_dir=tmp_path / "out", checkpoint=tmp_path / "w.pth", task="prostate", profile="cpu-prostate"))
+    assert described["in_channels"] == described["model"]["kwargs"]["in_channels"] == 2  # not the 1 a missing key defaulted to
+    assert described["modality"] == "MRI" and described["labels"]["transition_zone"] == 2

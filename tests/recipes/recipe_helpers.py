@@ -21,19 +21,9 @@ def tiny_config(model: str | None = None, **overrides):
 def write_teacher(path: Path, config=None) -> Path:
     """A teacher checkpoint as a finished run writes it: registry name + kwargs, weights, preprocessing, labels."""
     config = config or tiny_config()
-    kwargs = config.model_kwargs()
     torch.manual_seed(0)
-    model = create_model(config.model.name, **kwargs)
-    save_checkpoint(path, {
-        "model": {"name": config.model.name, "kwargs": kwargs},
-        "state_dict": model.state_dict(),
-        "preprocessing": config.preprocessing.model_dump(mode="json"),
-        "inference": config.inference.model_dump(mode="json"),
-        "labels": dict(config.task.labels),
-        "task": config.task.name,
-        "modality": config.task.modality,
-        "in_channels": config.task.in_channels,
-    })
+    model = create_model(config.model.name, **config.model_kwargs())
+    save_checkpoint(path, {**config.checkpoint_description(), "state_dict": model.state_dict()})
     return path
 
 

@@ -371,15 +371,9 @@ class Trainer:
         data: dict[str, Any] = {
             **self.checkpoint_extras,
             # the recipe's heads (distillation=True, aux_heads=True) are part of the network to rebuild
-            "model": {"name": cfg.model.name, "kwargs": {**cfg.model_kwargs(), **type(self.recipe).model_kwargs(dict(cfg.recipe.params))}},
+            **cfg.checkpoint_description({**cfg.model_kwargs(), **type(self.recipe).model_kwargs(dict(cfg.recipe.params))}),
             "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "recipe": {"name": cfg.recipe.name, "params": dict(cfg.recipe.params), "extra_state": self.recipe.extra_state()},
-            "preprocessing": cfg.preprocessing.model_dump(mode="json"),
-            "inference": cfg.inference.model_dump(mode="json"),
-            "labels": dict(cfg.task.labels),
-            "task": cfg.task.name,
-            "modality": cfg.task.modality,
-            "in_channels": cfg.task.in_channels,
             "step": self.state.step,
             "epoch": self.state.epoch,
             "total_steps": self.state.total_steps,
