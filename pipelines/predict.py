@@ -60,8 +60,10 @@ def run_predict(request: PredictRequest) -> dict:
         cases = find_cases(request.input)
         _check_output_dir(request, cases)
         device = distributed.device_for(shard, resolve_device(request.device))
-        members = [load_model(path, device, _fallback(request)) for path in _checkpoints(request)]
-        predictor = Predictor(members, _settings(request, device))
+        checkpoints, fallback = _checkpoints(request), _fallback(request)
+        members = [load_model(path, device, fallback) for path in checkpoints]
+        postprocessing = find_postprocessing(checkpoints[0]) if request.postprocess else None  # the first member's
+        predictor = Predictor(members, _settings(request, device, postprocessing))
         options = OutputOptions(request.output_dir, request.overwrite, request.save_probabilities, request.preview,
                                 _output_format(request.output_format))
         if shard.is_main:
@@ -76,7 +78,7 @@ def run_predict(request: PredictRequest) -> dict:
         if shard.is_main:
             order = {case.name: i for i, case in enumerate(cases)}
             everyone.sort(key=lambda record: order[record.case])
-            report = build_report(everyone, predictor.loaded.labels, _run_info(request, predictor, shard))
+            report = build_report(everyone, predictor.loaded.labels, _run_info(predictor, shard, postprocessing))
             write_report(request.output_dir, report)
         return distributed.broadcast_from_main(report, shard)
     finally:
@@ -92,10 +94,6 @@ def _checkpoints(request: PredictRequest) -> list[Path]:
     return [resolve_checkpoint_path(path) for path in paths]
 
 
-def _postprocessing_file(request: PredictRequest) -> Path | None:
-    return find_postprocessing(_checkpoints(request)[0]) if request.postprocess else None
-
-
 def _fallback(request: PredictRequest) -> dict | None:
     """What a bare state dict lacks (model, preprocessing, labels), from --task/--model/--profile."""
     if request.task is None and request.model is None and request.profile is None:
@@ -109,7 +107,7 @@ def _output_format(value: str) -> str:
     return value
 
 
-def _settings(request: PredictRequest, device) -> PredictSettings:
+def _settings(request: PredictRequest, device, postprocessing: Path | None) -> PredictSettings:
     if request.overlap is not None and not 0 <= request.overlap < 1:
         raise UsageError(f"--overlap {request.overlap}: expected a fraction in [0, 1), e.g. 0.5")
     stitch = resolve_device(request.stitch_device) if request.stitch_device else None
@@ -122,7 +120,7 @@ def _settings(request: PredictRequest, device) -> PredictSettings:
         tta=device.type == "cuda" if request.tta is None else request.tta,
         amp=request.amp,
         max_memory_bytes=limit_gb * 2**30,
-        postprocessing=read_postprocessing(steps) if (steps := _postprocessing_file(request)) else None,
+        postprocessing=read_postprocessing(postprocessing) if postprocessing else None,
     )
 
 
@@ -135,12 +133,12 @@ def _check_output_dir(request: PredictRequest, cases) -> None:
         raise UsageError(f"{request.output_dir}: writing there would overwrite the input {clash[0].name}; choose another output folder")
 
 
-def _run_info(request: PredictRequest, predictor: Predictor, shard) -> dict:
+def _run_info(predictor: Predictor, shard, postprocessing: Path | None) -> dict:
     inferer = predictor.inferer
     return {
         "checkpoint": str(predictor.loaded.path) if len(predictor.members) == 1 else [str(m.path) for m in predictor.members],
         "model": "+".join(m.name for m in predictor.members),
-        "postprocessing": str(steps) if (steps := _postprocessing_file(request)) else None,
+        "postprocessing": str(postprocessing) if postprocessing else None,
         "device": str(predictor.settings.device),
         "stitch_device": str(predictor.settings.stitch_device or predictor.settings.device),
         "overlap": inferer.overlap,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from pipelines.train import LAST, prepare_run_dir
 from unetr_app import distributed
 from unetr_app.config import RunConfig
 from unetr_app.data.multicrop import MultiCropd, find_scans, multicrop_loader, preprocess_scans
@@ -32,7 +33,6 @@ from unetr_app.training.recipes.dino import dino_params
 from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
 
 log = logging.getLogger(__name__)
-LAST = Path("checkpoints") / "last.pt"
 SCANS = "scans.json"
 METHODS = ("dino",)
 
@@ -98,9 +98,3 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
 
 def recorded_scans(run_dir: Path) -> list[str]:
     return json.loads((Path(run_dir) / SCANS).read_text(encoding="utf-8"))["scans"]
-
-
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
-    if (run_dir / LAST).exists() and not resume:
-        raise UsageError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -62,13 +60,10 @@ def review_figure(checkpoints: list[Path], data_dir: Path, case: str | None, out
 
 
 def case_dice(case) -> float:
-    import nibabel as nib
-
     from unetr_app.evaluation.postprocess import dice
-    from unetr_app.io.scans import read_volume
+    from unetr_app.io.scans import read_volume, source_for
 
-    # the prediction is a NIfTI mask on the scan's grid; the reference is read as any scan is
-    return dice(np.asarray(nib.load(case.prediction).dataobj) > 0, read_volume(case.reference).array > 0)
+    return dice(read_volume(source_for(case.prediction)).array > 0, read_volume(case.reference).array > 0)
 
 
 def median_dice_case(session) -> int:
