@@ -19,12 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai import transforms as mt
-from monai.data import MetaTensor
 
 from unetr_app.data.multicrop import preprocessing_after_load
 from unetr_app.data.transforms import IMAGE, volume_tensor
 from unetr_app.errors import UsageError
+from unetr_app.inference.predictor import slabs_on_grid
 from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.io.scans import find_cases, nifti_output_path, read_volume, write_like
 from unetr_app.models import create_model
@@ -81,11 +80,13 @@ def load_attention_network(checkpoint: str | Path, key: str = "teacher") -> tupl
 
 
 def to_input_grid(maps: torch.Tensor, affine, shape: tuple[int, ...], input_affine: np.ndarray) -> np.ndarray:
-    """(heads, *preprocessed) maps with the preprocessed grid's affine -> (*input shape, heads) float32."""
-    resample = mt.SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
-    source = MetaTensor(maps, affine=torch.as_tensor(affine))
-    out = resample(source, dst_affine=torch.from_numpy(input_affine), spatial_size=tuple(shape))
-    return torch.as_tensor(out).numpy().astype(np.float32)
+    """(heads, *preprocessed) maps with the preprocessed grid's affine -> (heads, *input shape) float32,
+    resampled as prediction resamples probabilities."""
+    out = np.empty((maps.shape[0], *shape[:3]), np.float32)
+    with torch.inference_mode():
+        for start, stop, part in slabs_on_grid(maps.float(), affine, tuple(shape[:3]), input_affine):
+            out[:, :, :, start:stop] = part.numpy()
+    return out
 
 
 def write_montage(image: np.ndarray, maps: np.ndarray, path: Path, title: str = "", slices: int = 3) -> None:

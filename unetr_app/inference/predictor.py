@@ -78,7 +78,6 @@ class Predictor:
         # the batch reads each scan once itself (to write the mask on its grid), so no loading step here
         self.preprocess = mt.Compose([step for step in steps if not isinstance(step, LoadScand)])
         # back to the input grid: bilinear like the forward resampling; zero mass outside the crop
-        self.resample = mt.SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
         inference = loaded.inference
         self.inferer = SlidingWindowInferer(
             roi_size=pre.roi_size,
@@ -130,15 +129,10 @@ class Predictor:
         voxel-to-world affines are both known; done slab by slab, that never holds a whole-volume
         sampling grid (three floats per input voxel, 1.2 GB for 512 x 512 x 400)."""
         shape, affine = prepared[INPUT_GRID]
-        source = MetaTensor(probabilities.cpu(), affine=prepared[IMAGE].affine)
         labels = np.empty(shape, np.uint8)
         kept = np.empty((*shape, probabilities.shape[0]), np.float32) if keep_probabilities else None
-        slab = max(1, SLAB_VOXELS // (shape[0] * shape[1]))
         with torch.inference_mode():
-            for start in range(0, shape[2], slab):
-                stop = min(shape[2], start + slab)
-                part = self.resample(source, dst_affine=_shifted(affine, start), spatial_size=(*shape[:2], stop - start))
-                part = part.as_tensor() if isinstance(part, MetaTensor) else part  # plain ops from here
+            for start, stop, part in slabs_on_grid(probabilities.cpu(), prepared[IMAGE].affine, shape, affine):
                 # outside the cropped body nothing was predicted (zero mass): that is background
                 part[0] += 1.0 - part.sum(dim=0)
                 labels[:, :, start:stop] = _argmax_uint8(part).numpy()
@@ -241,6 +235,19 @@ def _argmax_uint8(scores: torch.Tensor) -> torch.Tensor:
         labels[better] = value
         torch.maximum(best, scores[value], out=best)
     return labels
+
+
+def slabs_on_grid(values: torch.Tensor, affine, shape: tuple[int, ...], target_affine: np.ndarray):
+    """(start, stop, slab) of (channels, *grid) `values` at voxel-to-world `affine`, resampled
+    (bilinear, zero outside) onto the grid of `shape` at `target_affine`, slab by slab along its
+    last axis, so no whole-volume sampling grid is ever held (1.2 GB for 512 x 512 x 400)."""
+    resample = mt.SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
+    source = MetaTensor(values, affine=torch.as_tensor(affine))
+    slab = max(1, SLAB_VOXELS // (shape[0] * shape[1]))
+    for start in range(0, shape[2], slab):
+        stop = min(shape[2], start + slab)
+        part = resample(source, dst_affine=_shifted(target_affine, start), spatial_size=(*shape[:2], stop - start))
+        yield start, stop, part.as_tensor() if isinstance(part, MetaTensor) else part  # plain ops from here
 
 
 def _shifted(affine: np.ndarray, slices: int) -> torch.Tensor:
