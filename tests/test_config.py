@@ -55,7 +55,7 @@ def test_invalid_values_name_the_key(override, key):
 def test_unknown_names_list_the_known_ones():
     with pytest.raises(ConfigError, match="known: .*cpu-demo.*gpu-default"):
         load_run_config("spleen", profile="cpu-dmeo")
-    with pytest.raises(ConfigError, match="Did you mean unetr"):
+    with pytest.raises(ConfigError, match="did you mean 'unetr'"):
         load_run_config("spleen", model="unetrr")
 
 

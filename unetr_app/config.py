@@ -20,7 +20,6 @@ wheel carries as package data (`unetr_app/_data/`, read through importlib.resour
 from __future__ import annotations
 
 import copy
-import difflib
 import os
 from importlib import resources
 from pathlib import Path
@@ -30,6 +29,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from unetr_app.errors import ConfigError
+from unetr_app.registry import closest_name, unknown_name_message
 
 CONFIG_DIR_ENV = "UNETR_CONFIG_DIR"
 
@@ -157,9 +157,7 @@ def _choose(value: str, known: tuple[str, ...], what: str) -> str:
     """A name from a fixed list; an unknown one fails naming the value, the closest known and all of them."""
     if value in known:
         return value
-    close = difflib.get_close_matches(value, known, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
-    raise ValueError(f"unknown {what} {value!r}; {hint}choose one of {', '.join(known)}")
+    raise ValueError(unknown_name_message(what, value, known))
 
 
 class BudgetConfig(Strict):
@@ -482,8 +480,8 @@ def _unknown_key_message(loc: list[str]) -> str:
     key = ".".join(loc)
     if key in MOVED_KEYS:
         return f"this key moved to {MOVED_KEYS[key]}"
-    close = difflib.get_close_matches(loc[-1], _known_keys(loc[:-1]), n=1)
-    return f"unknown key; did you mean {close[0]!r}?" if close else "unknown key (check its spelling)"
+    close = closest_name(loc[-1], _known_keys(loc[:-1]))
+    return f"unknown key; did you mean {close!r}?" if close else "unknown key (check its spelling)"
 
 
 def _known_keys(parent: list[str]) -> list[str]:

@@ -235,7 +235,7 @@ def test_unetr_decoder_names_the_patch_sizes_it_can_upsample():
 def test_segmentation_needs_out_channels_and_a_known_decoder():
     with pytest.raises(ValueError, match="out_channels"):
         create_model("mixer_s16", task="segmentation", spatial_dims=3, img_size=32)
-    with pytest.raises(ValueError, match=r"unknown decoder 'unetrr'; registered decoders: .*unetr"):
+    with pytest.raises(ValueError, match=r"unknown decoder 'unetrr'; did you mean 'unetr'\? choose one of .*unetr"):
         create_model("mixer_s16", task="segmentation", spatial_dims=3, img_size=32, out_channels=2, decoder="unetrr")
 
 

@@ -14,7 +14,6 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from unetr_app.models import decoders_hierarchical  # noqa: F401  (registers the "unet" decoder)
 from unetr_app.models.layers import check_heads, feature_entry, stochastic_depth_rates, to_tuple
 from unetr_app.models.segmentation import build_for_task
 

@@ -10,14 +10,13 @@ can name a model as data and later families join without touching the trainer.
 
 from __future__ import annotations
 
-import difflib
-import fnmatch
 from dataclasses import dataclass
 from typing import Callable
 
 from torch import nn
 
 from unetr_app.errors import ConfigError
+from unetr_app.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -30,7 +29,12 @@ class ModelEntry:
     description: str
 
 
-_REGISTRY: dict[str, ModelEntry] = {}
+def _import_families() -> None:
+    # Importing the package registers every family module it lists.
+    import unetr_app.models  # noqa: F401
+
+
+MODELS: Registry[ModelEntry] = Registry("model", list_command="unetr models list", loader=_import_families)
 
 
 def register_model(
@@ -44,10 +48,8 @@ def register_model(
 
     def decorator(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or builder.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model name {key!r} is already registered by {_REGISTRY[key].builder.__module__}")
         doc = (builder.__doc__ or "").strip().splitlines()
-        _REGISTRY[key] = ModelEntry(key, builder, family, tuple(spatial_dims), tuple(tasks), doc[0] if doc else "")
+        MODELS.register(key, ModelEntry(key, builder, family, tuple(spatial_dims), tuple(tasks), doc[0] if doc else ""))
         return builder
 
     return decorator
@@ -55,17 +57,11 @@ def register_model(
 
 def list_models(pattern: str = "*") -> list[str]:
     """Registered names matching a shell-style pattern, sorted."""
-    _import_families()
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+    return MODELS.list(pattern)
 
 
 def get_model_entry(name: str) -> ModelEntry:
-    _import_families()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(f"unknown model {name!r}.{hint} `unetr models list` shows every name.")
-    return _REGISTRY[name]
+    return MODELS.get(name)
 
 
 def create_model(name: str, *, task: str | None = None, **kwargs) -> nn.Module:
@@ -87,7 +83,3 @@ def create_model(name: str, *, task: str | None = None, **kwargs) -> nn.Module:
         # a size the patches or strides don't divide, a misspelt parameter: the user's config to fix
         raise ConfigError(f"model {name!r}: {err}") from err
 
-
-def _import_families() -> None:
-    # Importing the package registers every family module it lists.
-    import unetr_app.models  # noqa: F401

@@ -58,31 +58,30 @@ from torch import nn
 
 from unetr_app.errors import ConfigError
 from unetr_app.models.layers import check_spatial_dims, conv_layer, resize_to
+from unetr_app.registry import Registry
 
 DecoderBuilder = Callable[..., nn.Module]
-_DECODERS: dict[str, DecoderBuilder] = {}
+
+
+def _import_decoders() -> None:
+    # the modules that define decoders outside this one, listed here rather than found by import order
+    from unetr_app.models import decoders_hierarchical, segformer  # noqa: F401
+
+
+DECODERS: Registry[DecoderBuilder] = Registry("decoder", loader=_import_decoders)
 
 
 def register_decoder(name: str) -> Callable[[DecoderBuilder], DecoderBuilder]:
     """Register `builder(feature_info, *, spatial_dims, in_channels, out_channels, **params)`."""
-
-    def decorator(builder: DecoderBuilder) -> DecoderBuilder:
-        if name in _DECODERS:
-            raise ValueError(f"decoder name {name!r} is already registered by {_DECODERS[name].__module__}")
-        _DECODERS[name] = builder
-        return builder
-
-    return decorator
+    return DECODERS.register(name)
 
 
 def list_decoders() -> list[str]:
-    return sorted(_DECODERS)
+    return DECODERS.list()
 
 
 def decoder_builder(name: str) -> DecoderBuilder:
-    if name not in _DECODERS:
-        raise ValueError(f"unknown decoder {name!r}; registered decoders: {', '.join(list_decoders())}")
-    return _DECODERS[name]
+    return DECODERS.get(name)
 
 
 def build_decoder(name: str, feature_info: list[dict], *, spatial_dims: int, in_channels: int,

@@ -6,7 +6,6 @@ No Qt here: the widget is a thin view of a `ReviewSession`, and the tests drive 
 
 from __future__ import annotations
 
-import difflib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 
 from unetr_app.errors import InputError, UsageError
 from unetr_app.io.scans import Volume, read_volume, source_for, write_like
+from unetr_app.registry import closest_name
 from unetr_app.review import measures
 from unetr_app.review.cases import ReviewCase, find_review_cases, label_name, natural_key, read_label_names
 from unetr_app.review.geometry import DisplayGrid
@@ -68,8 +68,8 @@ class ReviewSession:
     def index_of(self, name: str) -> int:
         names = [case.name for case in self.cases]
         if name not in names:
-            close = difflib.get_close_matches(name, names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; cases are {', '.join(names[:5])}..."
+            close = closest_name(name, names)
+            hint = f"; did you mean {close!r}?" if close else f"; cases are {', '.join(names[:5])}..."
             raise UsageError(f"--case {name!r} is not among the {len(names)} cases with a prediction{hint}")
         return names.index(name)
 
