@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from pipelines.postprocess import predict_validation, run_labels, run_postprocess, validation_cases
-from unetr_app.config import load_run_config, parse_overrides
+from unetr_app.config import DEFAULT_PROFILE, load_run_config, parse_overrides
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases
 from unetr_app.data.manifest import load_manifest
 from unetr_app.data.splits import load_or_make_splits
@@ -43,6 +43,7 @@ from unetr_app.evaluation.receptive_field import effective_receptive_field, plot
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.io.atomic import atomic_path, atomic_write_text
 from unetr_app.io.checkpoint import load_model
+from unetr_app.io.run_dir import RunDir
 from unetr_app.io.scans import read_volume, source_for
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ class CompareRequest:
     steps: int | None = None
     minutes: float | None = None
     epochs: int | None = None
-    profile: str = "cpu-demo"
+    profile: str = DEFAULT_PROFILE
     data_dir: Path | None = None
     processes: int | None = None  # default: one run per visible GPU, else 1
     device: str = "auto"
@@ -131,11 +132,11 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
 
 
 def _train(run: RunResult, request: CompareRequest, dataset: Path, say, slots: queue.Queue, processes: int) -> RunResult:
-    run_dir = Path(run.run_dir)
-    if (run_dir / "summary.json").is_file():
+    run_dir = RunDir(run.run_dir).path
+    if RunDir(run_dir).is_finished:
         run.status = "already done"
         return _read_training(run)
-    run.status = "resumed" if (run_dir / "checkpoints" / "last.pt").is_file() else "new"
+    run.status = "resumed" if RunDir(run_dir).last.is_file() else "new"
     say(f"{run.model} fold {run.fold}: {'resuming' if run.status == 'resumed' else 'training'}")
     run_dir.mkdir(parents=True, exist_ok=True)
     gpu = slots.get()  # a device no other run in flight holds (several runs share one when processes > GPUs)
@@ -144,7 +145,7 @@ def _train(run: RunResult, request: CompareRequest, dataset: Path, say, slots: q
             done = subprocess.run(_train_command(run, request, dataset), stdout=log_file, stderr=subprocess.STDOUT, env=_child_env(processes, gpu))
     finally:
         slots.put(gpu)
-    if done.returncode != 0 or not (run_dir / "summary.json").is_file():
+    if done.returncode != 0 or not RunDir(run_dir).is_finished:
         run.status, run.error = "failed", _last_line(run_dir / "train.log")
         say(f"{run.model} fold {run.fold}: failed ({run.error}); see {run_dir / 'train.log'}")
         return run
@@ -156,7 +157,7 @@ def _train_command(run: RunResult, request: CompareRequest, dataset: Path) -> li
     command = [sys.executable, "-m", "unetr_app", "train", "--data-dir", str(dataset), "--out", run.run_dir, "--device", request.device]
     for key, value in request.budget().items():
         command += [f"--{key}", str(value)]
-    if (Path(run.run_dir) / "config.yaml").is_file():  # a killed run continues as it was recorded
+    if RunDir(run.run_dir).is_started:  # a killed run continues as it was recorded
         return [*command, "--resume"]
     command += ["--task", request.task, "--model", run.config, "--profile", request.profile, "--fold", str(run.fold), "--folds", str(request.folds)]
     for pair in request.overrides:
@@ -189,11 +190,10 @@ def _child_env(processes: int, gpu: str | None = None) -> dict[str, str]:
 
 
 def _read_training(run: RunResult) -> RunResult:
-    run_dir = Path(run.run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+    run_dir = RunDir(run.run_dir)
+    summary = run_dir.read_summary()
     run.parameters, run.train_seconds, run.best_val_dice = summary.get("parameters"), summary.get("seconds"), summary.get("best_val_dice")
-    metrics = run_dir / "metrics.jsonl"
-    run.history = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()] if metrics.is_file() else []
+    run.history = run_dir.read_metrics()
     return run
 
 
@@ -215,7 +215,7 @@ def _judge(run: RunResult, device: str, say) -> None:
 
 
 def _postprocess(model_dir: Path, runs: list[RunResult], device: str, say) -> str:
-    decision_file = model_dir / "postprocessing.json"
+    decision_file = RunDir(model_dir).postprocessing
     if not decision_file.is_file():
         say(f"{model_dir.name}: deciding post-processing on {sum(len(r.case_dice) for r in runs)} validation cases")
         run_postprocess(model_dir, device)
@@ -241,7 +241,7 @@ def _receptive_field(out: Path, run: RunResult, say, max_scans: int = 4) -> floa
         say(f"{run.model}: measuring the effective receptive field")
         loaded = load_model(Path(run.run_dir), "cpu")  # its best checkpoint
         predictor = Predictor(loaded, PredictSettings(device=torch.device("cpu")))
-        split = json.loads((Path(run.run_dir) / "split.json").read_text(encoding="utf-8"))
+        split = RunDir(run.run_dir).read_split()
         sources = [source_for(c["image"]) for c in split["validation"][:max_scans]]
         images = (predictor.prepare(read_volume(source))[IMAGE].as_tensor() for source in sources)
         erf = effective_receptive_field(loaded.model, images, loaded.preprocessing.roi_size)

@@ -15,29 +15,28 @@ from typing import Iterable
 
 import nibabel as nib
 import numpy as np
-import yaml
 
 from unetr_app.device import resolve_device
 from unetr_app.errors import CheckpointError, UsageError
 from unetr_app.evaluation.postprocess import (
-    DEFAULT_MIN_VOLUMES_MM3, POSTPROCESSING_FILE, ValidationCase, decide_postprocessing,
+    DEFAULT_MIN_VOLUMES_MM3, ValidationCase, decide_postprocessing,
 )
 from unetr_app.inference.batch import OutputOptions, predict_cases
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.inference.report import OK, REPORT_NAME, CaseRecord, build_report, write_report
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
+from unetr_app.io.run_dir import SPLIT_FILE, RunDir
 from unetr_app.io.scans import read_volume, source_for
 
 log = logging.getLogger(__name__)
-VALIDATION_DIR = "validation"
 
 
 def find_runs(folder: Path) -> list[Path]:
     """Finished-enough run folders (a split and a best checkpoint): the folder itself or those below it."""
     folder = Path(folder)
-    candidates = [folder, *sorted(p.parent for p in folder.glob("*/split.json")), *sorted(p.parent for p in folder.glob("*/*/split.json"))]
-    return [run for run in dict.fromkeys(candidates) if (run / "split.json").is_file() and _has_checkpoint(run)]
+    candidates = [folder, *sorted(p.parent for p in folder.glob(f"*/{SPLIT_FILE}")), *sorted(p.parent for p in folder.glob(f"*/*/{SPLIT_FILE}"))]
+    return [run for run in dict.fromkeys(candidates) if RunDir(run).split.is_file() and _has_checkpoint(run)]
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -50,16 +49,16 @@ def _has_checkpoint(run_dir: Path) -> bool:
 def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool = False) -> list:
     """Predict a run's validation cases with its best checkpoint into RUN/validation/ (no post-processing).
     Done once: when every case is already predicted, the records (with their seconds) are read back."""
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    split = RunDir(run_dir).read_split()
     cases = [source_for(c["image"]) for c in split["validation"]]  # a file, a DICOM folder or a list of channel files
-    report = run_dir / VALIDATION_DIR / REPORT_NAME
+    report = RunDir(run_dir).validation / REPORT_NAME
     if report.is_file():
         done = [CaseRecord(**case) for case in json.loads(report.read_text(encoding="utf-8"))["cases"]]
         if {r.case for r in done if r.status == OK} >= {c.name for c in cases}:
             return done
     torch_device = resolve_device(device)
     predictor = Predictor(load_model(run_dir, torch_device), PredictSettings(device=torch_device, tta=False))  # the run's best checkpoint
-    out = run_dir / VALIDATION_DIR
+    out = RunDir(run_dir).validation
     out.mkdir(exist_ok=True)
     records = predict_cases(predictor, cases, OutputOptions(out), show_progress=show_progress)
     info = {"checkpoint": str(predictor.loaded.path), "model": predictor.loaded.name, "device": str(torch_device), "purpose": "cross-validation"}
@@ -69,11 +68,11 @@ def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool 
 
 def validation_cases(run_dir: Path) -> list[ValidationCase]:
     """A run's validation predictions paired with their references."""
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    split = RunDir(run_dir).read_split()
     pairs = []
     for case in split["validation"]:
         name = source_for(case["image"]).name
-        predicted = nib.load(run_dir / VALIDATION_DIR / f"{name}.nii.gz")
+        predicted = nib.load(RunDir(run_dir).validation / f"{name}.nii.gz")
         spacing = tuple(float(s) for s in np.linalg.norm(predicted.affine[:3, :3], axis=0))
         reference = read_volume(source_for(case["label"])).array.astype(np.uint8)
         pairs.append(ValidationCase(name, np.asarray(predicted.dataobj).astype(np.uint8), reference, spacing))
@@ -81,7 +80,7 @@ def validation_cases(run_dir: Path) -> list[ValidationCase]:
 
 
 def run_labels(run_dir: Path) -> dict[str, int]:
-    return dict(yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))["task"]["labels"])
+    return dict(RunDir(run_dir).read_config_dict()["task"]["labels"])
 
 
 def finished_fold_runs(run_dir: Path) -> list[Path] | None:
@@ -89,21 +88,21 @@ def finished_fold_runs(run_dir: Path) -> list[Path] | None:
     same splits file for the same model, one run per fold (this one for its own fold): the moment
     nnU-Net decides post-processing. Otherwise None."""
     run_dir = Path(run_dir)
-    split = json.loads((run_dir / "split.json").read_text(encoding="utf-8"))
+    split = RunDir(run_dir).read_split()
     if not isinstance(split.get("fold"), int):
         return None
     model, by_fold = _model_name(run_dir), {split["fold"]: run_dir}
-    for other in sorted(p.parent for p in run_dir.parent.glob("*/split.json")):
-        recorded = json.loads((other / "split.json").read_text(encoding="utf-8"))
+    for other in sorted(p.parent for p in run_dir.parent.glob(f"*/{SPLIT_FILE}")):
+        recorded = RunDir(other).read_split()
         same = (recorded.get("splits"), recorded.get("folds")) == (split["splits"], split["folds"]) and _model_name(other) == model
-        if same and (other / "summary.json").is_file() and _has_checkpoint(other):
+        if same and RunDir(other).is_finished and _has_checkpoint(other):
             by_fold.setdefault(recorded["fold"], other)
     return [by_fold[k] for k in range(split["folds"])] if by_fold.keys() >= set(range(split["folds"])) else None
 
 
 def _model_name(run_dir: Path) -> str | None:
-    config = run_dir / "config.yaml"
-    return yaml.safe_load(config.read_text(encoding="utf-8"))["model"]["name"] if config.is_file() else None
+    run = RunDir(run_dir)
+    return run.read_config_dict()["model"]["name"] if run.is_started else None
 
 
 def run_postprocess(folder: Path, device: str = "auto", min_volumes_mm3: Iterable[float] = DEFAULT_MIN_VOLUMES_MM3, show_progress: bool = False,
@@ -119,6 +118,6 @@ def run_postprocess(folder: Path, device: str = "auto", min_volumes_mm3: Iterabl
     labels = run_labels(runs[0])
     steps, trials = decide_postprocessing(cases, labels, min_volumes_mm3)
     decision = {**steps.to_dict(), "labels": labels, "validation_cases": len(cases), "runs": [str(r) for r in runs], "trials": trials}
-    atomic_write_text(folder / POSTPROCESSING_FILE, json.dumps(decision, indent=2) + "\n")
+    atomic_write_text(RunDir(folder).postprocessing, json.dumps(decision, indent=2) + "\n")
     log.info("post-processing for %s: %s", folder, steps)
     return decision

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from unetr_app.config import load_run_config
+from unetr_app.config import DEFAULT_PROFILE, DEFAULT_TASK, load_run_config
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app import distributed
@@ -98,7 +98,7 @@ def _fallback(request: PredictRequest) -> dict | None:
     """What a bare state dict lacks (model, preprocessing, labels), from --task/--model/--profile."""
     if request.task is None and request.model is None and request.profile is None:
         return None
-    return load_run_config(request.task or "spleen", request.model, request.profile or "cpu-demo").checkpoint_description()
+    return load_run_config(request.task or DEFAULT_TASK, request.model, request.profile or DEFAULT_PROFILE).checkpoint_description()
 
 
 def _output_format(value: str) -> str:

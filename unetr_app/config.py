@@ -372,10 +372,15 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
     return merged
 
 
+# what `unetr train`, `compare` and `predict` use when no --task / --profile is given
+DEFAULT_TASK = "spleen"
+DEFAULT_PROFILE = "cpu-demo"
+
+
 def load_run_config(
     task: str,
     model: str | None = None,
-    profile: str = "cpu-demo",
+    profile: str = DEFAULT_PROFILE,
     overrides: dict[str, Any] | None = None,
 ) -> RunConfig:
     """Resolve task + model + profile YAML and CLI overrides into one validated RunConfig.

@@ -7,19 +7,19 @@ from typing import Annotated
 
 import typer
 
-from unetr_app.cli.options import DeviceOption
+from unetr_app.cli.options import DEFAULT_PROFILE, DEFAULT_TASK, DeviceOption, EpochsOption, MinutesOption, StepsOption
 
 
 def compare(
     models: Annotated[str, typer.Option("--models", help="comma-separated registered model names or configs/models YAMLs")],
     out: Annotated[Path, typer.Option("--out", help="experiment folder: one run folder per model and fold, report.md, comparison.csv, plots")],
-    task: Annotated[str, typer.Option("--task", help="task config (configs/tasks/NAME.yaml)")] = "spleen",
+    task: Annotated[str, typer.Option("--task", help="task config (configs/tasks/NAME.yaml)")] = DEFAULT_TASK,
     folds: Annotated[int, typer.Option("--folds", min=2, help="cross-validation folds (the dataset's splits.json)")] = 3,
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="training budget per run in optimizer steps")] = None,
-    minutes: Annotated[float | None, typer.Option("--minutes", min=0, help="training budget per run in minutes")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="training budget per run in epochs")] = None,
+    steps: StepsOption = None,
+    minutes: MinutesOption = None,
+    epochs: EpochsOption = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="dataset folder; default $UNETR_DATA/<dataset>, then ./data/<dataset>")] = None,
-    profile: Annotated[str, typer.Option("--profile", help="configs/profiles NAME or a .yaml path")] = "cpu-demo",
+    profile: Annotated[str, typer.Option("--profile", help="configs/profiles NAME or a .yaml path")] = DEFAULT_PROFILE,
     processes: Annotated[int | None, typer.Option("--processes", min=1, help="runs trained at once (subprocesses sharing the cores); default: one per visible GPU, else 1")] = None,
     device: DeviceOption = "auto",
     set_: Annotated[list[str] | None, typer.Option("--set", help="config override for every run, e.g. --set optimizer.lr=3e-4")] = None,

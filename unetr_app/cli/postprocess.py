@@ -20,7 +20,8 @@ def postprocess(
     from rich.table import Table
 
     from pipelines.postprocess import run_postprocess
-    from unetr_app.evaluation.postprocess import DEFAULT_MIN_VOLUMES_MM3, POSTPROCESSING_FILE
+    from unetr_app.evaluation.postprocess import DEFAULT_MIN_VOLUMES_MM3
+    from unetr_app.io.run_dir import RunDir
 
     decision = run_postprocess(experiment_dir, device, min_volume or DEFAULT_MIN_VOLUMES_MM3, show_progress=True)
     table = Table("label", "step", "mean Dice before", "after", "kept", title=f"{decision['validation_cases']} validation cases")
@@ -28,4 +29,4 @@ def postprocess(
         table.add_row(trial["label"], trial["step"], f"{trial['dice_before']:.4f}", f"{trial['dice_after']:.4f}", "yes" if trial["kept"] else "no")
     console = Console()
     console.print(table)
-    console.print(f"-> {experiment_dir / POSTPROCESSING_FILE} (predict applies it; --no-postprocess turns it off)")
+    console.print(f"-> {RunDir(experiment_dir).postprocessing} (predict applies it; --no-postprocess turns it off)")

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from unetr_app.cli.options import DeviceOption
+from unetr_app.cli.options import (DEFAULT_TASK, CheckpointEveryOption, DeviceOption, EpochsOption, MinutesOption,
+                                   SetOption, StepsOption, budget_from)
 
 console = Console()
 
@@ -19,11 +19,11 @@ def pretrain(
     method: Annotated[str, typer.Option("--method", help="self-supervised method (recipe): dino")] = "dino",
     model: Annotated[str | None, typer.Option("--model", help="registered model name; default: the profile's")] = None,
     profile: Annotated[str, typer.Option("--profile", help="configs/profiles NAME or a .yaml path")] = "cpu-dino",
-    task: Annotated[str, typer.Option("--task", help="task config whose orientation/spacing/window the profile completes")] = "spleen",
-    steps: Annotated[int | None, typer.Option("--steps", min=1, help="budget: N optimizer steps")] = None,
-    minutes: Annotated[float | None, typer.Option("--minutes", min=0.01, help="budget: M minutes (timed, then fixed in steps)")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="budget: N passes over the scans")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", min=1, help="write last.pt every N steps")] = None,
+    task: Annotated[str, typer.Option("--task", help="task config whose orientation/spacing/window the profile completes")] = DEFAULT_TASK,
+    steps: StepsOption = None,
+    minutes: MinutesOption = None,
+    epochs: EpochsOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/pretrain-<method>-<model>-<time>")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue the run in --out (its recorded scans and config)")] = False,
     device: DeviceOption = "auto",
@@ -34,34 +34,32 @@ def pretrain(
     Under `torchrun --nproc-per-node N -m unetr_app pretrain ...` it trains with DistributedDataParallel.
     """
     from pipelines.pretrain import METHODS, pretrain as pretrain_pipeline
-    from pipelines.train import load_recorded_config, with_budget
-    from unetr_app.config import BudgetConfig, load_run_config, parse_overrides
+    from pipelines.train import with_budget
+    from unetr_app.config import load_run_config, parse_overrides
     from unetr_app.errors import UsageError
+    from unetr_app.io.run_dir import start_or_resume
     from unetr_app.training.progress import RichReporter
 
     if method not in METHODS:
         raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    budgets = {k: v for k, v in (("steps", steps), ("minutes", minutes), ("epochs", epochs)) if v is not None}
-    if len(budgets) > 1:
-        raise UsageError(f"give one budget, not {' and '.join('--' + k for k in budgets)}")
-    if resume and out is None:
-        raise UsageError("--resume needs --out RUN_DIR (the run to continue)")
-    if resume and (out / "config.yaml").is_file():
-        config = load_recorded_config(out)
-    else:
+    budget = budget_from(steps, minutes, epochs)
+
+    def new_config():
         if not images:
             raise UsageError("give at least one folder of scans (IMAGES_DIR)")
         overrides = parse_overrides(set_ or [])
         overrides.setdefault("recipe", {})["name"] = method
-        config = load_run_config(task, model, profile, overrides)
-        out = out or Path("runs") / f"pretrain-{method}-{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    config = with_budget(config, BudgetConfig(**budgets) if budgets else None, checkpoint_every)
+        return load_run_config(task, model, profile, overrides)
+
+    start = start_or_resume(out, resume=resume, new_config=new_config, run_name=lambda c: f"pretrain-{method}-{c.model.name}")
+    config, run = with_budget(start.config, budget, checkpoint_every), start.run
+    out = run.path
     console.print(f"pretraining {config.model.name} with {method} ({config.profile}) into {out}")
     summary = pretrain_pipeline(config, out, images, device, resume, reporter=RichReporter(console))
     if summary is None:
         return
     console.print(
         f"final loss {summary['final_loss']:.4f} ({summary['steps']} steps on {summary['scans']} scans, {summary['seconds']:.0f} s)\n"
-        f"results: {out}/summary.json, {out}/curves.png, checkpoints in {out}/checkpoints/; "
+        f"results: {run.summary}, {run.curves}, checkpoints in {run.checkpoints}/; "
         f"fine-tune with `unetr train --init-from {out}`"
     )

@@ -21,8 +21,8 @@ import cc3d
 import numpy as np
 
 from unetr_app.errors import UsageError
+from unetr_app.io.run_dir import CHECKPOINTS_FOLDER, POSTPROCESSING_FILE
 
-POSTPROCESSING_FILE = "postprocessing.json"
 CONNECTIVITY = 26
 DEFAULT_MIN_VOLUMES_MM3 = (100.0, 1000.0, 10000.0)
 
@@ -145,7 +145,7 @@ def find_postprocessing(checkpoint: Path) -> Path | None:
     in the run folder or the folder above it (an experiment's folds share one decision)."""
     folder = Path(checkpoint).parent
     places = [folder]
-    if folder.name == "checkpoints":
+    if folder.name == CHECKPOINTS_FOLDER:
         places += [folder.parent, folder.parent.parent]
     return next((place / POSTPROCESSING_FILE for place in places if (place / POSTPROCESSING_FILE).is_file()), None)
 
