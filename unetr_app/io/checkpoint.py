@@ -55,23 +55,69 @@ WRAPPER_KEYS = ("state_dict", "model", "net", "network", "model_state_dict")  # 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Write `checkpoint` (a dict with `state_dict`) as NAME.safetensors (+ NAME.pt for the rest).
 
+    Where an entry goes is decided by its type (`split_by_type`), never by trying to serialise it.
     Each file is written atomically; the weights go first, and the sidecar names the weights'
     `save_id`, so a kill between the two writes is detected on load instead of mixing two saves."""
     weights_path, sidecar_path = checkpoint_files(path)
-    data = dict(checkpoint)
-    state_dict = data.pop("state_dict")
-    extra = {k: data.pop(k) for k in list(data) if k == "training_state" or not _is_json(data[k])}
+    state_dict, description, tensors_and_state = split_by_type(checkpoint)
     save_id = uuid.uuid4().hex
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "save_id": save_id,
-                "checkpoint": json.dumps(data)}
+                "checkpoint": json.dumps(description)}
     write_safetensors(weights_path, state_dict, metadata)
-    if extra:
+    if tensors_and_state:
         sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, "save_id": save_id,
-                   "weights": weights_path.name, **extra}
+                   "weights": weights_path.name, **tensors_and_state}
         with atomic_path(sidecar_path) as tmp:
             torch.save(sidecar, tmp)
     else:  # an older sidecar or format-1 file of the same name would now describe other weights
         sidecar_path.unlink(missing_ok=True)
+
+
+def build_checkpoint(description: dict[str, Any], model: nn.Module | dict[str, torch.Tensor], **entries: Any) -> dict[str, Any]:
+    """The one shape of a checkpoint dict: what rebuilds the network (`RunConfig.checkpoint_description`),
+    its weights (detached, on the CPU) and any further entries (step, recipe, training_state, ...)."""
+    state = model.state_dict() if isinstance(model, nn.Module) else model
+    return {**description, "state_dict": {k: v.detach().cpu() for k, v in state.items()}, **entries}
+
+
+def split_by_type(checkpoint: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """(weights, description, sidecar) of a checkpoint dict, by type:
+
+    - `state_dict` (names -> tensors): the .safetensors tensors;
+    - `training_state` and every entry holding a tensor anywhere (a teacher's weights, optimizer
+      moments, RNG states): the torch sidecar, read back with `weights_only=True`;
+    - every other entry must be plain data (str, number, bool, None, lists, str-keyed dicts): the
+      .safetensors header, as JSON. Anything else (a Path, a numpy array, an object) is an error
+      naming the key, so no value ever reaches a file that a safe loader could not read."""
+    data = dict(checkpoint)
+    state_dict = data.pop("state_dict")
+    if not isinstance(state_dict, dict) or not _all_tensors(state_dict):
+        raise TypeError("checkpoint['state_dict'] must map parameter names to tensors")
+    sidecar = {k: data.pop(k) for k in list(data) if k == "training_state" or _holds_tensor(data[k])}
+    for key, value in data.items():
+        _check_plain(value, key)
+    return state_dict, data, sidecar
+
+
+def _holds_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, dict):
+        return any(_holds_tensor(v) for v in value.values())
+    return isinstance(value, (list, tuple)) and any(_holds_tensor(v) for v in value)
+
+
+def _check_plain(value: Any, key: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"checkpoint[{key!r}]: key {k!r} is not a string (the header is JSON)")
+            _check_plain(v, f"{key}.{k}")
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_plain(v, f"{key}[{i}]")
+    elif not (value is None or isinstance(value, (str, bool, int, float))):
+        raise TypeError(f"checkpoint[{key!r}]: a {type(value).__name__} is neither a tensor nor plain data; convert it before saving")
 
 
 def write_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -342,14 +388,6 @@ def _build(path: Path, data: dict, strict: bool) -> tuple[nn.Module, KeyReport |
     if report.missing:
         raise CheckpointError(f"{path}: weights do not fit model {spec['name']!r}: {report.summary()}")
     return model, report
-
-
-def _is_json(value: Any) -> bool:
-    try:
-        json.dumps(value)
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def _load_error(err: Exception) -> str:
