@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import queue
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +25,7 @@ import numpy as np
 import torch
 
 from pipelines.postprocess import predict_validation, run_labels, run_postprocess, validation_cases
+from pipelines.scheduling import GpuPool, visible_gpus
 from unetr_app.config import DEFAULT_PROFILE, load_run_config, parse_overrides
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases
 from unetr_app.data.manifest import load_manifest
@@ -107,13 +104,8 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
     runs = [RunResult(model_label(name), fold, str(request.out / model_label(name) / f"fold_{fold}"), config=name) for name in request.models for fold in range(len(splits))]
     say(f"{len(runs)} runs ({len(request.models)} models x {len(splits)} folds) in {request.out}; folds from {splits_file}")
     gpus = visible_gpus(request.device)
-    processes = request.processes or max(1, len(gpus))
-    slots: queue.Queue = queue.Queue()
-    for slot in device_slots(processes, gpus):
-        slots.put(slot)
-    with ThreadPoolExecutor(processes) as pool:
-        for run in pool.map(lambda r: _train(r, request, dataset, say, slots, processes), runs):
-            pass
+    pool = GpuPool(request.processes or max(1, len(gpus)), gpus)
+    pool.map(lambda run: _train(run, request, dataset, say, pool), runs)
     for run in runs:
         if run.status != "failed":
             _judge(run, request.device, say)
@@ -131,23 +123,18 @@ def run_compare(request: CompareRequest, on_event=None) -> dict:
 # --- training ---------------------------------------------------------------------------------
 
 
-def _train(run: RunResult, request: CompareRequest, dataset: Path, say, slots: queue.Queue, processes: int) -> RunResult:
-    run_dir = RunDir(run.run_dir).path
-    if RunDir(run_dir).is_finished:
+def _train(run: RunResult, request: CompareRequest, dataset: Path, say, pool: GpuPool) -> RunResult:
+    run_dir = RunDir(run.run_dir)
+    if run_dir.is_finished:
         run.status = "already done"
         return _read_training(run)
-    run.status = "resumed" if RunDir(run_dir).last.is_file() else "new"
+    run.status = "resumed" if run_dir.last.is_file() else "new"
     say(f"{run.model} fold {run.fold}: {'resuming' if run.status == 'resumed' else 'training'}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    gpu = slots.get()  # a device no other run in flight holds (several runs share one when processes > GPUs)
-    try:
-        with open(run_dir / "train.log", "a") as log_file:
-            done = subprocess.run(_train_command(run, request, dataset), stdout=log_file, stderr=subprocess.STDOUT, env=_child_env(processes, gpu))
-    finally:
-        slots.put(gpu)
-    if done.returncode != 0 or not RunDir(run_dir).is_finished:
-        run.status, run.error = "failed", _last_line(run_dir / "train.log")
-        say(f"{run.model} fold {run.fold}: failed ({run.error}); see {run_dir / 'train.log'}")
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    returncode = pool.run(_train_command(run, request, dataset), run_dir.train_log)
+    if returncode != 0 or not run_dir.is_finished:
+        run.status, run.error = "failed", _last_line(run_dir.train_log)
+        say(f"{run.model} fold {run.fold}: failed ({run.error}); see {run_dir.train_log}")
         return run
     say(f"{run.model} fold {run.fold}: done")
     return _read_training(run)
@@ -163,30 +150,6 @@ def _train_command(run: RunResult, request: CompareRequest, dataset: Path) -> li
     for pair in request.overrides:
         command += ["--set", pair]
     return command
-
-
-def visible_gpus(device: str) -> list[str]:
-    """The CUDA devices runs may be spread over, as CUDA_VISIBLE_DEVICES names them (none on CPU)."""
-    if device == "cpu" or not torch.cuda.is_available():
-        return []
-    named = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return named or [str(i) for i in range(torch.cuda.device_count())]
-
-
-def device_slots(processes: int, gpus: list[str]) -> list[str | None]:
-    """The device of each of `processes` concurrent runs: the GPUs dealt round-robin (None on CPU)."""
-    return [gpus[i % len(gpus)] for i in range(processes)] if gpus else [None] * processes
-
-
-def _child_env(processes: int, gpu: str | None = None) -> dict[str, str]:
-    """Split the cores between concurrent runs instead of letting each take them all; pin a run to its GPU."""
-    env = dict(os.environ)
-    if gpu is not None:
-        env["CUDA_VISIBLE_DEVICES"] = gpu
-    threads = max(1, (os.cpu_count() or 1) // max(1, processes))
-    env.setdefault("OMP_NUM_THREADS", str(threads))
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")]))
-    return env
 
 
 def _read_training(run: RunResult) -> RunResult:

@@ -93,7 +93,7 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
 
 
 def test_runs_are_spread_over_the_visible_gpus(monkeypatch):
-    from pipelines import compare
+    from pipelines import scheduling as compare
 
     monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(compare.torch.cuda, "device_count", lambda: 2)
@@ -102,7 +102,7 @@ def test_runs_are_spread_over_the_visible_gpus(monkeypatch):
     assert compare.device_slots(4, ["0", "1"]) == ["0", "1", "0", "1"]  # more runs at once than GPUs: they share
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")  # the user's choice of GPUs is kept, not renumbered
     assert compare.device_slots(2, compare.visible_gpus("cuda")) == ["2", "5"]
-    env = compare._child_env(2, "5")
+    env = compare.child_env(2, "5")
     assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["OMP_NUM_THREADS"]
     assert compare.device_slots(3, []) == [None, None, None]
-    assert compare._child_env(1, None)["CUDA_VISIBLE_DEVICES"] == "2,5"  # no slot: the environment as the user set it
+    assert compare.child_env(1, None)["CUDA_VISIBLE_DEVICES"] == "2,5"  # no slot: the environment as the user set it

@@ -30,6 +30,7 @@ CURVES_FILE = "curves.png"
 INIT_FILE = "init.json"
 POSTPROCESSING_FILE = "postprocessing.json"
 VALIDATION_FOLDER = "validation"
+TRAIN_LOG = "train.log"
 CHECKPOINTS_FOLDER = "checkpoints"
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -57,6 +58,7 @@ class RunDir:
     init_record = property(lambda self: self.path / INIT_FILE, doc="where the encoder's warm start came from")
     postprocessing = property(lambda self: self.path / POSTPROCESSING_FILE, doc="the chosen post-processing")
     validation = property(lambda self: self.path / VALIDATION_FOLDER, doc="predictions of the validation cases")
+    train_log = property(lambda self: self.path / TRAIN_LOG, doc="output of a training subprocess (compare's)")
     checkpoints = property(lambda self: self.path / CHECKPOINTS_FOLDER)
     last = property(lambda self: self.checkpoints / LAST_CHECKPOINT, doc="with training state, for resuming")
     best = property(lambda self: self.checkpoints / BEST_CHECKPOINT, doc="best validation Dice, weights only")
