@@ -81,3 +81,17 @@ def test_no_module_imports_a_higher_layer():
 def test_the_check_catches_an_upward_import_even_inside_a_function(module, statement):
     assert len(upward_imports({module: f"def f():\n    {statement}\n"})) == 1
     assert upward_imports({"pipelines.fine": f"def f():\n    {statement}\n"}) == []
+
+
+def test_the_registry_is_the_bottom_floor():
+    # every layer registers parts in it, so it may import nothing of ours but the error classes
+    ours = [name for _, name in imports_of(SOURCES["unetr_app.registry"]) if name.startswith("unetr_app")]
+    assert ours == ["unetr_app.errors"]
+
+
+@pytest.mark.xfail(strict=True, reason="training/ and pipelines/train.py, pretrain.py move to RunDir on the stack-train branch; drop this mark at merge")
+def test_the_run_folder_is_named_in_io_only():
+    # io/run_dir.py spells the run folder's files; training, inference and pipelines ask it
+    assert layer_of("unetr_app.io.run_dir") == ("unetr_app.io", 0)
+    spelled = [m for m, src in SOURCES.items() if '"summary.json"' in src or '"split.json"' in src]
+    assert spelled == ["unetr_app.io.run_dir"]

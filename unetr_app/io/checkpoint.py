@@ -39,13 +39,14 @@ from torch import nn
 from unetr_app.config import InferenceConfig, PreprocessingConfig
 from unetr_app.errors import CheckpointError
 from unetr_app.io.atomic import atomic_path
+from unetr_app.io.run_dir import BEST_CHECKPOINT, CHECKPOINTS_FOLDER, LAST_CHECKPOINT
 
 FORMAT = "unetr-checkpoint"
 FORMAT_VERSION = 2
 REQUIRED_KEYS = ("model", "state_dict", "preprocessing", "inference", "labels")
 WEIGHTS_SUFFIX = ".safetensors"
 SIDECAR_SUFFIX = ".pt"
-CHECKPOINT_NAMES = ("best", "last")
+CHECKPOINT_NAMES = (Path(BEST_CHECKPOINT).stem, Path(LAST_CHECKPOINT).stem)  # a run folder means its best, else its last
 WRAPPER_KEYS = ("state_dict", "model", "net", "network", "model_state_dict")  # how other tools nest weights
 
 
@@ -165,10 +166,10 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     """A run folder means its best checkpoint (else its last); NAME.pt may exist as NAME.safetensors only."""
     path = Path(path)
     if path.is_dir():
-        for folder in (path / "checkpoints", path):
+        for folder in (path / CHECKPOINTS_FOLDER, path):
             for name in CHECKPOINT_NAMES:
                 weights, sidecar = checkpoint_files(folder / name)
-                for candidate in (sidecar, weights) if name == "last" else (weights, sidecar):
+                for candidate in (sidecar, weights) if name == Path(LAST_CHECKPOINT).stem else (weights, sidecar):
                     if candidate.is_file():
                         return candidate
         raise CheckpointError(f"{path}: no checkpoints/best or checkpoints/last (.safetensors or .pt) in this folder")
