@@ -31,6 +31,7 @@ from unetr_app.io.atomic import atomic_path, atomic_write_text
 
 MODELS_SOURCE = Path(__file__).resolve().parent.parent / "models"
 ERRORS_SOURCE = Path(__file__).resolve().parent.parent / "errors.py"
+REGISTRY_SOURCE = Path(__file__).resolve().parent.parent / "registry.py"
 VENDORED = "scripts.unetr_models"
 LICENSE_TEXT = (
     "The code in this bundle is Apache-2.0 (see https://www.apache.org/licenses/LICENSE-2.0).\n"
@@ -174,8 +175,10 @@ def _vendor_models(loaded: LoadedModel, out_dir: Path) -> dict[str, Any]:
     atomic_write_text(out_dir / "scripts" / "__init__.py", '"""Code this bundle needs: unetr\'s model registry."""\n')
     sources = {path.name: path.read_text(encoding="utf-8") for path in MODELS_SOURCE.glob("*.py")}
     sources["_errors.py"] = ERRORS_SOURCE.read_text(encoding="utf-8")
+    sources["_registry.py"] = REGISTRY_SOURCE.read_text(encoding="utf-8")
     for filename, text in sources.items():
         text = text.replace("unetr_app.models", VENDORED).replace("unetr_app.errors", f"{VENDORED}._errors")
+        text = text.replace("unetr_app.registry", f"{VENDORED}._registry")
         atomic_write_text(target / filename, text)
     return {"_target_": f"{VENDORED}.create_model", "name": loaded.name, **loaded.kwargs}
 
