@@ -15,7 +15,7 @@ console = Console()
 
 
 def train(
-    task: Annotated[str | None, typer.Option("--task", help="task config (configs/tasks/NAME.yaml)  [default: spleen]")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="task config (configs/tasks/NAME.yaml)  [default: the --data-dir's dataset.json, else spleen]")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="dataset folder; default $UNETR_DATA/<dataset>, then ./data/<dataset>")] = None,
     model: Annotated[str | None, typer.Option("--model", help="registered model name or configs/models YAML; default: the profile's")] = None,
     profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME or a .yaml path  [default: cpu-demo]")] = None,
@@ -62,7 +62,7 @@ def train(
             overrides.setdefault("recipe", {})["name"] = recipe
         if teacher is not None:
             overrides.setdefault("recipe", {}).setdefault("params", {})["teacher"] = str(teacher)
-        config = load_run_config(task or "spleen", model, profile or "cpu-demo", overrides)
+        config = load_run_config(task, model, profile or "cpu-demo", overrides, data_dir=data_dir)
         out = out or Path("runs") / f"{config.task.name}-{config.model.name}-{config.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = with_budget(config, budget, checkpoint_every)
     console.print(f"training {config.model.name} on {config.task.name} with the {config.recipe.name} recipe ({config.profile}) into {out}")
