@@ -378,9 +378,9 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 
 
 def load_run_config(
-    task: str | None,
+    task: str | dict[str, Any] | None,
     model: str | None = None,
-    profile: str = "cpu-demo",
+    profile: str | dict[str, Any] = "cpu-demo",
     overrides: dict[str, Any] | None = None,
     data_dir: str | Path | None = None,
 ) -> RunConfig:
@@ -397,9 +397,12 @@ def load_run_config(
     chosen model themselves (`--set model.params.KEY=...`).
     """
     task_data = resolve_task(task, data_dir)
-    profile_path = find_config("profiles", profile)
-    profile_data = read_yaml(profile_path)
-    if PLANNED_PROFILE_KEY in profile_data:  # a plans.yaml: the profile planned for this dataset
+    if isinstance(profile, dict):  # a planned profile (unetr plan), already in memory
+        profile_path, profile_data, profile = Path(f"{profile.get('profile', 'planned')}.yaml"), copy.deepcopy(profile), str(profile.get("profile", "planned"))
+    else:
+        profile_path = find_config("profiles", profile)
+        profile_data = read_yaml(profile_path)
+    if isinstance(profile_data.get(PLANNED_PROFILE_KEY), dict):  # a plans.yaml: the profile planned for its device
         profile_data = copy.deepcopy(profile_data[PLANNED_PROFILE_KEY])
     profile_model = profile_data.pop("model", {}) or {}
     if not isinstance(profile_model, dict) or not set(profile_model) <= {"name", "params", "sizes"}:
@@ -424,12 +427,14 @@ PLANNED_PROFILE_KEY = "profile"  # the key of a plans.yaml that holds the planne
 DEFAULT_TASK = "spleen"
 
 
-def resolve_task(task: str | None, data_dir: str | Path | None = None) -> dict[str, Any]:
+def resolve_task(task: str | dict[str, Any] | None, data_dir: str | Path | None = None) -> dict[str, Any]:
     """The task's config data. A dataset folder with a dataset.json describes its own task; a task
     YAML (`task`, or the one whose dataset_dir is the folder's name) may name the dataset, add a
     manifest and give labels or channels, which must then agree with dataset.json."""
     description = Path(data_dir) / DATASET_JSON if data_dir is not None else None
     described = task_from_dataset_json(description) if description is not None and description.is_file() else None
+    if isinstance(task, dict):  # a task already resolved (a plan's, read from the folder layout)
+        return copy.deepcopy(task)
     if task is None:
         task = DEFAULT_TASK if data_dir is None else _task_for_folder(Path(data_dir).name)
     if task is None:

@@ -18,7 +18,7 @@ def train(
     task: Annotated[str | None, typer.Option("--task", help="task config (configs/tasks/NAME.yaml)  [default: the --data-dir's dataset.json, else spleen]")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="dataset folder; default $UNETR_DATA/<dataset>, then ./data/<dataset>")] = None,
     model: Annotated[str | None, typer.Option("--model", help="registered model name or configs/models YAML; default: the profile's")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME or a .yaml path  [default: cpu-demo]")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME, a .yaml path (a plans.yaml too), or auto: planned from the data  [default: cpu-demo]")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="training recipe (recipe.name), e.g. supervised")] = None,
     steps: Annotated[int | None, typer.Option("--steps", min=1, help="budget: N optimizer steps")] = None,
     minutes: Annotated[float | None, typer.Option("--minutes", min=0.01, help="budget: M minutes of training (timed, then fixed in steps)")] = None,
@@ -62,7 +62,13 @@ def train(
             overrides.setdefault("recipe", {})["name"] = recipe
         if teacher is not None:
             overrides.setdefault("recipe", {}).setdefault("params", {})["teacher"] = str(teacher)
-        config = load_run_config(task, model, profile or "cpu-demo", overrides, data_dir=data_dir)
+        planned = None
+        if profile == "auto":  # the plan for this dataset and device (unetr plan), made now if there is none
+            from pipelines.plan import auto_profile
+
+            planned, planned_task = auto_profile(data_dir, device, announce=console.print)
+            task = task or planned_task
+        config = load_run_config(task, model, planned or profile or "cpu-demo", overrides, data_dir=data_dir)
         out = out or Path("runs") / f"{config.task.name}-{config.model.name}-{config.profile}-{time.strftime('%Y%m%d-%H%M%S')}"
     config = with_budget(config, budget, checkpoint_every)
     console.print(f"training {config.model.name} on {config.task.name} with the {config.recipe.name} recipe ({config.profile}) into {out}")
