@@ -3,7 +3,7 @@
     nice -n 10 python benchmarks/plan_scale.py --cases 500        # the issue's 500 x 512x512x100
     nice -n 10 python benchmarks/plan_scale.py --cases 40         # what fits a busy shared machine
 
-Cases are mostly constant (a body block and a label block), so gzip keeps them small and cheap to
+Case names carry no _NNNN suffix (nnU-Net reads that as a channel number). Cases are mostly constant (a body block and a label block), so gzip keeps them small and cheap to
 write; reading still decodes every voxel. The plan runs in a child process whose peak RSS
 (ru_maxrss) is measured; writing the data is not timed. Writes benchmarks/results/plan_scale.json.
 """
@@ -35,8 +35,8 @@ def write_cases(root: Path, cases: int, shape) -> None:
     label[200:260, 200:260, 40:60] = 1
     affine = np.diag([0.7, 0.7, 2.5, 1.0])
     for i in range(cases):
-        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"case_{i:04d}.nii.gz")
-        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case_{i:04d}.nii.gz")
+        nib.save(nib.Nifti1Image(image, affine), root / "imagesTr" / f"case{i:04d}.nii.gz")
+        nib.save(nib.Nifti1Image(label, affine), root / "labelsTr" / f"case{i:04d}.nii.gz")
     (root / "dataset.json").write_text(json.dumps({"name": "Scale", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "organ"}}))
 
 
