@@ -73,7 +73,7 @@ def test_override_syntax_is_checked():
 
 
 def test_cli_config_error_is_one_line_exit_2(cli, tmp_path):
-    result = cli("train", "--set", "optimizer.lr=fast", "--data-dir", tmp_path)
+    result = cli("train", "--task", "spleen", "--set", "optimizer.lr=fast", "--data-dir", tmp_path)
     assert result.exit_code == 2
     assert "optimizer.lr" in result.output and "Traceback" not in result.output
     assert len(result.output.strip().splitlines()) == 1

@@ -20,7 +20,9 @@ wheel carries as package data (`unetr_app/_data/`, read through importlib.resour
 from __future__ import annotations
 
 import copy
+import json
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -70,7 +72,8 @@ Modality = Literal["CT", "MRI"]
 class TaskConfig(Strict):
     name: str
     dataset_dir: str = Field(description="folder name of the dataset, e.g. Task09_Spleen")
-    manifest: str = Field(description="name of the manifest in data_manifests/")
+    manifest: str | None = Field(None, description="name of the manifest in data_manifests/; null: the dataset's dataset.json alone")
+    file_ending: str = Field(".nii.gz", description="file name ending of the dataset's scans (nnU-Net v2's file_ending)")
     modality: Modality
     in_channels: int = Field(1, ge=1)
     channels: dict[str, Modality] | None = Field(
@@ -378,12 +381,16 @@ DEFAULT_PROFILE = "cpu-demo"
 
 
 def load_run_config(
-    task: str,
+    task: str | dict[str, Any] | None,
     model: str | None = None,
-    profile: str = DEFAULT_PROFILE,
+    profile: str | dict[str, Any] = DEFAULT_PROFILE,
     overrides: dict[str, Any] | None = None,
+    data_dir: str | Path | None = None,
 ) -> RunConfig:
     """Resolve task + model + profile YAML and CLI overrides into one validated RunConfig.
+
+    The task is `resolve_task(task, data_dir)`: a task YAML, the dataset's own dataset.json, or
+    both when they agree. A profile may be a plans.yaml written by `unetr plan` (its `profile`).
 
     `model` defaults to the profile's `model.name`. A model name without a YAML file in
     configs/models/ is taken as a registered model with its own defaults. The profile's
@@ -392,9 +399,14 @@ def load_run_config(
     window for that family). Sizes that do not fit are an error, unless the overrides size the
     chosen model themselves (`--set model.params.KEY=...`).
     """
-    task_data = read_yaml(find_config("tasks", task))
-    profile_path = find_config("profiles", profile)
-    profile_data = read_yaml(profile_path)
+    task_data = resolve_task(task, data_dir)
+    if isinstance(profile, dict):  # a planned profile (unetr plan), already in memory
+        profile_path, profile_data, profile = Path(f"{profile.get('profile', 'planned')}.yaml"), copy.deepcopy(profile), str(profile.get("profile", "planned"))
+    else:
+        profile_path = find_config("profiles", profile)
+        profile_data = read_yaml(profile_path)
+    if isinstance(profile_data.get(PLANNED_PROFILE_KEY), dict):  # a plans.yaml: the profile planned for its device
+        profile_data = copy.deepcopy(profile_data[PLANNED_PROFILE_KEY])
     profile_model = profile_data.pop("model", {}) or {}
     if not isinstance(profile_model, dict) or not set(profile_model) <= {"name", "params", "sizes"}:
         raise ConfigError(f"{profile_path}: model: expected a mapping with name, params and sizes")
@@ -406,9 +418,120 @@ def load_run_config(
     if "roi_size" in params:  # a family whose deepest stride needs a larger window than the profile's
         profile_data = deep_merge(profile_data, {"preprocessing": {"roi_size": params.pop("roi_size")}})
     model_data = deep_merge(model_data, {"params": params})
-    data = deep_merge(profile_data, {"task": task_data, "model": model_data, "profile": Path(profile).stem})
+    data = deep_merge(profile_data, {"task": task_data, "model": model_data, "profile": profile_data.get("profile", Path(profile).stem)})
     data = deep_merge(data, overrides or {})
-    return validate_run_config(data, source=f"{profile_path.name} + {task} + {model_data['name']}")
+    return validate_run_config(data, source=f"{profile_path.name} + {task_data.get('name', task)} + {model_data['name']}")
+
+
+# --- the task: a task YAML, the dataset's own dataset.json, or both -------------------------------
+
+DATASET_JSON = "dataset.json"
+PLANNED_PROFILE_KEY = "profile"  # the key of a plans.yaml that holds the planned profile
+
+
+def resolve_task(task: str | dict[str, Any] | None, data_dir: str | Path | None = None) -> dict[str, Any]:
+    """The task's config data. A dataset folder with a dataset.json describes its own task; a task
+    YAML (`task`, or the one whose dataset_dir is the folder's name) may name the dataset, add a
+    manifest and give labels or channels, which must then agree with dataset.json."""
+    description = Path(data_dir) / DATASET_JSON if data_dir is not None else None
+    described = task_from_dataset_json(description) if description is not None and description.is_file() else None
+    if isinstance(task, dict):  # a task already resolved (a plan's, read from the folder layout)
+        return copy.deepcopy(task)
+    if task is None:
+        task = DEFAULT_TASK if data_dir is None else _task_for_folder(Path(data_dir).name)
+    if task is None:
+        if described is None:
+            raise ConfigError(
+                f"{description}: not found, and no task YAML names the folder {Path(data_dir).name!r}; add a dataset.json "
+                "(MSD or nnU-Net v2 form: labels, modality or channel_names) or pass --task NAME"
+            )
+        return described
+    path = find_config("tasks", task)
+    data = read_yaml(path)
+    return data if described is None else _agreeing_task(data, path, described, description)
+
+
+def _task_for_folder(folder: str) -> str | None:
+    """The known task whose dataset_dir is this folder's name (e.g. Task09_Spleen -> spleen)."""
+    for name in known_names("tasks"):
+        if read_yaml(find_config("tasks", name)).get("dataset_dir") == folder:
+            return name
+    return None
+
+
+def _agreeing_task(data: dict[str, Any], path: Path, described: dict[str, Any], description: Path) -> dict[str, Any]:
+    """The YAML's task completed from dataset.json; labels or channels that disagree are an error naming both."""
+    if "labels" in data and data["labels"] != described["labels"]:
+        raise ConfigError(
+            f"{path}: labels {data['labels']} disagree with {description}'s {described['labels']}; "
+            f"fix one of them, or drop labels from {path.name} to take the dataset's"
+        )
+    named = data.get("channels") or {}
+    modalities = list(named.values()) or [data.get("modality", described["modality"])] * int(data.get("in_channels", 1))
+    if "modality" in data or "channels" in data or "in_channels" in data:
+        same_names = not named or [n.lower() for n in named] == [n.lower() for n in described["channels"]]
+        if not same_names or modalities != list(described["channels"].values()):
+            raise ConfigError(
+                f"{path}: channels {_channel_text(named or modalities)} disagree with {description}'s "
+                f"{_channel_text(described['channels'])}; fix one of them, or drop modality/channels from {path.name}"
+            )
+    return {**described, **{k: v for k, v in data.items() if k not in ("labels",)}, "labels": described["labels"]}
+
+
+def _channel_text(channels: dict[str, str] | list[str]) -> str:
+    if isinstance(channels, dict):
+        return "[" + ", ".join(f"{name}: {modality}" for name, modality in channels.items()) + "]"
+    return "[" + ", ".join(channels) + "]"
+
+
+def task_from_dataset_json(path: Path) -> dict[str, Any]:
+    """TaskConfig data from a dataset's own dataset.json, in either form:
+    MSD (`labels` {"0": "background", "1": "liver"}, `modality` {"0": "CT"}) or nnU-Net v2
+    (`labels` {"background": 0, "liver": 1}, `channel_names` {"0": "CT"}, `file_ending`).
+    A channel named CT is normalised as CT; any other (T2, ADC, FLAIR, MRI, ...) is z-scored per image."""
+    try:
+        description = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: not valid JSON ({_one_line(err)}); fix the file") from None
+    if not isinstance(description, dict):
+        raise ConfigError(f"{path}: expected a JSON object with labels and modality (MSD) or channel_names (nnU-Net v2)")
+    labels = _dataset_labels(description.get("labels"), path)
+    names = description.get("channel_names", description.get("modality"))
+    if not isinstance(names, dict) or not names:
+        raise ConfigError(f"{path}: names no input channels; add \"modality\": {{\"0\": \"CT\"}} (MSD) or \"channel_names\" (nnU-Net v2)")
+    ordered = [str(names[k]) for k in sorted(names, key=lambda k: int(k) if str(k).isdigit() else 0)]
+    channels: dict[str, str] = {}
+    for name in ordered:
+        unique = name if name not in channels else f"{name}_{len(channels)}"
+        channels[unique] = "CT" if name.strip().upper() == "CT" else "MRI"
+    folder = Path(path).resolve().parent.name
+    title = str(description.get("name") or folder)
+    return {
+        "name": re.sub(r"[^a-z0-9]+", "_", title.lower()).strip("_") or "dataset",
+        "dataset_dir": folder,
+        "manifest": None,
+        "file_ending": str(description.get("file_ending", ".nii.gz")),
+        "modality": next(iter(channels.values())),
+        "in_channels": len(channels),
+        "channels": channels,
+        "labels": labels,
+    }
+
+
+def _dataset_labels(labels: Any, path: Path) -> dict[str, int]:
+    """{name: value} from MSD's {"1": "liver"} or nnU-Net v2's {"liver": 1}."""
+    if not isinstance(labels, dict) or not labels:
+        raise ConfigError(f"{path}: no labels; add \"labels\": {{\"0\": \"background\", \"1\": \"NAME\"}}")
+    if all(str(k).strip().isdigit() and isinstance(v, str) for k, v in labels.items()):  # MSD
+        pairs = {v: int(k) for k, v in labels.items()}
+    elif all(isinstance(v, int) and not isinstance(v, bool) for v in labels.values()):  # nnU-Net v2
+        pairs = dict(labels)
+    else:
+        raise ConfigError(
+            f"{path}: labels {labels} are neither MSD's {{\"1\": \"liver\"}} nor nnU-Net v2's {{\"liver\": 1}} form "
+            "(region-based labels are not supported); give one integer value per label name"
+        )
+    return dict(sorted(pairs.items(), key=lambda item: item[1]))
 
 
 def _profile_model_params(profile_model: dict[str, Any], name: str, profile_path: Path) -> dict[str, Any]:

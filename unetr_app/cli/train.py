@@ -15,10 +15,10 @@ console = Console()
 
 
 def train(
-    task: Annotated[str | None, typer.Option("--task", help="task config (configs/tasks/NAME.yaml)  [default: " + DEFAULT_TASK + "]")] = None,
+    task: Annotated[str | None, typer.Option("--task", help="task config (configs/tasks/NAME.yaml)  [default: the --data-dir's dataset.json, else " + DEFAULT_TASK + "]")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="dataset folder; default $UNETR_DATA/<dataset>, then ./data/<dataset>")] = None,
     model: Annotated[str | None, typer.Option("--model", help="registered model name or configs/models YAML; default: the profile's")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME or a .yaml path  [default: " + DEFAULT_PROFILE + "]")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME, a .yaml path (a plans.yaml too), or auto: planned from the data  [default: " + DEFAULT_PROFILE + "]")] = None,
     recipe: Annotated[str | None, typer.Option("--recipe", help="training recipe (recipe.name), e.g. supervised")] = None,
     steps: StepsOption = None,
     minutes: MinutesOption = None,
@@ -53,10 +53,18 @@ def train(
             overrides.setdefault("recipe", {})["name"] = recipe
         if teacher is not None:
             overrides.setdefault("recipe", {}).setdefault("params", {})["teacher"] = str(teacher)
-        return load_run_config(task or DEFAULT_TASK, model, profile or DEFAULT_PROFILE, overrides)
+        planned, task_name = None, task
+        if profile == "auto":  # the plan for this dataset and device (unetr plan), made now if there is none
+            from pipelines.plan import auto_profile
 
+            planned, planned_task = auto_profile(data_dir, device, announce=console.print)
+            task_name = task or planned_task
+        return load_run_config(task_name, model, planned or profile or DEFAULT_PROFILE, overrides, data_dir=data_dir)
+
+    # a planned profile is recorded as auto-<device>: --profile auto on resume names the same choice
     options = {"--task": (task, lambda c: c.task.name), "--model": (model, lambda c: c.model.name),
-               "--profile": (profile and Path(profile).stem, lambda c: c.profile), "--recipe": (recipe, lambda c: c.recipe.name)}
+               "--profile": (profile and Path(profile).stem, lambda c: "auto" if profile == "auto" and c.profile.startswith("auto-") else c.profile),
+               "--recipe": (recipe, lambda c: c.recipe.name)}
     start = start_or_resume(out, resume=resume, new_config=new_config, options=options, overrides=[*(set_ or []), *teacher_set],
                             run_name=lambda c: f"{c.task.name}-{c.model.name}-{c.profile}")
     if resume and not start.resumed:

@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 
 from unetr_app.config import TaskConfig
-from unetr_app.data.manifest import Manifest, load_manifest
+from unetr_app.data.manifest import Layout, Manifest, load_manifest
 from unetr_app.errors import DataNotFoundError, UsageError
 from unetr_app.io.scans import CaseSource, find_cases, source_for
 
@@ -26,12 +26,15 @@ def candidate_dirs(task: TaskConfig) -> list[Path]:
 
 def find_dataset_dir(task: TaskConfig, data_dir: str | Path | None = None) -> Path:
     manifest = load_manifest(task.manifest)
+    layout = manifest.layout if manifest else Layout()
     places = [Path(data_dir)] if data_dir else candidate_dirs(task)
     for place in places:
-        if (place / manifest.layout.images_train).is_dir():
+        if (place / layout.images_train).is_dir():
             return place
     looked = ", ".join(str(p) for p in places)
     unset = "" if data_dir or os.environ.get(DATA_ENV) else f" (${DATA_ENV} is not set)"
+    if manifest is None:
+        raise DataNotFoundError(f"no {task.name} dataset found; looked in {looked}{unset}: expected {layout.images_train}/ and {layout.labels_train}/ there")
     raise DataNotFoundError(
         f"no {manifest.name} dataset found; looked in {looked}{unset}. "
         f"Get it from {manifest.where_to_get()} and extract it there, "
@@ -39,21 +42,23 @@ def find_dataset_dir(task: TaskConfig, data_dir: str | Path | None = None) -> Pa
     )
 
 
-def labelled_cases(root: Path, manifest: Manifest) -> list[dict]:
+def labelled_cases(root: Path, manifest: Manifest | None) -> list[dict]:
     """[{case, image, label}] from dataset.json's training list, or by pairing case names.
 
     An image is a scan file (NIfTI, NRRD, MHA), a DICOM series folder, or a list of channel files;
-    without a training list, nnU-Net's CASE_0000, CASE_0001 ... images pair with labelsTr/CASE."""
-    description = root / manifest.layout.dataset_json
+    without a training list, nnU-Net's CASE_0000, CASE_0001 ... images pair with labelsTr/CASE.
+    Without a manifest (a task from dataset.json alone) the folders are MSD's and nnU-Net's."""
+    layout = manifest.layout if manifest else Layout()
+    description = root / layout.dataset_json
     entries = json.loads(description.read_text(encoding="utf-8")).get("training", []) if description.is_file() else []
     if entries:
         cases = [{"image": _under(root, e["image"]), "label": _under(root, e["label"])} for e in entries]
         cases = [{"case": source_for(c["image"]).name if _exists(c["image"]) else "", **c} for c in cases]
     else:
-        labels = {c.name: c for c in find_cases(root / manifest.layout.labels_train)} if (root / manifest.layout.labels_train).is_dir() else {}
+        labels = {c.name: c for c in find_cases(root / layout.labels_train)} if (root / layout.labels_train).is_dir() else {}
         cases = [
-            {"case": c.name, "image": _entry(c), "label": str(labels[c.name].path) if c.name in labels else str(root / manifest.layout.labels_train / c.name)}
-            for c in find_cases(root / manifest.layout.images_train)
+            {"case": c.name, "image": _entry(c), "label": str(labels[c.name].path) if c.name in labels else str(root / layout.labels_train / c.name)}
+            for c in find_cases(root / layout.images_train)
         ]
     missing = [str(c["image"]) for c in cases if not (_exists(c["image"]) and _exists(c["label"]))]
     if missing:

@@ -49,11 +49,11 @@ def compute_fingerprint(cases: list[dict], channels: dict[str, str], seed: int =
             pooled[c].append(values)
     return {
         "cases": len(cases),
-        "channels": [_statistics(name, modality, np.concatenate(values)) for (name, modality), values in zip(channels.items(), pooled)],
+        "channels": [intensity_statistics(name, modality, np.concatenate(values)) for (name, modality), values in zip(channels.items(), pooled)],
     }
 
 
-def _statistics(name: str, modality: str, values: np.ndarray) -> dict:
+def intensity_statistics(name: str, modality: str, values: np.ndarray) -> dict:
     low, median, high = (float(v) for v in np.percentile(values, PERCENTILES)) if values.size else (0.0, 0.0, 0.0)
     return {
         "name": name,

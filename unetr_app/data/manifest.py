@@ -66,7 +66,10 @@ class Manifest(_Strict):
         return f"{self.source.archive} ({self.license}; see {self.source.homepage})"
 
 
-def load_manifest(name: str) -> Manifest:
+def load_manifest(name: str | None) -> Manifest | None:
+    """The named manifest; None for a task described by its dataset.json alone (no manifest)."""
+    if name is None:
+        return None
     path = Path(name) if name.endswith((".yaml", ".yml")) else find_named("data_manifests", name)
     if path is None or not path.is_file():
         raise ConfigError(f"no data manifest {name!r}; known: {', '.join(known_names('data_manifests'))} (or a .yaml path)")

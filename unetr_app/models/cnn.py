@@ -96,11 +96,13 @@ def _create_dynunet(name: str, overrides: dict[str, Any], **numbers: Any) -> nn.
     size = _cnn_size(params.pop("img_size"), spatial_dims, 1, name)
     if size is None:
         raise ValueError(f"{name} needs img_size (the training ROI, e.g. img_size=[96, 96, 96]) to plan its strides")
-    strides = nnunet_strides(size)
-    if len(strides) < 2:
-        raise ValueError(f"{name}: img_size {size} is too small to downsample; use at least 8 voxels on one axis")
+    strides = params.pop("strides", None) or nnunet_strides(size)  # given: a plan's (nnU-Net's spacing-aware rule)
+    kernels = params.pop("kernel_size", None) or [3] * len(strides)
+    if len(strides) < 2 or len(kernels) != len(strides):
+        raise ValueError(f"{name}: img_size {size} is too small to downsample (use at least 8 voxels on one axis), "
+                         f"or kernel_size has {len(kernels)} levels for {len(strides)} strides")
     filters = nnunet_filters(len(strides), base_filters, max_filters)
-    return DynUNet(kernel_size=[3] * len(strides), strides=strides, upsample_kernel_size=strides[1:],
+    return DynUNet(kernel_size=kernels, strides=strides, upsample_kernel_size=strides[1:],
                    filters=params.pop("filters", filters), **params)
 
 
