@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/install_viewer_deps.sh
 	bash scripts/install_viewer_deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
 
 $(DATA)/dataset.json: | $(STAMP)

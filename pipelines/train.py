@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from pipelines.postprocess import finished_fold_runs, run_postprocess
-from unetr_app import distributed
+from unetr_app import distributed, tracking
 from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
 from unetr_app.data.fingerprint import load_or_compute_fingerprint
@@ -36,11 +36,12 @@ LAST = Path("checkpoints") / "last.pt"
 
 def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False,
           reporter=None, checkpoint_extras: dict[str, Any] | None = None, fold: int | str | None = None, folds: int | None = None,
-          init: EncoderInit | None = None) -> dict | None:
+          init: EncoderInit | None = None, tracker: str | None = None) -> dict | None:
     """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0)."""
     torch_device = resolve_device(device)
     shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
     try:
+        reporter = tracking.track_run(config, Path(run_dir), reporter, tracker)  # TensorBoard events; MLflow with --tracker mlflow
         return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, (fold, folds), init)
     finally:
         distributed.stop(shard)
@@ -94,6 +95,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     }
     trainer.records.write_json("summary.json", summary)
     trainer.records.plot_curves(state.history)
+    reporter.finish(summary)
     if fold_runs := finished_fold_runs(run_dir):  # the split records the fold, also when resumed without --fold
         log.info("every fold in %s is done: deciding post-processing on the cross-validation predictions", run_dir.parent)
         run_postprocess(run_dir.parent, str(device), runs=fold_runs)

@@ -27,13 +27,7 @@ pytestmark = pytest.mark.slow
 def installed(tmp_path_factory) -> Path:
     """A fresh venv holding only the built unetr wheel; returns its bin/ folder."""
     root = tmp_path_factory.mktemp("wheel")
-    src = root / "src"
-    src.mkdir()
-    for name in SOURCES:  # build from a copy: nothing of the checkout's build/ or _data/ leaks in
-        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "_data")} if (REPO / name).is_dir() else {}))
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(root / "dist"), str(src)], root)
-    wheel = next((root / "dist").glob("unetr-*.whl"))
+    wheel = build_wheel(root)
     venv = root / "venv"
     _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], root)
     python = venv / "bin" / "python"
@@ -44,6 +38,17 @@ def installed(tmp_path_factory) -> Path:
     (purelib / "borrowed_dependencies.pth").write_text("\n".join(dict.fromkeys(borrowed)) + "\n")
     _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)], root)
     return venv / "bin"
+
+
+def build_wheel(root: Path) -> Path:
+    """The unetr wheel, built under `root` from a copy of the sources."""
+    src = root / "src"
+    src.mkdir()
+    for name in SOURCES:  # build from a copy: nothing of the checkout's build/ or _data/ leaks in
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+        copy(REPO / name, src / name, **({"ignore": shutil.ignore_patterns("__pycache__", "_data")} if (REPO / name).is_dir() else {}))
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w", str(root / "dist"), str(src)], root)
+    return next((root / "dist").glob("unetr-*.whl"))
 
 
 def _run(command: list[str], cwd: Path, env: dict | None = None, expect: int = 0) -> str:

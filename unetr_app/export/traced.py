@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from unetr_app.errors import UsageError
+from unetr_app.extras import require
 from unetr_app.io.atomic import atomic_path
 from unetr_app.io.checkpoint import LoadedModel
 
@@ -74,7 +75,8 @@ def _importable(bundle_dir: Path):
 
 def export_onnx(loaded: LoadedModel, path: Path) -> dict:
     """model.onnx (batch axis dynamic) and its check against PyTorch with onnxruntime."""
-    import onnxruntime
+    require("onnx", "--format onnx")  # torch.onnx.export writes with it
+    onnxruntime = require("onnxruntime", "--format onnx")
 
     model = loaded.model.float().eval().cpu()
     window = example_window(loaded)

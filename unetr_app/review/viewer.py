@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from unetr_app.extras import require
 from unetr_app.io.atomic import atomic_path
 from unetr_app.review.display import ensure_display
 from unetr_app.review.session import ReviewSession
@@ -28,8 +29,8 @@ def open_review(session: ReviewSession, index: int | None = None, show: bool = T
 
 
 def run_review(session: ReviewSession, index: int | None = None) -> None:
+    napari = require_viewer()
     ensure_display(start_xvfb=False)  # an invisible Xvfb window would help nobody
-    import napari
 
     open_review(session, index)
     napari.run()
@@ -38,6 +39,7 @@ def run_review(session: ReviewSession, index: int | None = None) -> None:
 def screenshot_review(session: ReviewSession, out: Path, index: int | None = None) -> np.ndarray:
     """Render one case (the axial slice through its largest predicted region, the overlay and the
     widget) to a PNG, close the viewer and return the RGBA pixels."""
+    require_viewer()
     from qtpy.QtWidgets import QApplication
 
     if QApplication.instance() is None:  # once Qt runs, it stays on the display it started on
@@ -54,6 +56,12 @@ def screenshot_review(session: ReviewSession, out: Path, index: int | None = Non
         viewer.close()
     write_png(out, pixels)
     return pixels
+
+
+def require_viewer():
+    """napari with a Qt binding, or the one line naming the extra that brings them."""
+    require("qtpy.QtWidgets", "unetr review")
+    return require("napari", "unetr review")
 
 
 def write_png(out: Path, pixels: np.ndarray) -> None:
