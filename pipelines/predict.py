@@ -23,6 +23,7 @@ from unetr_app.inference.report import FAILED, build_report, write_report
 from unetr_app.io.atomic import remove_stale_temporaries
 from unetr_app.io.checkpoint import load_model, resolve_checkpoint_path
 from unetr_app.evaluation.postprocess import find_postprocessing, read_postprocessing
+from unetr_app.quality.context import load_quality_kit
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class PredictRequest:
     stitch_device: str | None = None
     overlap: float | None = None
     sw_batch_size: int | None = None
-    tta: bool | None = None  # None: on for CUDA, off for CPU (mirroring costs 8x the compute)
+    tta: bool | str | None = None  # None: on for CUDA, off for CPU (mirroring costs 8x the compute); "auto": see --tta-risk
+    tta_risk: float = 0.5  # with tta "auto": cases whose first-pass risk is above this get every member and mirror
     amp: bool | None = None  # None: float16 on CUDA, float32 on CPU; True on CPU: bfloat16
     save_probabilities: bool = False
     overwrite: bool = False
@@ -63,7 +65,11 @@ def run_predict(request: PredictRequest) -> dict:
         checkpoints, fallback = _checkpoints(request), _fallback(request)
         members = [load_model(path, device, fallback) for path in checkpoints]
         postprocessing = find_postprocessing(checkpoints[0]) if request.postprocess else None  # the first member's
-        predictor = Predictor(members, _settings(request, device, postprocessing))
+        kit = load_quality_kit(checkpoints[0], members[0].labels)
+        predictor = Predictor(members, _settings(request, device, postprocessing), kit)
+        if shard.is_main:
+            for note in kit.notes():  # once per run, not once per case
+                log.warning("%s", note)
         options = OutputOptions(request.output_dir, request.overwrite, request.save_probabilities, request.preview,
                                 _output_format(request.output_format))
         if shard.is_main:
@@ -78,7 +84,7 @@ def run_predict(request: PredictRequest) -> dict:
         if shard.is_main:
             order = {case.name: i for i, case in enumerate(cases)}
             everyone.sort(key=lambda record: order[record.case])
-            report = build_report(everyone, predictor.loaded.labels, _run_info(predictor, shard, postprocessing))
+            report = build_report(everyone, predictor.loaded.labels, {**_run_info(predictor, shard, postprocessing), "quality_notes": kit.notes()})
             write_report(request.output_dir, report)
         return distributed.broadcast_from_main(report, shard)
     finally:
@@ -101,6 +107,17 @@ def _fallback(request: PredictRequest) -> dict | None:
     return load_run_config(request.task or DEFAULT_TASK, request.model, request.profile or DEFAULT_PROFILE).checkpoint_description()
 
 
+def _tta(value: bool | str | None, device) -> bool | str:
+    if value is None:
+        return device.type == "cuda"
+    if isinstance(value, bool):
+        return value
+    choices = {"on": True, "true": True, "off": False, "false": False, "auto": "auto"}
+    if value.lower() not in choices:
+        raise UsageError(f"--tta {value!r}: expected on, off or auto")
+    return choices[value.lower()]
+
+
 def _output_format(value: str) -> str:
     if value not in OUTPUT_FORMATS:
         raise UsageError(f"--output-format {value!r}: expected one of {', '.join(OUTPUT_FORMATS)}")
@@ -117,7 +134,8 @@ def _settings(request: PredictRequest, device, postprocessing: Path | None) -> P
         stitch_device=stitch,
         overlap=request.overlap,
         sw_batch_size=request.sw_batch_size,
-        tta=device.type == "cuda" if request.tta is None else request.tta,
+        tta=_tta(request.tta, device),
+        tta_risk=request.tta_risk,
         amp=request.amp,
         max_memory_bytes=limit_gb * 2**30,
         postprocessing=read_postprocessing(postprocessing) if postprocessing else None,

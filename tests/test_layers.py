@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # lowest first; modules of one layer may import each other, except the pairs in SEPARATE
 LAYERS = {
     "unetr_app.errors": 0, "unetr_app.registry": 0, "unetr_app.extras": 0, "unetr_app.config": 0, "unetr_app.device": 0, "unetr_app.distributed": 0, "unetr_app.io": 0, "unetr_app.models": 0,
-    "unetr_app.data": 1, "unetr_app.evaluation": 1, "unetr_app.planning": 1,
+    "unetr_app.data": 1, "unetr_app.evaluation": 1, "unetr_app.planning": 1, "unetr_app.quality": 1,
     "unetr_app.training": 2, "unetr_app.inference": 2, "unetr_app.export": 2, "unetr_app.tracking": 2,
     "unetr_app.review": 4,
     "pipelines": 5,

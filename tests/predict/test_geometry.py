@@ -126,7 +126,7 @@ def test_mirroring_tta_undoes_its_flips(tmp_path):
     save_nifti(label, CASES["lps"], tmp_path / "case.nii.gz")
     checkpoint = echo_checkpoint(tmp_path, spacing=(2.0, 2.0, 2.0))
     args = ["predict", str(tmp_path / "case.nii.gz"), str(tmp_path / "out"), "-c", str(checkpoint), "--quiet"]
-    result = CliRunner().invoke(app, [*args, "--tta", "--stitch-device", "cpu"])
+    result = CliRunner().invoke(app, [*args, "--tta", "on", "--stitch-device", "cpu"])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))["tta"] is True
     np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "out" / "case.nii.gz").dataobj), label)

@@ -22,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unetr_app.errors import InputError
 from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
 from unetr_app.inference.dicom_seg import check_seg_input, write_dicom_seg
-from unetr_app.inference.predictor import INTENSITY_WARNINGS, Predictor
+from unetr_app.inference.predictor import INTENSITY_WARNINGS, Passes, Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes
 from unetr_app.io.atomic import atomic_path
@@ -127,28 +127,49 @@ def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRe
         volume, prepared, read_seconds = read.result()
         record.warnings = prepared[INTENSITY_WARNINGS]
         start = time.perf_counter()
-        probabilities = predictor.infer(prepared)
+        passes = _passes(predictor, prepared, volume)
+        record.forward_passes = passes.count
         record.seconds = read_seconds + time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - one case's failure must not stop the batch
         record.error = _one_line(err, case.path)
         return record, None
-    return record, writer.submit(_restore_and_write, predictor, volume, prepared, probabilities, options, record)
+    return record, writer.submit(_restore_and_write, predictor, volume, prepared, passes, options, record)
 
 
-def _restore_and_write(predictor, volume: Volume, prepared, probabilities, options: OutputOptions, record) -> None:
+def _passes(predictor: Predictor, prepared: dict, volume: Volume) -> Passes:
+    """Every member and mirror; under --tta auto first one member unmirrored, and the rest only
+    when that first mask's risk is above the threshold."""
+    kit = predictor.quality
+    if predictor.settings.tta != "auto" or kit is None:
+        return predictor.infer_passes(prepared)
+    first = predictor.infer_passes(prepared, predictor.members[:1], [()])
+    labels = predictor.restore(prepared, first.probabilities).labels
+    if kit.judge(labels, first.probabilities.numpy(), first.labels, volume)["risk"] <= predictor.settings.tta_risk:
+        return first
+    full = predictor.infer_passes(prepared, predictor.members, predictor.mirrors)
+    return Passes(full.probabilities, full.labels, first.count + full.count)
+
+
+def _restore_and_write(predictor, volume: Volume, prepared, passes: Passes, options: OutputOptions, record) -> None:
     start = time.perf_counter()
-    prediction = predictor.restore(prepared, probabilities, keep_probabilities=options.save_probabilities)
+    prediction = predictor.restore(prepared, passes.probabilities, keep_probabilities=options.save_probabilities)
     if prediction.labels.shape != volume.shape:
         raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.shape}")
     case = volume.source
     labels = predictor.loaded.labels
+    kit = predictor.quality
+    if kit is not None:
+        record.quality = kit.judge(prediction.labels, passes.probabilities.numpy(), passes.labels, volume)
     if options.save_probabilities:
+        calibrated = kit.calibrate(prediction.probabilities) if kit is not None else prediction.probabilities
+        temperature = kit.temperature if kit is not None and kit.temperature is not None else np.ones(len(labels), np.float32)
         with atomic_path(options.probabilities_path(case)) as tmp, open(tmp, "wb") as handle:
             np.savez_compressed(
                 handle,
-                probabilities=np.moveaxis(prediction.probabilities, -1, 0).astype(np.float16),  # (classes, i, j, k)
+                probabilities=np.moveaxis(calibrated, -1, 0).astype(np.float16),  # (classes, i, j, k)
                 affine=volume.affine,
                 class_names=np.array(sorted(labels, key=labels.get)),
+                temperature=temperature,  # applied already: softmax(log p / T); T = 1 undoes nothing
             )
     if options.preview:
         window = predictor.loaded.preprocessing.intensity_window

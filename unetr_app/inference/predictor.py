@@ -32,6 +32,7 @@ from unetr_app.errors import CheckpointError, InputError
 from unetr_app.evaluation.postprocess import Postprocessing
 from unetr_app.io.scans import Volume
 from unetr_app.io.checkpoint import LoadedModel
+from unetr_app.quality.context import QualityKit
 
 INPUT_GRID = "input_grid"
 INTENSITY_WARNINGS = "intensity_warnings"
@@ -48,12 +49,20 @@ class PredictSettings:
     stitch_device: torch.device | None = None  # where windows are blended; None: same as device
     overlap: float | None = None
     sw_batch_size: int | None = None
-    tta: bool = False
+    tta: bool | str = False  # "auto": mirror only the cases a first pass finds risky (see inference.batch)
+    tta_risk: float = 0.5
     amp: bool | None = None  # None: float16 autocast on CUDA, full float32 on CPU (bfloat16 when True)
     channels_last: bool | None = None  # None: on CUDA (cuDNN's 3D convolutions prefer it); on this
     # project's CPU (oneDNN, 1-2 threads) it measured no faster, so the CPU keeps the default layout
     max_memory_bytes: float | None = None
     postprocessing: Postprocessing | None = None
+
+
+@dataclass
+class Passes:
+    probabilities: torch.Tensor  # (classes, *preprocessed shape), averaged over every pass
+    labels: list[np.ndarray]  # each pass's label map on the preprocessed grid (members x mirrors)
+    count: int  # forward passes over the whole scan
 
 
 @dataclass
@@ -65,8 +74,9 @@ class Prediction:
 class Predictor:
     """The model (or an ensemble of models), loaded once, and everything to run it on any number of scans."""
 
-    def __init__(self, loaded: LoadedModel | Sequence[LoadedModel], settings: PredictSettings):
+    def __init__(self, loaded: LoadedModel | Sequence[LoadedModel], settings: PredictSettings, quality: QualityKit | None = None):
         self.members = [loaded] if isinstance(loaded, LoadedModel) else list(loaded)
+        self.quality = quality  # judges each mask (quality.context); None: no quality estimate
         check_ensemble(self.members)
         loaded = self.loaded = self.members[0]  # labels and preprocessing are the same for every member
         self.settings = settings
@@ -88,7 +98,8 @@ class Predictor:
             device=settings.stitch_device or settings.device,
             cache_roi_weight_map=True,  # the Gaussian weights are the same for every window and scan
         )
-        self.flips = _flip_axes(spatial_dims=3) if settings.tta else [()]
+        self.flips = _flip_axes(spatial_dims=3) if settings.tta is True else [()]
+        self.mirrors = _flip_axes(spatial_dims=3)
         on_cuda = settings.device.type == "cuda"
         self.use_amp = on_cuda if settings.amp is None else settings.amp
         self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
@@ -111,15 +122,29 @@ class Predictor:
 
     def infer(self, prepared: dict) -> torch.Tensor:
         """Class probabilities (classes, *preprocessed shape) for a prepared scan, averaged over the ensemble."""
+        return self.infer_passes(prepared).probabilities
+
+    def infer_passes(self, prepared: dict, members: Sequence[LoadedModel] | None = None, flips=None) -> "Passes":
+        """The averaged probabilities, plus each pass's own label map (one per member and mirror,
+        the raw material of the agreement signal). A member's mirrored logits are averaged before
+        its softmax; members' softmax probabilities are averaged."""
         image = prepared[IMAGE].as_tensor().unsqueeze(0)  # (1, C, D, H, W)
-        total = None
+        members = self.members if members is None else members
+        flips = self.flips if flips is None else flips
+        total, labels = None, []
         with torch.inference_mode():
-            for member in self.members:
-                logits = self.inferer(image, lambda windows, model=member.model: self._network(model, windows))
-                probabilities = torch.softmax(logits[0].float(), dim=0)
+            for member in members:
+                logits = None
+                for axes in flips:
+                    out = self.inferer(torch.flip(image, axes) if axes else image,
+                                       lambda windows, model=member.model: self._network(model, windows))[0].float()
+                    out = torch.flip(out, [a - 1 for a in axes]) if axes else out  # (classes, *spatial): batch axis gone
+                    labels.append(_argmax_uint8(out.cpu()).numpy())
+                    logits = out if logits is None else logits.add_(out)
+                probabilities = torch.softmax(logits / len(flips), dim=0)
                 total = probabilities if total is None else total.add_(probabilities)
                 del logits
-        return total / len(self.members) if len(self.members) > 1 else total
+        return Passes(total / len(members) if len(members) > 1 else total, labels, len(members) * len(flips))
 
     def restore(self, prepared: dict, probabilities: torch.Tensor, keep_probabilities: bool = False) -> Prediction:
         """Probabilities on the input's grid, and their argmax.
@@ -153,16 +178,10 @@ class Predictor:
     # --- helpers -------------------------------------------------------------------------------
 
     def _network(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        """Logits of `model` for a batch of windows, averaged over mirrored copies when TTA is on."""
-        total = None
+        """Logits of `model` for a batch of windows."""
         windows = windows.contiguous(memory_format=self.memory_format)
-        for axes in self.flips:
-            x = torch.flip(windows, axes) if axes else windows
-            with torch.autocast(windows.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-                out = model(x).float()
-            out = torch.flip(out, axes) if axes else out
-            total = out if total is None else total + out
-        return total / len(self.flips)
+        with torch.autocast(windows.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
+            return model(windows).float()
 
     def estimate_bytes(self, shape: tuple[int, ...], affine: np.ndarray) -> float:
         """Rough peak memory for one scan, from measurements on a 512 x 512 x 400 CT: about four

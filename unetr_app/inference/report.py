@@ -19,6 +19,8 @@ from unetr_app.io.atomic import atomic_write_text
 
 REPORT_NAME = "predict_report.json"
 STATISTICS_NAME = "statistics.csv"
+QC_NAME = "qc.csv"
+QC_COLUMNS = ("predicted_dice", "risk", "flag", "agreement", "entropy", "border_fraction", "volume_ml", "volume_z", "intensity_distance")
 OK, FAILED, SKIPPED = "ok", "failed", "skipped"
 
 
@@ -32,6 +34,8 @@ class CaseRecord:
     seconds: float = 0.0
     volumes: dict[str, dict[str, float]] = field(default_factory=dict)  # label name -> voxels, ml
     warnings: list[str] = field(default_factory=list)  # e.g. intensities unlike the training data's
+    quality: dict[str, Any] = field(default_factory=dict)  # predicted_dice, risk, flag and the signals (quality.context)
+    forward_passes: int = 0  # whole-scan network passes (members x mirrors)
 
 
 def label_volumes(labels: np.ndarray, voxel_ml: float, names: dict[str, int]) -> dict[str, dict[str, float]]:
@@ -59,7 +63,20 @@ def write_report(output_dir: Path, report: dict[str, Any]) -> Path:
     path = Path(output_dir) / REPORT_NAME
     atomic_write_text(path, json.dumps(report, indent=2) + "\n")
     atomic_write_text(Path(output_dir) / STATISTICS_NAME, statistics_csv(report))
+    if any(case.get("quality") for case in report["cases"]):
+        atomic_write_text(Path(output_dir) / QC_NAME, qc_csv(report))
     return path
+
+
+def qc_csv(report: dict[str, Any]) -> str:
+    """One row per case: the quality estimate and the signals behind it (blank for failed or skipped cases)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["case", "status", *QC_COLUMNS, "forward_passes"])
+    for case in report["cases"]:
+        quality = case.get("quality") or {}
+        writer.writerow([case["case"], case["status"], *["" if quality.get(c) is None else quality[c] for c in QC_COLUMNS], case.get("forward_passes", "")])
+    return buffer.getvalue()
 
 
 def statistics_csv(report: dict[str, Any]) -> str:

@@ -1,0 +1,45 @@
+"""The quality model: a fit that recovers a known relation, the fallback, and flags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from unetr_app.quality.model import FLAG_RISK, assess, fit_quality_model, predict_dice
+
+
+def _signals(agreement, entropy=0.1, border=0.0, z=0.0, distance=0.05):
+    return {"agreement": agreement, "entropy": entropy, "border_fraction": border, "volume_z": z, "intensity_distance": distance}
+
+
+def test_fit_follows_a_linear_relation_and_ranks_cases():
+    rng = np.random.default_rng(0)
+    agreement = rng.uniform(0.5, 1.0, 30)
+    signals = [_signals(a, entropy=rng.uniform(0, 0.3)) for a in agreement]
+    dice = 0.9 * agreement  # Dice known to follow agreement
+    model = fit_quality_model(signals, dice.tolist())
+    predicted = np.array([predict_dice(model, s) for s in signals])
+    assert np.abs(predicted - dice).max() < 0.05
+    assert predict_dice(model, _signals(0.55)) < predict_dice(model, _signals(0.95))
+
+
+def test_without_agreement_the_second_fit_is_used():
+    signals = [_signals(a, entropy=1 - a) for a in np.linspace(0.5, 1.0, 10)]
+    model = fit_quality_model(signals, np.linspace(0.4, 0.9, 10).tolist())
+    no_agreement = {**_signals(None, entropy=0.0), "agreement": None}
+    assert predict_dice(model, no_agreement) > predict_dice(model, {**no_agreement, "entropy": 0.5})
+
+
+def test_too_few_cases_give_no_model():
+    assert fit_quality_model([_signals(0.9)] * 3, [0.8] * 3) is None
+
+
+def test_fallback_and_flags():
+    plain = assess(_signals(0.8), None, classes=2)
+    assert plain == {"predicted_dice": 0.8, "risk": pytest.approx(0.2), "flag": ""}
+    cut = assess(_signals(0.95, border=0.5), None, classes=2)
+    assert cut["risk"] >= FLAG_RISK and "edge" in cut["flag"] and cut["predicted_dice"] == pytest.approx(1 - FLAG_RISK)
+    huge = assess({**_signals(0.95), "volume_z": 6.0, "volume_ml": 900.0}, None, classes=2)
+    assert "6.0 SD above" in huge["flag"]
+    mr = assess({**_signals(0.95), "intensity_problems": ["channel 0 (CT): no air"]}, None, classes=2)
+    assert mr["flag"] == "channel 0 (CT): no air" and mr["risk"] >= FLAG_RISK

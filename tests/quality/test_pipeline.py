@@ -1,0 +1,88 @@
+"""`unetr qc` fits what `unetr predict` then uses: qc.csv, --tta auto, tempered probabilities."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import numpy as np
+import pytest
+
+from unetr_app.quality.calibration import TEMPERATURE_NAME, apply_temperature
+from unetr_app.quality.model import QC_MODEL_NAME
+from unetr_app.quality.reference import REFERENCE_NAME
+
+QC_COLUMNS = {"case", "predicted_dice", "risk", "flag", "agreement", "entropy", "border_fraction", "volume_z", "intensity_distance"}
+
+
+@pytest.fixture(scope="module")
+def fitted(qc_run):
+    from typer.testing import CliRunner
+
+    from unetr_app.cli.app import app
+
+    result = CliRunner().invoke(app, ["qc", str(qc_run), "--device", "cpu"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return qc_run
+
+
+def _predict(cli, run, phantom_dir, out, *extra):
+    result = cli("predict", phantom_dir / "imagesTs", out, "-c", run, "--device", "cpu", "-q", *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "predict_report.json").read_text())
+
+
+def _rows(out):
+    with open(out / "qc.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_qc_fit_writes_model_reference_and_temperature(fitted):
+    model = json.loads((fitted / QC_MODEL_NAME).read_text())
+    assert model["cases"] == 4 and {tuple(f["features"]) for f in model["fits"]} >= {("entropy", "border_fraction", "volume_z", "intensity_distance")}
+    reference = json.loads((fitted / REFERENCE_NAME).read_text())
+    assert reference["cases"] == 2 and len(reference["volumes_ml"]["spleen"]) == 2  # the run's training cases
+    temperature = json.loads((fitted / TEMPERATURE_NAME).read_text())
+    assert set(temperature["temperature"]) == {"background", "spleen"} and all(t > 0 for t in temperature["temperature"].values())
+
+
+def test_predict_writes_qc_csv_and_report(fitted, phantom_dir, tmp_path, cli):
+    report = _predict(cli, fitted, phantom_dir, tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    assert QC_COLUMNS <= set(rows[0]) and [r["case"] for r in rows] == [c["case"] for c in report["cases"]]
+    for row, case in zip(rows, report["cases"]):
+        assert 0.0 <= float(row["risk"]) <= 1.0 and 0.0 <= float(row["predicted_dice"]) <= 1.0
+        assert float(row["risk"]) == case["quality"]["risk"] and row["flag"] == case["quality"]["flag"]
+        assert row["agreement"] == ""  # one model, no mirroring: no agreement to measure
+    assert report["quality_notes"] == []
+
+
+def test_a_run_without_qc_files_predicts_and_says_so_once(bare_run, phantom_dir, tmp_path, cli, caplog):
+    with caplog.at_level(logging.WARNING):
+        report = _predict(cli, bare_run, phantom_dir, tmp_path / "out")
+    said = [r for r in caplog.records if "no quality model" in r.getMessage()]
+    assert len(said) == 1 and len(report["cases"]) == 2  # once, not once per case
+    assert all(r["risk"] != "" for r in _rows(tmp_path / "out"))
+
+
+def test_tta_auto_mirrors_only_risky_cases(fitted, phantom_dir, tmp_path, cli):
+    always = _predict(cli, fitted, phantom_dir, tmp_path / "never", "--tta", "auto", "--tta-risk", "0")
+    assert [c["forward_passes"] for c in always["cases"]] == [9, 9]  # 1 first pass + 8 mirrors
+    assert all(c["quality"]["agreement"] is not None for c in always["cases"])
+    none = _predict(cli, fitted, phantom_dir, tmp_path / "all", "--tta", "auto", "--tta-risk", "1")
+    assert [c["forward_passes"] for c in none["cases"]] == [1, 1]
+    mirrored = _predict(cli, fitted, phantom_dir, tmp_path / "on", "--tta", "on")
+    assert [c["forward_passes"] for c in mirrored["cases"]] == [8, 8]
+
+
+def test_saved_probabilities_are_tempered(fitted, bare_run, phantom_dir, tmp_path, cli):
+    (bare_run / TEMPERATURE_NAME).write_text(json.dumps({"temperature": {"background": 2.0, "spleen": 3.0}}))
+    _predict(cli, bare_run, phantom_dir, tmp_path / "hot", "--save-probabilities")
+    (bare_run / TEMPERATURE_NAME).unlink()
+    _predict(cli, bare_run, phantom_dir, tmp_path / "raw", "--save-probabilities")
+    name = sorted((tmp_path / "raw").glob("*_probabilities.npz"))[0].name
+    raw, hot = np.load(tmp_path / "raw" / name), np.load(tmp_path / "hot" / name)
+    assert hot["temperature"].tolist() == [2.0, 3.0] and raw["temperature"].tolist() == [1.0, 1.0]
+    expected = apply_temperature(raw["probabilities"].astype(np.float32), [2.0, 3.0], axis=0)
+    assert np.abs(hot["probabilities"].astype(np.float32) - expected).max() < 2e-3  # float16 storage

@@ -1,0 +1,73 @@
+"""Judging the quality estimates against measured Dice: rank correlation, risk-coverage and AUROC.
+
+The risk-coverage curve (as in Zenk et al. 2024): keep the cases of lowest risk first; at coverage
+k/n the selective risk is the mean (1 - Dice) of the k kept cases; AURC is its mean over k. A
+perfect ranking has the smallest AURC the Dice values allow; a random one about mean(1 - Dice).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import mannwhitneyu, spearmanr
+
+FAILURE_DICE = 0.5
+
+
+def spearman(predicted, measured) -> float | None:
+    predicted, measured = np.asarray(predicted, float), np.asarray(measured, float)
+    if len(predicted) < 3 or np.ptp(predicted) == 0 or np.ptp(measured) == 0:
+        return None
+    return float(spearmanr(predicted, measured).statistic)
+
+
+def risk_coverage(risk, measured) -> tuple[np.ndarray, np.ndarray]:
+    """(coverage, selective risk) with cases kept in increasing risk (ties in input order)."""
+    order = np.argsort(np.asarray(risk, float), kind="stable")
+    loss = 1.0 - np.asarray(measured, float)[order]
+    k = np.arange(1, len(loss) + 1)
+    return k / len(loss), np.cumsum(loss) / k
+
+
+def aurc(risk, measured) -> float:
+    return float(risk_coverage(risk, measured)[1].mean())
+
+
+def failure_auroc(risk, measured, threshold: float = FAILURE_DICE) -> float | None:
+    """P(risk of a failure (Dice < threshold) > risk of a success); None without both kinds."""
+    risk, measured = np.asarray(risk, float), np.asarray(measured, float)
+    failed = measured < threshold
+    if failed.all() or not failed.any():
+        return None
+    return float(mannwhitneyu(risk[failed], risk[~failed]).statistic / (failed.sum() * (~failed).sum()))
+
+
+def judge(predicted, risk, measured) -> dict:
+    return {"cases": len(measured), "spearman_predicted_dice": spearman(predicted, measured), "aurc": aurc(risk, measured),
+            "aurc_best": aurc(-np.asarray(measured, float), measured), "auroc_failure": failure_auroc(risk, measured),
+            "failures": int((np.asarray(measured) < FAILURE_DICE).sum())}
+
+
+def plot_judgement(path, predicted, risk, measured, title: str = "") -> None:
+    """Predicted against measured Dice, and the risk-coverage curve, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from unetr_app.io.atomic import atomic_path
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    left.scatter(measured, predicted, s=18)
+    left.plot([0, 1], [0, 1], color="grey", lw=0.8)
+    left.set(xlabel="measured Dice", ylabel="predicted Dice", xlim=(0, 1), ylim=(0, 1), title=f"Spearman {spearman(predicted, measured) or float('nan'):.2f}")
+    coverage, selective = risk_coverage(risk, measured)
+    best = risk_coverage(-np.asarray(measured, float), measured)[1]
+    right.plot(coverage, selective, label=f"risk (AURC {selective.mean():.3f})")
+    right.plot(coverage, best, ls="--", color="grey", label=f"best possible ({best.mean():.3f})")
+    right.set(xlabel="coverage (cases kept, lowest risk first)", ylabel="mean 1 - Dice of kept cases", title="risk-coverage")
+    right.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
