@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.packaging.test_wheel import REPO, _run, _user_env, build_wheel
+from tests.packaging.test_wheel import REPO, _pip_env, _run, _user_env, build_wheel
 
 pytestmark = pytest.mark.slow
 
 # top-level entries of site-packages (modules and their dist-info) that the extras install
 EXTRA_PREFIXES = ("napari", "pyqt", "qt", "superqt", "magicgui", "app_model", "vispy", "pytest_qt", "pytestqt",
                   "onnx", "highdicom", "mlflow", "tensorboard")
+# this environment's own (editable) unetr: linked in, pip would take the wheel as already installed
+OWN_PREFIXES = ("unetr", "__editable__")
 EXTRA_MODULES = ("napari", "PyQt6", "qtpy", "onnx", "onnxruntime", "highdicom", "mlflow", "tensorboard")
 
 
@@ -37,10 +39,10 @@ def core_installed(tmp_path_factory) -> tuple[Path, Path]:
     core = root / "core-site-packages"  # this environment's packages less the extras', as links
     core.mkdir()
     for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.lower().startswith(EXTRA_PREFIXES) and not entry.name.endswith(".pth") and entry.name != "__pycache__":
+        if not entry.name.lower().startswith(EXTRA_PREFIXES + OWN_PREFIXES) and not entry.name.endswith(".pth") and entry.name != "__pycache__":
             (core / entry.name).symlink_to(entry)
     (purelib / "core_dependencies.pth").write_text(f"{core}\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)], root)
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)], root, _pip_env())
     return venv / "bin", wheel
 
 

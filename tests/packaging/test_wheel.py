@@ -36,7 +36,7 @@ def installed(tmp_path_factory) -> Path:
     # this environment's own (editable) unetr stays invisible
     borrowed = [p for p in site.getsitepackages() + [sysconfig.get_paths()["purelib"]] if Path(p).is_dir()]
     (purelib / "borrowed_dependencies.pth").write_text("\n".join(dict.fromkeys(borrowed)) + "\n")
-    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)], root)
+    _run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--quiet", str(wheel)], root, _pip_env())
     return venv / "bin"
 
 
@@ -55,6 +55,12 @@ def _run(command: list[str], cwd: Path, env: dict | None = None, expect: int = 0
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, encoding="utf-8", timeout=900)
     assert result.returncode == expect, f"{' '.join(command)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
     return result.stdout
+
+
+def _pip_env() -> dict:
+    """This environment without PYTHONPATH: a checkout on it holds an egg-info, and pip would take
+    the wheel as installed already."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def _user_env(bin_dir: Path, **extra: str) -> dict:
