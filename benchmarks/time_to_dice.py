@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 5.0, 10.0])
     parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh phantom (33 training, 8 test cases)")
     parser.add_argument("--seed", type=int, default=3, help="phantom seed (the profile was tuned on another)")
+    parser.add_argument("--cases", type=int, default=33, help="phantom training cases")
+    parser.add_argument("--test-cases", type=int, default=8, help="phantom test cases (imagesTs)")
     parser.add_argument("--profile", default=None, help="our contestant's profile (default: cpu-demo)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for our contestant (tuning)")
     parser.add_argument("--arms", default="ours,tutorial", help="which contestants to train (tuning runs one)")
@@ -140,7 +142,7 @@ def main() -> None:
     roi = (32, 32, 32) if args.smoke else TUTORIAL["roi"]
     with tempfile.TemporaryDirectory(prefix="time-to-dice-") as tmp:
         work = Path(tmp)
-        data = args.data_dir or write_phantom_dataset(work / "Task09_Spleen", cases=4 if args.smoke else 33, test_cases=1 if args.smoke else 8, seed=args.seed)
+        data = args.data_dir or write_phantom_dataset(work / "Task09_Spleen", cases=4 if args.smoke else args.cases, test_cases=1 if args.smoke else args.test_cases, seed=args.seed)
         train_cases, test_cases = pairs(data, "imagesTr", "labelsTr"), pairs(data, "imagesTs", "labelsTs")
         results = []
         for budget in minutes:
@@ -160,11 +162,11 @@ def main() -> None:
     out = args.out.with_name(args.out.stem + "_smoke.json") if args.smoke else args.out
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    _plot(results, out.with_suffix(".png"))
+    _plot(results, out.with_suffix(".png"), Path(profile).stem)
     print(f"wrote {out}")
 
 
-def _plot(results, path: Path) -> None:
+def _plot(results, path: Path, profile: str = "cpu-demo") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -174,7 +176,7 @@ def _plot(results, path: Path) -> None:
     for arm, marker, label in (("ours", "o-", "unetr train --profile cpu-demo"), ("tutorial", "s-", "MONAI tutorial UNETR loop")):
         points = [(r["minutes"], r[arm]["dice"]) for r in results if arm in r]
         if points:
-            ax.plot(*zip(*points), marker, label=label)
+            ax.plot(*zip(*points), marker, label=label.replace("cpu-demo", profile))
     ax.set(xlabel="training minutes (wall clock)", ylabel="test Dice (original grids)", ylim=(0, 1), title="Dice for the same training time")
     ax.grid(alpha=0.3)
     ax.legend()

@@ -160,11 +160,16 @@ def _file_cases(files: list[Path]) -> list[CaseSource]:
             channels.setdefault(match["case"], []).append(path)
         else:
             channels.setdefault(stem, []).append(path)
+    numbered = set()
+    for name in [n for n, paths in channels.items() if len(paths) > MAX_CHANNELS]:
+        # more "channels" than any scan has: numbered cases (spleen_0000, spleen_0001, ...), each its own case
+        numbered.update(_stem(p) for p in channels[name])
+        channels.update({_stem(p): [p] for p in channels.pop(name)})
     cases = []
     for name, paths in channels.items():
         paths = sorted(paths, key=_stem)
         extra = tuple(paths) if len(paths) > 1 else ()
-        cases.append(CaseSource(case_name(paths[0]) if not extra else name, paths[0], file_kind(paths[0]), channel_paths=extra))
+        cases.append(CaseSource(name if extra or name in numbered else case_name(paths[0]), paths[0], file_kind(paths[0]), channel_paths=extra))
     return cases
 
 
