@@ -40,3 +40,25 @@ def test_cpu_and_amp_off_run_in_float32(capability):
         with policy.autocast(torch.device("cpu")):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
         assert not policy.scaler().is_enabled()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_training_step_on_this_gpu_runs_in_the_chosen_precision():
+    from monai.networks.nets import UNETR
+
+    policy = mixed_precision(CUDA)
+    model = UNETR(1, 2, (32, 32, 32), feature_size=8, hidden_size=64, mlp_dim=128, num_heads=2).to(CUDA)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = policy.scaler()
+    x, y = torch.rand(2, 1, 32, 32, 32, device=CUDA), torch.randint(0, 2, (2, 32, 32, 32), device=CUDA)
+    before = [p.detach().clone() for p in model.parameters()]
+    with policy.autocast(CUDA):
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y)
+    assert logits.dtype == policy.dtype
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert torch.isfinite(loss) and any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert scaler.is_enabled() == (policy.dtype == torch.float16)
