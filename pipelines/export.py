@@ -40,6 +40,7 @@ def run_export(run: Path, out_dir: Path, fmt: str, overwrite: bool = False) -> d
         write_bundle(loaded, out_dir, name=out_dir.name, run_info={"checkpoint": loaded.path.name})
         report["files"] = ["configs/inference.json", "configs/metadata.json", "models/model.pt", "LICENSE", "docs/README.md"]
         report["files"] += ["scripts/"] if (out_dir / "scripts").is_dir() else []
+        report["files"] += ["docs/MODEL_CARD.md", "docs/model_card.json"] if (out_dir / "docs" / "MODEL_CARD.md").is_file() else []
     if fmt == "torchscript":
         scripted = torch.jit.load(str(export_torchscript(out_dir)), map_location="cpu")
         window = example_window(loaded)

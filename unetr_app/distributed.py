@@ -40,8 +40,24 @@ def start(backend: str = "gloo") -> Shard:
     if world_size <= 1:
         return Shard()
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend=backend, **_attempt_store(world_size))
     return Shard(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _attempt_store(world_size: int) -> dict[str, Any]:
+    """The process group's store, with its own keys for each attempt of `torchrun --max-restarts`.
+
+    The launcher keeps one store across restarts; left as it is, the restarted workers read the
+    addresses the dead attempt's ranks published there and the group never connects ("Connection
+    refused" in gloo's connectFullMesh, and NCCL's equivalent)."""
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:  # not under torchrun: init_process_group's own env:// rendezvous
+        return {}
+    rank = int(os.environ["RANK"])
+    hosted_by_launcher = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=rank == 0 and not hosted_by_launcher)
+    return {"store": dist.PrefixStore(f"unetr/attempt_{attempt}", store), "rank": rank, "world_size": world_size}
 
 
 def stop(shard: Shard) -> None:

@@ -41,3 +41,18 @@ def write_ct_series(volume: np.ndarray, spacing, origin, direction, folder: Path
         writer.SetFileName(str(files[-1]))
         writer.Execute(slice_)
     return files
+
+
+def blank_uids(files: list[Path], keywords: tuple[str, ...]) -> dict[str, list[str]]:
+    """Blank these UIDs in every file's dataset, as anonymisers do (the file meta keeps the SOP
+    Class / Instance UIDs); returns the values they had, per keyword, in file order."""
+    import pydicom
+
+    before: dict[str, list[str]] = {keyword: [] for keyword in keywords}
+    for path in files:
+        dataset = pydicom.dcmread(path)
+        for keyword in keywords:
+            before[keyword].append(str(getattr(dataset, keyword)))
+            setattr(dataset, keyword, "")
+        dataset.save_as(path)
+    return before

@@ -4,6 +4,7 @@ series and whose frames are the NIfTI mask's slices (read back with pydicom and 
 from __future__ import annotations
 
 import json
+import shutil
 
 import highdicom as hd
 import nibabel as nib
@@ -14,7 +15,7 @@ import pytest
 from tests.predict.predict_helpers import blob_label, echo_checkpoint
 from unetr_app.data.phantom import make_phantom_case
 
-from .dicom_series import FRAME_OF_REFERENCE_UID, SERIES_UID, STUDY_UID, write_ct_series
+from .dicom_series import FRAME_OF_REFERENCE_UID, SERIES_UID, STUDY_UID, blank_uids, write_ct_series
 
 SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 SPLEEN_SCT = "78961009"
@@ -76,6 +77,48 @@ def test_dicom_seg_of_a_nifti_input_fails_that_case_with_one_line(series, tmp_pa
     assert result.exit_code == 1
     report = json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))
     assert "needs a DICOM series input" in report["cases"][0]["error"]
+
+
+def _anonymised(series, tmp_path, keywords):
+    """A copy of the series with these UIDs blanked in every dataset; (folder, files, old UIDs)."""
+    root, files = series
+    folder = shutil.copytree(root / "inputs" / "abdomen_ct", tmp_path / "inputs" / "abdomen_ct")
+    copies = [folder / f.name for f in files]
+    return folder, copies, blank_uids(copies, keywords)
+
+
+def test_blank_sop_uids_are_recovered_from_the_file_meta(series, tmp_path, cli):
+    folder, files, before = _anonymised(series, tmp_path, ("SOPInstanceUID", "SOPClassUID"))
+    checkpoint = _relabel(echo_checkpoint(series[0], spacing=(2.0, 2.0, 2.0), classes=2), {"background": 0, "spleen": 1})
+    result = cli("predict", folder, tmp_path / "out", "-c", checkpoint, "--output-format", "dicom-seg", "--quiet")
+    assert result.exit_code == 0, result.output
+
+    seg = hd.seg.segread(tmp_path / "out" / "abdomen_ct_seg.dcm")
+    (referenced,) = seg.ReferencedSeriesSequence
+    assert [i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence] == before["SOPInstanceUID"]
+    assert {i.ReferencedSOPClassUID for i in referenced.ReferencedInstanceSequence} == {"1.2.840.10008.5.1.4.1.1.2"}  # CT Image Storage
+
+
+@pytest.mark.parametrize("output_format", ["both", "dicom-seg"])
+def test_a_series_without_study_and_series_uids_still_gets_its_nifti_mask(series, tmp_path, cli, output_format):
+    """The anonymised Siemens export: SOP, Study and Series Instance UIDs all blank."""
+    folder, _, _ = _anonymised(series, tmp_path, ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"))
+    checkpoint = echo_checkpoint(series[0], spacing=(2.0, 2.0, 2.0), classes=2)
+    result = cli("predict", folder, tmp_path / "out", "-c", checkpoint, "--output-format", output_format)
+
+    mask = np.asarray(nib.load(tmp_path / "out" / "abdomen_ct.nii.gz").dataobj)
+    assert 0 < mask.sum() < mask.size
+    assert not (tmp_path / "out" / "abdomen_ct_seg.dcm").exists()
+    (case,) = json.loads((tmp_path / "out" / "predict_report.json").read_text(encoding="utf-8"))["cases"]
+    line = case["warnings"][0] if output_format == "both" else case["error"]
+    assert "no Study Instance UID (0020,000D) and Series Instance UID (0020,000E)," in line and "Frame of Reference" not in line
+    assert "SOP Instance UID" not in line, "recovered from the file meta"
+    assert "--output-format nifti" in line and "\n" not in line
+    assert "Traceback" not in result.output and "KeyError" not in result.output
+    if output_format == "both":  # the SEG is the extra: the case is done, with one warning
+        assert result.exit_code == 0 and case["status"] == "ok" and case["output"].endswith("abdomen_ct.nii.gz")
+    else:  # the SEG was all that was asked for: the case fails, its mask kept
+        assert result.exit_code == 1 and case["status"] == "failed" and "written as NIfTI instead" in line
 
 
 def _relabel(checkpoint, labels):

@@ -81,6 +81,7 @@ def _register_commands() -> None:
     from unetr_app.cli import qc; app.command("qc")(qc.qc)  # noqa: E702
     from unetr_app.cli import pretrain; app.command("pretrain")(pretrain.pretrain)  # noqa: E702
     from unetr_app.cli import plan; app.command("plan")(plan.plan)  # noqa: E702
+    from unetr_app.cli import card; app.command("card")(card.card)  # noqa: E702
 
 
 _register_commands()

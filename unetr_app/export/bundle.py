@@ -9,6 +9,7 @@
       models/model.pt          the state dict (MONAI's key names where the network is MONAI's)
       scripts/                 the network's code, when MONAI has no equivalent class
       LICENSE, docs/README.md
+      docs/MODEL_CARD.md, docs/model_card.json   the run's model card, when the checkpoint is a run's
 
 The preprocessing is the checkpoint's, transform for transform (unetr_app.data.transforms), so the
 bundle's masks match `unetr predict` up to interpolation details at label boundaries.
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetr_app.export.card import CARD_JSON, CARD_MARKDOWN, build_card, find_card_runs, render_markdown, sha256
 from unetr_app.export.monai_weights import MonaiNetwork, NotMonaiEquivalent, monai_network
 from unetr_app.io.checkpoint import LoadedModel
 from unetr_app.io.atomic import atomic_path, atomic_write_text
@@ -55,7 +57,20 @@ def write_bundle(loaded: LoadedModel, out_dir: Path, name: str, run_info: dict[s
     atomic_write_text(out_dir / "LICENSE", LICENSE_TEXT)
     (out_dir / "docs").mkdir(exist_ok=True)
     atomic_write_text(out_dir / "docs" / "README.md", _readme(loaded, name, network_def, run_info or {}))
+    _embed_card(loaded, out_dir)
     return out_dir
+
+
+def _embed_card(loaded: LoadedModel, out_dir: Path) -> None:
+    """The model card of the run the checkpoint belongs to (RUN/checkpoints/NAME), with the
+    checksum of the bundle's own weights beside the run's."""
+    run = loaded.path.parent.parent if loaded.path.parent.name == "checkpoints" else loaded.path.parent
+    if not find_card_runs(run) or find_card_runs(run)[0].path != run:
+        return  # a loose checkpoint file: no run records to describe it
+    card = build_card(run)
+    card["bundle"] = {"checkpoint": str(loaded.path.relative_to(run)), "weights": {"file": "models/model.pt", "sha256": sha256(out_dir / "models" / "model.pt")}}
+    atomic_write_text(out_dir / "docs" / CARD_JSON, json.dumps(card, indent=2) + "\n")
+    atomic_write_text(out_dir / "docs" / CARD_MARKDOWN, render_markdown(card))
 
 
 def inference_config(loaded: LoadedModel, network_def: dict[str, Any]) -> dict[str, Any]:

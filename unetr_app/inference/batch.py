@@ -21,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from unetr_app.errors import InputError
 from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
-from unetr_app.inference.dicom_seg import check_seg_input, write_dicom_seg
+from unetr_app.inference.dicom_seg import SegReferenceError, check_seg_input, write_dicom_seg
 from unetr_app.inference.predictor import INTENSITY_WARNINGS, Passes, Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes
@@ -174,13 +174,31 @@ def _restore_and_write(predictor, volume: Volume, prepared, passes: Passes, opti
     if options.preview:
         window = predictor.loaded.preprocessing.intensity_window
         write_preview(volume.channel(0), prediction.labels, volume.affine, options.preview_path(case), case.name, window)
-    if options.writes_seg(case):
-        record.output = str(write_dicom_seg(volume, prediction.labels, labels, options.seg_path(case)))
-    if options.writes_nifti(case):
-        write_like(volume, prediction.labels, options.mask_path(case))  # last: its presence marks the case done
+    if options.writes_nifti(case):  # first: a SEG that fails must not take the mask with it
+        write_like(volume, prediction.labels, options.mask_path(case))
         record.output = str(options.mask_path(case))
+    if options.writes_seg(case):
+        _write_seg(volume, prediction.labels, labels, options, record)
     record.volumes = label_volumes(prediction.labels, volume.voxel_ml, labels)
     record.seconds = round(record.seconds + time.perf_counter() - start, 3)
+
+
+def _write_seg(volume: Volume, mask: np.ndarray, labels: dict[str, int], options: OutputOptions, record: CaseRecord) -> None:
+    """Under `both` a SEG is written where it can be, and its failure is a warning beside the
+    NIfTI mask; under `dicom-seg` it fails the case, yet a series the SEG cannot reference still
+    gets its mask as NIfTI, so the inference is not lost."""
+    case = volume.source
+    try:
+        record.output = str(write_dicom_seg(volume, mask, labels, options.seg_path(case)))
+    except Exception as err:  # noqa: BLE001 - the NIfTI is the mask; the SEG is a second copy of it
+        if options.output_format == "both":
+            record.warnings.append(f"{_one_line(err, case.path)} (the NIfTI mask {options.mask_path(case).name} is written)")
+            return
+        if not isinstance(err, SegReferenceError):
+            raise
+        write_like(volume, mask, options.mask_path(case))
+        record.output = str(options.mask_path(case))
+        raise InputError(f"{_one_line(err, case.path)} (the mask is written as NIfTI instead: {options.mask_path(case)})") from None
 
 
 def _finish(writing: tuple[CaseRecord, Future | None], records, progress: Progress, bar) -> None:

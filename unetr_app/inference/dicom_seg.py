@@ -4,6 +4,11 @@ A SEG written for a DICOM-series case references its source: same study, same fr
 one frame per source slice and label, each frame naming the source instance it segments. The mask
 array (i, j, k) of a series read by `io.scans` holds SimpleITK's index order: i = column, j = row,
 k = the k-th file of GDCM's sorted series; so the frame for source slice k is `mask[:, :, k].T`.
+
+Anonymisers often blank UIDs. The SOP Class and Instance UIDs are also in each file's meta header
+(MediaStorageSOPClassUID / MediaStorageSOPInstanceUID) and are taken from there; a blank Study,
+Series or Frame of Reference UID cannot be recovered, and a SEG that cannot name its source is
+refused with `SegReferenceError` (callers still write the NIfTI mask).
 """
 
 from __future__ import annotations
@@ -31,6 +36,18 @@ ANATOMY_CODES = {
 }
 ANATOMICAL_STRUCTURE = ("123037004", "Anatomical Structure")
 POSITION_TOLERANCE_MM = 0.01
+# what a SEG references its source by, and where each UID sits
+SERIES_REFERENCES = {
+    "StudyInstanceUID": "Study Instance UID (0020,000D)",
+    "SeriesInstanceUID": "Series Instance UID (0020,000E)",
+    "FrameOfReferenceUID": "Frame of Reference UID (0020,0052)",
+}
+# dataset keyword -> the file meta keyword holding the same UID
+FILE_META_UIDS = {"SOPClassUID": "MediaStorageSOPClassUID", "SOPInstanceUID": "MediaStorageSOPInstanceUID"}
+
+
+class SegReferenceError(InputError):
+    """The series lacks a UID a DICOM SEG must reference; the mask can still be written as NIfTI."""
 
 
 def write_dicom_seg(volume: Volume, mask: np.ndarray, labels: dict[str, int], path: Path) -> Path:
@@ -86,18 +103,20 @@ def segment_description(value: int, name: str):
 
 
 def source_datasets(volume: Volume) -> list:
-    """The series' datasets in the volume's slice order, checked against its geometry."""
+    """The series' datasets in the volume's slice order, their UIDs recovered where the file meta
+    has them, checked against the volume's geometry."""
     import pydicom
     import SimpleITK as sitk
 
     folder = volume.source.path
-    series = volume.source.series or sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))[0]
+    series = volume.source.series
+    if series is None:
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))[0]
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series)
-    datasets = [pydicom.dcmread(name) for name in files]
+    datasets = [recover_uids(pydicom.dcmread(name)) for name in files]
     if len(datasets) != volume.array.shape[2]:
-        raise InputError(f"{folder}: {len(datasets)} files in series {series} but {volume.array.shape[2]} slices were read")
-    if not getattr(datasets[0], "FrameOfReferenceUID", None):
-        raise InputError(f"{folder}: series {series} has no Frame of Reference UID (0020,0052), which a DICOM SEG must reference")
+        raise InputError(f"{folder}: {len(datasets)} files in series {series or '(blank UID)'} but {volume.array.shape[2]} slices were read")
+    check_references(folder, datasets)
     lps_affine = np.linalg.inv(LPS_TO_RAS) @ volume.affine
     for k, dataset in enumerate(datasets):
         expected = (lps_affine @ np.array([0.0, 0.0, k, 1.0]))[:3]
@@ -105,6 +124,33 @@ def source_datasets(volume: Volume) -> list:
         if np.abs(found - expected).max() > POSITION_TOLERANCE_MM:
             raise InputError(f"{files[k]}: slice position {found.tolist()} is not slice {k} of the series grid {expected.tolist()}")
     return datasets
+
+
+def recover_uids(dataset):
+    """Fill a blank SOP Class / Instance UID from the file meta header, where that has it."""
+    meta = getattr(dataset, "file_meta", None)
+    for keyword, meta_keyword in FILE_META_UIDS.items():
+        if not str(getattr(dataset, keyword, "") or "").strip() and meta is not None and getattr(meta, meta_keyword, None):
+            setattr(dataset, keyword, str(getattr(meta, meta_keyword)))
+    return dataset
+
+
+def check_references(folder: Path, datasets: list) -> None:
+    """Refuse in one line a series whose SEG could not name its source, listing every missing UID."""
+    missing = [name for keyword, name in SERIES_REFERENCES.items()
+               if any(not str(getattr(d, keyword, "") or "").strip() for d in datasets)]
+    blank_instances = sum(not str(getattr(d, "SOPInstanceUID", "") or "").strip() for d in datasets)
+    if blank_instances:
+        missing.append(f"SOP Instance UID (0008,0018) in {blank_instances} of {len(datasets)} files")
+    if missing:
+        raise SegReferenceError(
+            f"{folder}: no DICOM SEG: the series has no {_listing(missing)}, which a SEG references its source by "
+            "(blanked by an anonymiser?); restore them from the original export, or use --output-format nifti"
+        )
+
+
+def _listing(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def _version() -> str:

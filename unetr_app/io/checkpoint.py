@@ -57,20 +57,29 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
     """Write `checkpoint` (a dict with `state_dict`) as NAME.safetensors (+ NAME.pt for the rest).
 
     Where an entry goes is decided by its type (`split_by_type`), never by trying to serialise it.
-    Each file is written atomically; the weights go first, and the sidecar names the weights'
-    `save_id`, so a kill between the two writes is detected on load instead of mixing two saves."""
+    Both files are written in full to temporaries before either replaces the previous save, so a
+    write that fails (a full disk) leaves the previous pair as it was, loadable; the sidecar names
+    the weights' `save_id`, so a kill between the two renames is detected on load instead of mixing
+    two saves. A failed write is a `CheckpointError` naming the file and the cause."""
     weights_path, sidecar_path = checkpoint_files(path)
     state_dict, description, tensors_and_state = split_by_type(checkpoint)
     save_id = uuid.uuid4().hex
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "save_id": save_id,
                 "checkpoint": json.dumps(description)}
-    write_safetensors(weights_path, state_dict, metadata)
-    if tensors_and_state:
-        sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, "save_id": save_id,
-                   "weights": weights_path.name, **tensors_and_state}
-        with atomic_path(sidecar_path) as tmp:
-            torch.save(sidecar, tmp)
-    else:  # an older sidecar or format-1 file of the same name would now describe other weights
+    try:
+        with atomic_path(weights_path) as weights_tmp:  # renamed last: after the sidecar below
+            _write_safetensors_file(weights_tmp, state_dict, metadata)
+            if tensors_and_state:
+                sidecar = {"format": FORMAT, "format_version": FORMAT_VERSION, "save_id": save_id,
+                           "weights": weights_path.name, **tensors_and_state}
+                with atomic_path(sidecar_path) as sidecar_tmp:
+                    torch.save(sidecar, sidecar_tmp)
+    except OSError as err:
+        raise CheckpointError(
+            f"{Path(path)}: could not write the checkpoint ({err.strerror or err}); the previous one there is unchanged "
+            "and loadable. Free space on that disk, then continue with `unetr train --resume --out RUN_DIR`"
+        ) from None
+    if not tensors_and_state:  # an older sidecar or format-1 file of the same name would now describe other weights
         sidecar_path.unlink(missing_ok=True)
 
 
@@ -122,13 +131,17 @@ def _check_plain(value: Any, key: str) -> None:
 
 
 def write_safetensors(path: str | Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    with atomic_path(path) as tmp:
+        _write_safetensors_file(tmp, state_dict, metadata)
+
+
+def _write_safetensors_file(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> None:
     from safetensors.torch import save_file
 
     # safetensors stores each tensor's own bytes: contiguous, CPU, no storage shared between keys
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates files private (0600); torch.save follows umask
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())  # safetensors creates files private (0600); torch.save follows umask
 
 
 def _umask() -> int:
