@@ -34,9 +34,12 @@ Recipe outputs (training recipes choose them by name; the training loop never fo
                       (the deepest stage's channel count) resized to the deepest stage's grid;
     "deep_features":  aux_heads=True only: the deepest stage's features (the hints' target).
 
-`forward(x)` in training mode is the main logits; in eval mode with distillation=True it is
-log((softmax(logits) + softmax(distill_logits)) / 2), DeiT's averaged prediction, so softmax and
-argmax downstream need no change; otherwise the main logits (aux heads never predict). Without
+`forward(x)` in training mode is the main logits; in eval mode with distillation=True it is the
+head chosen by `prediction_head`: "average" (the default, DeiT's joint prediction) is the mean of
+the two heads' logits, "main" or "distillation" one head alone; otherwise the main logits (aux
+heads never predict). The average is taken on logits, not on probabilities: averaging softmaxes
+lets a head that still predicts background everywhere halve the other head's foreground
+probability, while logits add up the two heads' evidence. Without
 the flags no head is built: the modules, forward and state-dict keys are the plain model's. The
 "unetr" and "unet" decoders have aux stages; "segformer_mlp" fuses in one stage and refuses.
 
@@ -49,7 +52,6 @@ dicts load into it unchanged (see `_accept_monai_unetr_keys`).
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from collections.abc import Callable, Sequence
 
@@ -101,20 +103,23 @@ class SegmentationModel(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, distill_head: nn.Module | None = None,
-                 aux_heads: nn.Module | None = None) -> None:
+                 aux_heads: nn.Module | None = None, prediction_head: str = "average") -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.distill_head = distill_head
         self.aux_heads = aux_heads
+        self.prediction_head = check_prediction_head(prediction_head, distill_head is not None)
         self.feature_info = encoder.feature_info
         self.register_load_state_dict_pre_hook(_accept_monai_unetr_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.distill_head is None or self.training:
+        if self.distill_head is None or self.training or self.prediction_head == "main":
             return self.decoder(x, self.encoder.forward_features(x))
         outputs = self._outputs(x, aux=False)  # prediction never runs the auxiliary heads
-        return average_log_probabilities(outputs["logits"], outputs["distill_logits"])
+        if self.prediction_head == "distillation":
+            return outputs["distill_logits"]
+        return (outputs["logits"] + outputs["distill_logits"]) / 2
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         return self._outputs(x, aux=True)
@@ -138,10 +143,15 @@ class SegmentationModel(nn.Module):
         return self.decoder.decode(x, features), token
 
 
-def average_log_probabilities(logits: torch.Tensor, distill_logits: torch.Tensor) -> torch.Tensor:
-    """log((softmax(a) + softmax(b)) / 2) over the class axis, computed stably."""
-    both = torch.stack([logits.log_softmax(dim=1), distill_logits.log_softmax(dim=1)])
-    return torch.logsumexp(both, dim=0) - math.log(2.0)
+PREDICTION_HEADS = ("average", "main", "distillation")
+
+
+def check_prediction_head(head: str, has_distill_head: bool) -> str:
+    if head not in PREDICTION_HEADS:
+        raise ConfigError(f"prediction_head: expected one of {', '.join(PREDICTION_HEADS)}, got {head!r}")
+    if head == "distillation" and not has_distill_head:
+        raise ConfigError("prediction_head='distillation' needs the distillation head (distillation=True)")
+    return head
 
 
 class StagedDecoder:
@@ -244,6 +254,7 @@ def build_for_task(
     decoder: str = "unetr",
     distillation: bool = False,
     aux_heads: bool = False,
+    prediction_head: str = "average",
     **params,
 ) -> nn.Module:
     """Build a backbone as a classifier, or as a segmentation model with the named decoder.
@@ -251,7 +262,8 @@ def build_for_task(
     For segmentation, keys of `params` that the decoder's builder names (e.g. `feature_size`,
     `norm_name` for "unetr") go to the decoder; the rest go to the backbone. `in_channels`
     defaults to 3 in 2D (RGB, as the published models) and 1 in 3D (one scan). `distillation`
-    and `aux_heads` add the recipe heads of the module docstring (segmentation only).
+    and `aux_heads` add the recipe heads of the module docstring (segmentation only);
+    `prediction_head` picks what the eval forward of a distilled model returns.
     """
     check_spatial_dims(spatial_dims)
     in_channels = in_channels or (3 if spatial_dims == 2 else 1)
@@ -272,8 +284,8 @@ def build_for_task(
     head = builder(encoder.feature_info, spatial_dims=spatial_dims, in_channels=in_channels,
                    out_channels=out_channels, **decoder_params)
     token_dim = encoder.feature_info[-1]["num_chs"] if keep_token else 0
-    return SegmentationModel(encoder, head, **_recipe_heads(head, decoder, spatial_dims, out_channels,
-                                                            distillation, aux_heads, token_dim))
+    heads = _recipe_heads(head, decoder, spatial_dims, out_channels, distillation, aux_heads, token_dim)
+    return SegmentationModel(encoder, head, **heads, prediction_head=prediction_head)
 
 
 def _recipe_heads(decoder: nn.Module, name: str, spatial_dims: int, out_channels: int, distillation: bool,
