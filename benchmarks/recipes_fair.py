@@ -260,6 +260,9 @@ def summarise(args, student: dict, teacher: dict, runs: dict[str, list[dict]]) -
             "crops_per_step": args.crops, "lr": args.lr, "spacing_mm": 4.0, "roi": 48,
             "checkpoint_scored": "last.pt after the whole budget (validation only draws the curves)",
             "interval": "paired bootstrap over seeds and held-out scans, 2000 draws, 2.5-97.5 percentiles",
+            "seconds_per_step": "a run's training seconds (summary.json) per step, validation and checkpoints included",
+            "pairing": "a seed fixes the crops and the initialisation; recipe heads (the distillation token) draw "
+                       "from the same generator, so their arms start from other weights than plain's",
         },
         "student": student,
         "teacher": {**TEACHER, "test_dice_mean": float(teacher_dice.mean()), "curve": teacher["curve"],
