@@ -4,7 +4,7 @@
 
 1. Phantom: `--cases` labelled scans (imagesTr) and `--test-cases` held-out scans (imagesTs, with
    labels used only for testing).
-2. DINO on every scan (imagesTr + imagesTs), labels ignored: profile cpu-dino (4 mm, 48^3 global
+2. DINO on the training scans (imagesTr), labels ignored, never on the test scans it is scored on: profile cpu-dino (4 mm, 48^3 global
    and 32^3 local crops) with a small ViT (`MODEL`: width 96, 4 blocks, 4 heads, patch 16, UNETR
    decoder of width 8), `--pretrain-steps` steps of 4 scans x (2 global + 4 local crops).
 3. Fine-tune that model (cpu-demo profile, 2 crops per step) on the same 4 labelled cases, from the
@@ -82,7 +82,7 @@ def main() -> None:
     pretrain_run = work / "pretrain"
     config = load_run_config("spleen", MODEL["name"], "cpu-dino", {"model": MODEL, "training": {"log_every_steps": 10}})
     config = with_budget(config, BudgetConfig(steps=args.pretrain_steps))
-    pretrain_summary = pretrain(config, pretrain_run, [data / "imagesTr", data / "imagesTs"], device="cpu")
+    pretrain_summary = pretrain(config, pretrain_run, [data / "imagesTr"], device="cpu")  # disjoint from the test scans
     timings["pretrain_s"] = round(time.perf_counter() - t, 1)
 
     labelled = [{"image": str(data / "imagesTr" / f"spleen_{i + 1}.nii.gz"), "label": str(data / "labelsTr" / f"spleen_{i + 1}.nii.gz")}

@@ -15,6 +15,7 @@ from unetr_app.training.recipes.dino import (
     DinoHead,
     DinoParams,
     dino_loss,
+    phase_warning,
     ema_update,
     teacher_momentum,
     teacher_temperature,
@@ -157,3 +158,63 @@ def test_a_model_without_attention_is_a_one_line_error():
 
     with pytest.raises(UsageError, match="no attention layers"):
         build_recipe("dino", model, None, PARAMS)
+
+
+# --- the small-scale remedies: eval-mode teacher, frozen last layer, constant temperature, monitors ---
+
+
+def test_the_teacher_stays_in_eval_mode_and_only_the_student_drops_paths():
+    torch.manual_seed(0)
+    model = create_model("vit_small_patch16", task="segmentation", spatial_dims=3, in_channels=1, out_channels=2,
+                         img_size=[32, 32, 32], drop_path_rate=0.5, **TINY_VIT)
+    recipe = build_recipe("dino", model, None, PARAMS).train()
+    assert recipe.model.training and not recipe.teacher.training
+    x = torch.randn(8, 1, 32, 32, 32)  # 8 scans: two draws of the drop masks differ unless 2^-8 luck
+    with torch.no_grad():
+        assert torch.equal(recipe.teacher(x), recipe.teacher(x))  # no stochastic depth
+        assert not torch.equal(recipe.model(x), recipe.model(x))  # the student's does apply
+
+
+def test_the_last_layer_gets_no_gradient_for_the_frozen_fraction_of_the_run():
+    recipe = tiny_recipe(freeze_last_layer=0.5)
+    recipe.steps_planned.fill_(4)
+    direction = recipe.model.head.last_layer.parametrizations.weight.original1
+    for step, frozen in ((0, True), (1, True), (2, False)):
+        recipe.steps_done.fill_(step)
+        recipe.zero_grad()
+        recipe(tiny_batch())["loss"].backward()
+        assert (direction.grad.abs().sum() == 0) == frozen, f"step {step}"
+        assert recipe.model.head.mlp[0].weight.grad.abs().sum() > 0  # the rest of the head trains throughout
+
+
+def test_equal_start_and_final_temperatures_keep_the_teacher_temperature_constant():
+    params = DinoParams(teacher_temp=0.02, teacher_temp_final=0.02, teacher_temp_warmup=0.3)
+    assert {teacher_temperature(step, 100, params) for step in (0, 15, 30, 99)} == {0.02}
+
+
+def test_monitors_are_loss_parts_and_the_kl_is_the_loss_minus_the_teachers_entropy():
+    parts = tiny_recipe()(tiny_batch())
+    ratios = parts["teacher_entropy_ratio"].item(), parts["batch_entropy_ratio"].item()
+    assert all(0.0 <= r <= 1.0 + 1e-6 for r in ratios)
+    # every teacher view meets as many student views, so the mean cross-entropy over pairs is
+    # the mean teacher entropy plus the mean KL
+    entropy = parts["teacher_entropy_ratio"].item() * math.log(PARAMS["out_dim"])
+    assert parts["teacher_student_kl"].item() == pytest.approx(parts["loss"].item() - entropy, abs=1e-4)
+
+
+def test_a_run_still_uniform_a_fifth_into_its_budget_is_one_warning_line(caplog):
+    recipe = tiny_recipe()
+    recipe.monitors = {"teacher_entropy_ratio": 0.99, "teacher_student_kl": 0.001, "batch_entropy_ratio": 0.99}
+    with caplog.at_level("WARNING", logger="unetr_app.training.recipes.dino"):
+        for step in range(1, 6):
+            recipe.after_step(step, 10)
+    assert len(caplog.records) == 1  # at step 2 of 10, once
+    message = caplog.records[0].getMessage()
+    assert message.startswith("dino: step 2 of 10: the teacher is still uniform (entropy 0.99 of ln K") and "\n" not in message
+    assert "teacher_temp" in message
+
+
+def test_a_collapsed_run_is_named_and_a_learning_one_is_not():
+    collapsed = phase_warning(20, 100, {"teacher_entropy_ratio": 0.1, "teacher_student_kl": 0.5, "batch_entropy_ratio": 0.01})
+    assert "collapsed onto one prototype" in collapsed and "center_momentum" in collapsed
+    assert phase_warning(20, 100, {"teacher_entropy_ratio": 0.6, "teacher_student_kl": 0.5, "batch_entropy_ratio": 0.7}) is None

@@ -227,9 +227,9 @@ def test_heads_must_divide_the_width():
 
 
 def test_unetr_decoder_names_the_patch_sizes_it_can_upsample():
-    with pytest.raises(ValueError, match=r"patch size must be a fourth power.*allowed: 1, 16, 81, 256.*\(8, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"patch size must be a power of two.*allowed: 1, 2, 4, 8, 16.*\(12, 12, 12\)"):
         create_model("vit_tiny_patch16", task="segmentation", spatial_dims=3, in_channels=1, out_channels=2,
-                     img_size=32, patch_size=8, embed_dim=16, depth=1, num_heads=2)
+                     img_size=24, patch_size=12, embed_dim=16, depth=1, num_heads=2)
 
 
 def test_segmentation_needs_out_channels_and_a_known_decoder():

@@ -1,8 +1,8 @@
 """Recipe outputs of segmentation models: `distillation=True` (DeiT) and `aux_heads=True`
 ("Be Your Own Teacher") through `forward_train`, in 2D and 3D, on tiny configurations.
 
-Known answers: the shape of every output; in eval mode the prediction's softmax is the mean of
-the two heads' softmax; a loss on the distillation logits alone reaches the distillation token;
+Known answers: the shape of every output; in eval mode the prediction is the mean of the two
+heads' logits (or the head `prediction_head` names); a loss on the distillation logits alone reaches the distillation token;
 the heads leave the main path untouched (same weights give the same main logits) and add no key
 or module without the flags.
 """
@@ -63,7 +63,7 @@ def test_the_flags_add_only_their_outputs(name, params, spatial_dims):
 
 
 @pytest.mark.parametrize("name, params, spatial_dims", CASES, ids=IDS)
-def test_eval_prediction_averages_the_two_heads_softmax(name, params, spatial_dims):
+def test_eval_prediction_averages_the_two_heads_logits(name, params, spatial_dims):
     model = build(name, params, spatial_dims, distillation=True, aux_heads=True)
     x = image(spatial_dims)
     with torch.no_grad():
@@ -71,11 +71,24 @@ def test_eval_prediction_averages_the_two_heads_softmax(name, params, spatial_di
         assert torch.equal(train_out, model.forward_train(x)["logits"])  # training mode: the main logits
         model.eval()
         outputs = model.forward_train(x)
-        expected = (outputs["logits"].softmax(1) + outputs["distill_logits"].softmax(1)) / 2
         prediction = model(x)
-    torch.testing.assert_close(prediction.softmax(1), expected)
-    torch.testing.assert_close(prediction.exp(), expected)  # log-probabilities: softmax is the identity
-    assert not torch.allclose(expected, outputs["logits"].softmax(1))  # the second head does count
+    torch.testing.assert_close(prediction, (outputs["logits"] + outputs["distill_logits"]) / 2)
+    assert not torch.allclose(prediction, outputs["logits"])  # the second head does count
+
+
+@pytest.mark.parametrize("head, key", [("main", "logits"), ("distillation", "distill_logits")])
+def test_prediction_head_picks_one_head_alone(head, key):
+    model = build("deit_tiny_distilled_patch16", PLAIN, 2, distillation=True, prediction_head=head).eval()
+    x = image(2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_train(x)[key])
+
+
+def test_an_unknown_prediction_head_is_one_line_naming_the_choices():
+    with pytest.raises(ConfigError, match=r"^prediction_head: expected one of average, main, distillation, got 'mean'$"):
+        build("deit_tiny_distilled_patch16", PLAIN, 2, distillation=True, prediction_head="mean")
+    with pytest.raises(ConfigError, match=r"prediction_head='distillation' needs the distillation head"):
+        build("vit_tiny_patch16", PLAIN, 2, prediction_head="distillation")
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

@@ -12,7 +12,7 @@ from tests.recipes.recipe_helpers import StandInStudent, batch, tiny_config, wri
 from unetr_app.errors import CheckpointError, ConfigError, UsageError
 from unetr_app.io.checkpoint import resolve_checkpoint_path
 from unetr_app.training.recipes import build_recipe, list_recipes, recipe_class
-from unetr_app.training.recipes.distill import hard_distillation_loss
+from unetr_app.training.objectives import channel_distillation, hard_distillation, soft_distillation
 
 
 def distill(teacher, **params):
@@ -21,7 +21,8 @@ def distill(teacher, **params):
 
 def test_recipes_are_registered_with_their_model_kwargs():
     assert {"supervised", "distill", "self_distill"} <= set(list_recipes())
-    assert recipe_class("distill").model_kwargs({}) == {"distillation": True}
+    assert recipe_class("distill").model_kwargs({}) == {"distillation": True, "prediction_head": "average"}
+    assert recipe_class("distill").model_kwargs({"prediction_head": "main"})["prediction_head"] == "main"
     assert recipe_class("self_distill").model_kwargs({}) == {"aux_heads": True}
 
 
@@ -44,15 +45,25 @@ def test_teacher_gets_no_gradient_and_is_unchanged_by_training(teacher_path):
     assert set(parts) == {"loss", "output", "task_loss", "distill_loss"}
 
 
-def test_loss_is_the_weighted_sum_of_task_and_distillation(teacher_path):
-    recipe = distill(teacher_path, alpha=0.25)
+@pytest.mark.parametrize("mode", ["soft", "hard", "channel"])
+def test_loss_is_the_weighted_sum_of_task_and_the_modes_distillation_term(teacher_path, mode):
+    recipe = distill(teacher_path, alpha=0.25, mode=mode)
     data = batch(1)
     parts = recipe(data)
     with torch.no_grad():
         teacher_logits = recipe.teacher.model(data["image"])
-        distill_logits = recipe.model.forward_train(data["image"])["distill_logits"]
-    assert parts["distill_loss"].item() == pytest.approx(hard_distillation_loss(distill_logits, teacher_logits).item(), rel=1e-5)
+        student = recipe.model.forward_train(data["image"])["distill_logits"]
+    expected = {
+        "soft": lambda: soft_distillation(student, teacher_logits, 3.0),
+        "hard": lambda: hard_distillation(student, teacher_logits, recipe.task_loss),
+        "channel": lambda: channel_distillation(student, teacher_logits, 3.0),
+    }[mode]()
+    assert parts["distill_loss"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert parts["loss"].item() == pytest.approx(0.75 * parts["task_loss"].item() + 0.25 * parts["distill_loss"].item(), rel=1e-5)
+
+
+def test_soft_is_the_default_mode(teacher_path):
+    assert distill(teacher_path).params["mode"] == "soft"
 
 
 def test_checkpoint_state_records_teacher_path_and_checksum_not_weights(teacher_path):
@@ -110,8 +121,14 @@ def test_teacher_with_other_spacing_or_labels_is_refused_naming_both_values(tmp_
 
 
 def test_bad_params_and_unknown_recipe_are_config_errors(teacher_path):
-    with pytest.raises(ConfigError, match="recipe.params.mode: expected one of hard, soft, got 'warm'"):
+    with pytest.raises(ConfigError, match="^recipe.params.mode: expected one of soft, hard, channel, got 'warm'$"):
         distill(teacher_path, mode="warm")
+    with pytest.raises(ConfigError, match="^recipe.params.prediction_head: expected one of average, main, distillation, got 'both'$"):
+        distill(teacher_path, prediction_head="both")
+    with pytest.raises(ConfigError, match="^recipe.params.mode: expected one of byot, deep_supervision, got 'ds'$"):
+        build_recipe("self_distill", StandInStudent(), tiny_config(), {"mode": "ds"})
+    with pytest.raises(ConfigError, match="^recipe.params.weights: expected one of halving, nnunet, equal, got 'half'$"):
+        build_recipe("self_distill", StandInStudent(), tiny_config(), {"weights": "half"})
     with pytest.raises(ConfigError, match="recipe.params.temprature: not a parameter of recipe 'distill'"):
         distill(teacher_path, temprature=2.0)
     with pytest.raises(ConfigError, match="recipe.params.alpha"):
@@ -126,6 +143,15 @@ def test_self_distill_recipe_trains_the_stand_in():
     parts["loss"].backward()
     assert set(parts) == {"loss", "output", "task_loss", "aux_task_loss", "kd_loss", "hint_loss"}
     assert recipe.model.aux_head.weight.grad.abs().sum() > 0 and recipe.model.hint.weight.grad.abs().sum() > 0
+
+
+def test_the_deep_supervision_control_trains_on_labels_only():
+    recipe = build_recipe("self_distill", StandInStudent(), tiny_config(), {"mode": "deep_supervision"})
+    parts = recipe(batch(2))
+    parts["loss"].backward()
+    assert set(parts) == {"loss", "output", "task_loss", "aux_task_loss"}
+    assert recipe.model.aux_head.weight.grad.abs().sum() > 0
+    assert recipe.model.hint.weight.grad is None  # no feature hint
 
 
 def test_heads_train_through_a_ddp_wrapper(tmp_path):

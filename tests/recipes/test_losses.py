@@ -7,8 +7,13 @@ import math
 import pytest
 import torch
 
-from unetr_app.training.recipes.distill import distillation_loss, hard_distillation_loss, soft_distillation_loss
-from unetr_app.training.recipes.self_distill import feature_hint_loss, self_distillation_loss
+from monai.losses import DiceCELoss
+
+from unetr_app.training.objectives import hard_distillation, soft_distillation
+from unetr_app.training.recipes.distill import distillation_loss
+from unetr_app.training.recipes.self_distill import feature_hint_loss, head_weights, self_distillation_loss
+
+CROSS_ENTROPY = DiceCELoss(to_onehot_y=True, softmax=True, lambda_dice=0.0)
 
 # (batch 1, 3 classes, 2 x 1 x 1 voxels): voxel 0 and voxel 1 as plain lists per class
 STUDENT = [[2.0, -1.0], [0.5, 0.0], [-1.0, 3.0]]
@@ -28,14 +33,15 @@ def voxel(values, index):
     return [values[c][index] for c in range(len(values))]
 
 
-def test_hard_distillation_is_cross_entropy_to_the_teachers_argmax():
+def test_hard_distillation_is_the_task_loss_on_the_teachers_argmax():
     by_hand = []
     for i in range(2):
         target = max(range(3), key=lambda c: voxel(TEACHER, i)[c])
         by_hand.append(-math.log(softmax(voxel(STUDENT, i))[target]))
     expected = sum(by_hand) / 2
-    assert hard_distillation_loss(as_logits(STUDENT), as_logits(TEACHER)).item() == pytest.approx(expected, rel=1e-6)
-    assert distillation_loss(as_logits(STUDENT), as_logits(TEACHER), "hard", 3.0).item() == pytest.approx(expected, rel=1e-6)
+    assert hard_distillation(as_logits(STUDENT), as_logits(TEACHER), CROSS_ENTROPY).item() == pytest.approx(expected, rel=1e-6)
+    got = distillation_loss(as_logits(STUDENT), as_logits(TEACHER), "hard", 3.0, CROSS_ENTROPY).item()
+    assert got == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("temperature", [1.0, 3.0])
@@ -45,15 +51,16 @@ def test_soft_distillation_is_t_squared_kl_teacher_to_student(temperature):
         p_t, p_s = softmax(voxel(TEACHER, i), temperature), softmax(voxel(STUDENT, i), temperature)
         by_hand.append(sum(t * math.log(t / s) for t, s in zip(p_t, p_s)))
     expected = temperature**2 * sum(by_hand) / 2
-    got = soft_distillation_loss(as_logits(STUDENT), as_logits(TEACHER), temperature).item()
+    got = soft_distillation(as_logits(STUDENT), as_logits(TEACHER), temperature).item()
     assert got == pytest.approx(expected, rel=1e-6)
-    assert distillation_loss(as_logits(STUDENT), as_logits(TEACHER), "soft", temperature).item() == pytest.approx(expected, rel=1e-6)
+    got = distillation_loss(as_logits(STUDENT), as_logits(TEACHER), "soft", temperature, CROSS_ENTROPY).item()
+    assert got == pytest.approx(expected, rel=1e-6)
 
 
 def test_soft_distillation_is_zero_when_the_student_matches_the_teacher_and_positive_otherwise():
     teacher = as_logits(TEACHER)
-    assert soft_distillation_loss(teacher.clone(), teacher, 2.0).item() == pytest.approx(0.0, abs=1e-12)
-    assert soft_distillation_loss(as_logits(STUDENT), teacher, 2.0).item() > 0.1
+    assert soft_distillation(teacher.clone(), teacher, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert soft_distillation(as_logits(STUDENT), teacher, 2.0).item() > 0.1
 
 
 def test_feature_hint_is_the_mean_squared_distance_and_names_mismatched_shapes():
@@ -116,3 +123,28 @@ def test_self_distillation_needs_one_hint_per_aux_head():
     outputs["hint_features"] = outputs["hint_features"][:1]
     with pytest.raises(ValueError, match="2 auxiliary heads and 1 hint"):
         self_distillation_loss(outputs, None, mean_of_logits, 0.3, 3.0, 0.03)
+
+
+def test_weighted_self_distillation_weights_every_term_of_a_head_and_deep_supervision_drops_the_teacher():
+    outputs = _outputs(requires_grad=False)
+    alpha, temperature, weight = 0.3, 3.0, 0.03
+    equal = self_distillation_loss(outputs, None, mean_of_logits, alpha, temperature, weight)
+    # 3 heads, the deepest first: halving gives (4, 2, 1) / 7; aux heads come coarsest first (1/7, 2/7)
+    weights = head_weights("halving", 3)
+    assert weights == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    parts = self_distillation_loss(outputs, None, mean_of_logits, alpha, temperature, weight, weights)
+    aux_means = [sum(map(sum, STUDENT)) / 6 * scale for scale in (1, 2)]  # coarsest aux head first
+    assert parts["task_loss"].item() == pytest.approx(equal["task_loss"].item())  # logged unweighted
+    assert parts["aux_task_loss"].item() == pytest.approx(aux_means[0] / 7 + aux_means[1] * 2 / 7)
+    control = self_distillation_loss(outputs, None, mean_of_logits, alpha, temperature, weight, weights, "deep_supervision")
+    assert set(control) == {"loss", "task_loss", "aux_task_loss"}
+    assert control["loss"].item() == pytest.approx(4 / 7 * parts["task_loss"].item() + parts["aux_task_loss"].item())
+
+
+def test_nnunet_weighting_gives_the_coarsest_head_nothing():
+    outputs = _outputs()
+    parts = self_distillation_loss(outputs, None, mean_of_logits, 0.3, 3.0, 0.03, head_weights("nnunet", 3))
+    parts["loss"].backward()
+    coarsest, middle = outputs["aux_logits"]
+    assert coarsest.grad.abs().sum() == 0 and middle.grad.abs().sum() > 0
+    assert head_weights("equal", 3) == [1.0, 1.0, 1.0]

@@ -112,6 +112,7 @@ def _common(name: str, params: dict[str, Any]) -> dict[str, Any]:
     if task != "segmentation":
         raise ValueError(f"{name} is a segmentation network; got task {task!r}")
     refuse_recipe_heads(name, params.pop("distillation", False), params.pop("aux_heads", False))
+    params.pop("prediction_head", None)  # a distilled model's choice; distillation=True was refused above
     params.setdefault("img_size", None)
     params.setdefault("spatial_dims", 3)
     return params

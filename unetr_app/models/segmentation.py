@@ -34,26 +34,30 @@ Recipe outputs (training recipes choose them by name; the training loop never fo
                       (the deepest stage's channel count) resized to the deepest stage's grid;
     "deep_features":  aux_heads=True only: the deepest stage's features (the hints' target).
 
-`forward(x)` in training mode is the main logits; in eval mode with distillation=True it is
-log((softmax(logits) + softmax(distill_logits)) / 2), DeiT's averaged prediction, so softmax and
-argmax downstream need no change; otherwise the main logits (aux heads never predict). Without
+`forward(x)` in training mode is the main logits; in eval mode with distillation=True it is the
+head chosen by `prediction_head`: "average" (the default, DeiT's joint prediction) is the mean of
+the two heads' logits, "main" or "distillation" one head alone; otherwise the main logits (aux
+heads never predict). The average is taken on logits, not on probabilities: averaging softmaxes
+lets a head that still predicts background everywhere halve the other head's foreground
+probability, while logits add up the two heads' evidence. Without
 the flags no head is built: the modules, forward and state-dict keys are the plain model's. The
 "unetr" and "unet" decoders have aux stages; "segformer_mlp" fuses in one stage and refuses.
 
 The "unetr" decoder is MONAI's UNETR decoder (Hatamizadeh et al., WACV 2022) made generic over
-the backbone; with our `vit_base_patch16` it is MONAI's UNETR parameter for parameter, and MONAI
-UNETR state dicts load into it unchanged (see `_accept_monai_unetr_keys`).
+the backbone and over any power-of-two patch (`patch_size=8`: a 48^3 window is 6^3 = 216 tokens);
+with our `vit_base_patch16` it is MONAI's UNETR parameter for parameter, and MONAI UNETR state
+dicts load into it unchanged (see `_accept_monai_unetr_keys`).
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 import re
 from collections.abc import Callable, Sequence
 
 import torch
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.networks.blocks.dynunet_block import get_conv_layer
 from torch import nn
 
 from unetr_app.errors import ConfigError
@@ -99,20 +103,23 @@ class SegmentationModel(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, distill_head: nn.Module | None = None,
-                 aux_heads: nn.Module | None = None) -> None:
+                 aux_heads: nn.Module | None = None, prediction_head: str = "average") -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.distill_head = distill_head
         self.aux_heads = aux_heads
+        self.prediction_head = check_prediction_head(prediction_head, distill_head is not None)
         self.feature_info = encoder.feature_info
         self.register_load_state_dict_pre_hook(_accept_monai_unetr_keys)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.distill_head is None or self.training:
+        if self.distill_head is None or self.training or self.prediction_head == "main":
             return self.decoder(x, self.encoder.forward_features(x))
         outputs = self._outputs(x, aux=False)  # prediction never runs the auxiliary heads
-        return average_log_probabilities(outputs["logits"], outputs["distill_logits"])
+        if self.prediction_head == "distillation":
+            return outputs["distill_logits"]
+        return (outputs["logits"] + outputs["distill_logits"]) / 2
 
     def forward_train(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
         return self._outputs(x, aux=True)
@@ -136,10 +143,15 @@ class SegmentationModel(nn.Module):
         return self.decoder.decode(x, features), token
 
 
-def average_log_probabilities(logits: torch.Tensor, distill_logits: torch.Tensor) -> torch.Tensor:
-    """log((softmax(a) + softmax(b)) / 2) over the class axis, computed stably."""
-    both = torch.stack([logits.log_softmax(dim=1), distill_logits.log_softmax(dim=1)])
-    return torch.logsumexp(both, dim=0) - math.log(2.0)
+PREDICTION_HEADS = ("average", "main", "distillation")
+
+
+def check_prediction_head(head: str, has_distill_head: bool) -> str:
+    if head not in PREDICTION_HEADS:
+        raise ConfigError(f"prediction_head: expected one of {', '.join(PREDICTION_HEADS)}, got {head!r}")
+    if head == "distillation" and not has_distill_head:
+        raise ConfigError("prediction_head='distillation' needs the distillation head (distillation=True)")
+    return head
 
 
 class StagedDecoder:
@@ -242,6 +254,7 @@ def build_for_task(
     decoder: str = "unetr",
     distillation: bool = False,
     aux_heads: bool = False,
+    prediction_head: str = "average",
     **params,
 ) -> nn.Module:
     """Build a backbone as a classifier, or as a segmentation model with the named decoder.
@@ -249,7 +262,8 @@ def build_for_task(
     For segmentation, keys of `params` that the decoder's builder names (e.g. `feature_size`,
     `norm_name` for "unetr") go to the decoder; the rest go to the backbone. `in_channels`
     defaults to 3 in 2D (RGB, as the published models) and 1 in 3D (one scan). `distillation`
-    and `aux_heads` add the recipe heads of the module docstring (segmentation only).
+    and `aux_heads` add the recipe heads of the module docstring (segmentation only);
+    `prediction_head` picks what the eval forward of a distilled model returns.
     """
     check_spatial_dims(spatial_dims)
     in_channels = in_channels or (3 if spatial_dims == 2 else 1)
@@ -270,8 +284,8 @@ def build_for_task(
     head = builder(encoder.feature_info, spatial_dims=spatial_dims, in_channels=in_channels,
                    out_channels=out_channels, **decoder_params)
     token_dim = encoder.feature_info[-1]["num_chs"] if keep_token else 0
-    return SegmentationModel(encoder, head, **_recipe_heads(head, decoder, spatial_dims, out_channels,
-                                                            distillation, aux_heads, token_dim))
+    heads = _recipe_heads(head, decoder, spatial_dims, out_channels, distillation, aux_heads, token_dim)
+    return SegmentationModel(encoder, head, **heads, prediction_head=prediction_head)
 
 
 def _recipe_heads(decoder: nn.Module, name: str, spatial_dims: int, out_channels: int, distillation: bool,
@@ -305,8 +319,13 @@ def create_variant(model_cls: Callable[..., nn.Module], name: str, overrides: di
 # --- the UNETR decoder -----------------------------------------------------------------------
 
 
-def _unetr_upsample_factors(feature_info: list[dict], spatial_dims: int) -> tuple[int, ...]:
-    """UNETR upsamples four times by the same factor, so each axis' reduction must be f**4."""
+def unetr_stage_factors(feature_info: list[dict], spatial_dims: int) -> list[tuple[int, ...]]:
+    """Per-axis upsampling factors of decoder5 .. decoder2 (deepest stage first) for a power-of-two patch.
+
+    As in a U-Net, each of the three finest stages doubles the grid; the deepest stage takes what is
+    left of the patch: patch 16 is (2, 2, 2, 2) (MONAI's UNETR), patch 8 is (1, 2, 2, 2) (the deepest
+    stage stays on the token grid), patch 32 is (4, 2, 2, 2). A factor 1 is a 1x1 projection.
+    """
     reductions = {_per_axis(f["reduction"], spatial_dims) for f in feature_info}
     if len(feature_info) != 4 or len(reductions) != 1:
         raise ValueError(
@@ -314,13 +333,32 @@ def _unetr_upsample_factors(feature_info: list[dict], spatial_dims: int) -> tupl
             f"{[f['reduction'] for f in feature_info]}; use a decoder for hierarchical backbones instead"
         )
     (reduction,) = reductions
-    factors = tuple(round(r ** 0.25) for r in reduction)
-    if any(f**4 != r for f, r in zip(factors, reduction)):
+    if any(r < 1 or r & (r - 1) for r in reduction):
         raise ValueError(
-            f"the unetr decoder upsamples by the same factor four times, so the patch size must be a fourth "
-            f"power on every axis (allowed: 1, 16, 81, 256); got patch size {reduction}. Use patch_size=16."
+            f"the unetr decoder doubles the grid stage by stage, so the patch size must be a power of two on "
+            f"every axis (allowed: 1, 2, 4, 8, 16, 32, ...); got patch size {reduction}. Use patch_size=8 or 16."
         )
-    return factors
+    exponents = [r.bit_length() - 1 for r in reduction]
+    finest_first = [tuple(2 if e > i else 1 for e in exponents) for i in range(3)]
+    deepest = tuple(2 ** max(e - 3, 0) for e in exponents)
+    return [deepest, *finest_first[::-1]]
+
+
+def _projection_upsampler(in_channels: int, out_channels: int, factors: Sequence[tuple[int, ...]],
+                          conv_block: bool, common: dict) -> UnetrPrUpBlock:
+    """MONAI's UNETR skip block (one transposed convolution per factor), each layer with its own factor:
+    MONAI's block takes one factor for all its layers, so layers that differ are swapped in place."""
+    block = UnetrPrUpBlock(in_channels=in_channels, out_channels=out_channels, num_layer=len(factors) - 1, stride=1,
+                           upsample_kernel_size=factors[0], conv_block=conv_block, **common)
+    for i, factor in enumerate(factors[1:]):
+        if factor != factors[0]:
+            layer = get_conv_layer(common["spatial_dims"], out_channels, out_channels, kernel_size=factor,
+                                   stride=factor, conv_only=True, is_transposed=True)
+            if conv_block:
+                block.blocks[i][0] = layer
+            else:
+                block.blocks[i] = layer
+    return block
 
 
 def _per_axis(reduction: int | Sequence[int], spatial_dims: int) -> tuple[int, ...]:
@@ -330,9 +368,10 @@ def _per_axis(reduction: int | Sequence[int], spatial_dims: int) -> tuple[int, .
 class UnetrDecoder(StagedDecoder, nn.Module):
     """UNETR's decoder over four same-resolution feature maps (taps z3, z6, z9, z12 in the paper).
 
-    Skips from taps 1-3 are upsampled to 1/2, 1/4, 1/8 of the input size, the last tap sits at
-    1/16 (for patch 16); the image itself gives the full-resolution skip (`encoder1`). Its stages
-    are the outputs of decoder5 .. decoder2 (1/8, 1/4, 1/2 and full size for patch 16).
+    Skips from taps 1-3 are upsampled to the grids of decoder3, decoder4 and decoder5 (1/2, 1/4,
+    1/8 of the input for patch 16, 1/2, 1/4 and the token grid 1/8 for patch 8); the image itself
+    gives the full-resolution skip (`encoder1`). Its stages are the outputs of decoder5 .. decoder2.
+    Any power-of-two patch works (see `unetr_stage_factors`); patch 16 is MONAI's UNETR decoder.
     """
 
     def __init__(
@@ -348,21 +387,21 @@ class UnetrDecoder(StagedDecoder, nn.Module):
         res_block: bool = True,
     ) -> None:
         super().__init__()
-        up = _unetr_upsample_factors(feature_info, spatial_dims)
+        up = unetr_stage_factors(feature_info, spatial_dims)  # decoder5 .. decoder2
         chs = [f["num_chs"] for f in feature_info]
         common = {"spatial_dims": spatial_dims, "kernel_size": 3, "norm_name": norm_name, "res_block": res_block}
         self.encoder1 = UnetrBasicBlock(in_channels=in_channels, out_channels=feature_size, stride=1, **common)
+        # the skip of tap i climbs the decoder's own path up to decoder(4 - i)'s grid
         self.encoder2, self.encoder3, self.encoder4 = (
-            UnetrPrUpBlock(in_channels=chs[i], out_channels=feature_size * 2 ** (i + 1), num_layer=2 - i, stride=1,
-                           upsample_kernel_size=up, conv_block=conv_block, **common)
+            _projection_upsampler(chs[i], feature_size * 2 ** (i + 1), up[: 3 - i], conv_block, common)
             for i in range(3)
         )
         self.stage_channels = [feature_size * m for m in (8, 4, 2, 1)]  # decoder5 .. decoder2 outputs
-        widths = self.stage_channels[::-1]
-        self.decoder5 = UnetrUpBlock(in_channels=chs[3], out_channels=widths[3], upsample_kernel_size=up, **common)
-        self.decoder4 = UnetrUpBlock(in_channels=widths[3], out_channels=widths[2], upsample_kernel_size=up, **common)
-        self.decoder3 = UnetrUpBlock(in_channels=widths[2], out_channels=widths[1], upsample_kernel_size=up, **common)
-        self.decoder2 = UnetrUpBlock(in_channels=widths[1], out_channels=widths[0], upsample_kernel_size=up, **common)
+        widths = [chs[3], *self.stage_channels]
+        self.decoder5, self.decoder4, self.decoder3, self.decoder2 = (
+            UnetrUpBlock(in_channels=widths[i], out_channels=widths[i + 1], upsample_kernel_size=up[i], **common)
+            for i in range(4)
+        )
         self.out = UnetOutBlock(spatial_dims=spatial_dims, in_channels=feature_size, out_channels=out_channels)
 
     def decode(self, image: torch.Tensor, features: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -182,6 +182,7 @@ def swin_unetr(
     use_v2: bool = False,
     distillation: bool = False,
     aux_heads: bool = False,
+    prediction_head: str = "main",  # a distilled model's choice; refused with distillation=True below
 ) -> nn.Module:
     """MONAI SwinUNETR as it is (patch 2, window 7, feature_size 48): segmentation only."""
     refuse_recipe_heads("swin_unetr", distillation, aux_heads)

@@ -35,6 +35,7 @@ def unetr(
     qkv_bias: bool = False,
     distillation: bool = False,
     aux_heads: bool = False,
+    prediction_head: str = "main",  # a distilled model's choice; refused with distillation=True below
 ):
     """MONAI UNETR (ViT-B/16 encoder, 12 blocks, taps after blocks 3, 6, 9, 12)."""
     refuse_recipe_heads("unetr", distillation, aux_heads)

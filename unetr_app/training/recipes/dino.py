@@ -11,7 +11,20 @@ cross-entropy between the teacher's centred, sharpened distribution and the stud
 
 Schedules (per optimizer step, over the run's total steps): teacher temperature linear from
 `teacher_temp` to `teacher_temp_final` over the first `teacher_temp_warmup` fraction, then
-constant; teacher momentum on a cosine from `momentum` to 1; centre c <- m c + (1 - m) mean(T).
+constant (equal values: a constant temperature, what DINO's authors advise for short runs,
+going down to 0.02 when the loss sits at ln K); teacher momentum on a cosine from `momentum` to
+1; centre c <- m c + (1 - m) mean(T). The head's last layer gets no gradient for the first
+`freeze_last_layer` fraction of the run (DINO freezes it for the first epoch: prototypes that
+move before the features mean anything let the run settle on uniform targets).
+
+The teacher runs in eval mode: no dropout and no stochastic depth (a student's `drop_path_rate`,
+where its model has one, applies to the student alone). Gradient clipping is the trainer's
+(`training.grad_clip`, DINO uses 3.0).
+
+Collapse monitors (`unetr_app.training.objectives.dino_monitors`) are loss parts, so they reach
+metrics.jsonl: `teacher_entropy_ratio` (near 1: the uniform phase), `teacher_student_kl` (near 0:
+nothing learnt) and `batch_entropy_ratio` (near 0: every scan on one prototype). A fifth into the
+budget a run still uniform, or collapsed, logs a one-line warning with what to change.
 
 The checkpoint's weights are the student's; the teacher, the centre and the step live in the
 recipe's extra state, so a resumed run continues exactly and `train --init-from` can take either.
@@ -20,6 +33,7 @@ recipe's extra state, so a resumed run continues exactly and `train --init-from`
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from typing import Any
 
@@ -31,7 +45,10 @@ from torch import nn
 
 from unetr_app.errors import ConfigError
 from unetr_app.models.attention_maps import TokenEncoder, encode_tokens, find_token_encoder
+from unetr_app.training.objectives import dino_monitors, dino_phase
 from unetr_app.training.recipes.base import Recipe, register_recipe
+
+log = logging.getLogger(__name__)
 
 
 class DinoParams(BaseModel):
@@ -48,6 +65,7 @@ class DinoParams(BaseModel):
     teacher_temp_warmup: float = Field(0.3, ge=0, le=1, description="fraction of the run")
     center_momentum: float = Field(0.9, ge=0, lt=1)
     momentum: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at step 0 (cosine to 1)")
+    freeze_last_layer: float = Field(0.0, ge=0, le=1, description="fraction of the run the head's last layer is frozen")
     global_crops: int = Field(2, ge=1)
     local_crops: int = Field(8, ge=0)
     global_size: tuple[int, int, int] | None = Field(None, description="null: preprocessing.roi_size")
@@ -203,8 +221,12 @@ class Dino(Recipe):
         name = getattr(getattr(config, "model", None), "name", "this model")
         network = build_dino_network(model, self.dino, name)
         super().__init__(network, config, **params)
-        self.teacher = copy.deepcopy(network)
+        self.teacher = copy.deepcopy(network).eval()
         self.teacher.requires_grad_(False)
+        for param in network.head.last_layer.parameters():
+            if param.requires_grad:
+                param.register_hook(self._last_layer_gradient)
+        self.monitors: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(1, self.dino.out_dim))
         # optimizer steps taken and planned, as buffers: restoring the recipe's state_dict restores them
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
@@ -218,6 +240,19 @@ class Dino(Recipe):
     def total_steps(self) -> int:
         return int(self.steps_planned)
 
+    def train(self, mode: bool = True) -> Dino:
+        super().train(mode)
+        self.teacher.eval()  # the teacher never drops paths or units
+        return self
+
+    def last_layer_frozen(self) -> bool:
+        return self.step < self.dino.freeze_last_layer * self.total_steps
+
+    def _last_layer_gradient(self, grad: torch.Tensor) -> torch.Tensor:
+        # a zero gradient leaves AdamW's moments at zero, so the layer does not move (decoupled weight
+        # decay only rescales the weight-normalised direction)
+        return torch.zeros_like(grad) if self.last_layer_frozen() else grad
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch_size, n_global = batch["global_crops"].shape[:2]
         global_views, local_views = _views(batch["global_crops"]), _views(batch["local_crops"])
@@ -227,15 +262,20 @@ class Dino(Recipe):
         temp = teacher_temperature(self.step, self.total_steps, self.dino)
         loss = dino_loss(student, teacher, self.center, self.dino.student_temp, temp)
         probs = F.softmax((teacher - self.center) / temp, dim=-1)
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean()
+        monitors = dino_monitors(probs, F.log_softmax(student.detach() / self.dino.student_temp, dim=-1))
+        self.monitors = {name: float(value) for name, value in monitors.items()}
         if self.training:
             self.center.copy_(updated_center(self.center, teacher, self.dino.center_momentum))
-        return {"loss": loss, "output": student[0], "teacher_entropy": entropy.detach()}
+        return {"loss": loss, "output": student[0], **monitors}
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.steps_planned.fill_(max(total_steps, 1))
         ema_update(self.teacher, _unwrapped(self.model), teacher_momentum(self.step, self.total_steps, self.dino.momentum))
         self.steps_done += 1
+        if self.step == max(1, round(self.total_steps / 5)) and self.monitors:
+            warning = phase_warning(self.step, self.total_steps, self.monitors)
+            if warning:
+                log.warning(warning)
 
     def extra_state(self) -> dict[str, Any]:
         return {
@@ -250,6 +290,21 @@ class Dino(Recipe):
         self.center.copy_(state["center"])
         self.steps_done.fill_(int(state["step"]))
         self.steps_planned.fill_(int(state["total_steps"]))
+
+
+def phase_warning(step: int, total_steps: int, monitors: dict[str, float]) -> str | None:
+    """One line for a run still uniform, or collapsed onto one prototype, with what to change."""
+    entropy, spread = monitors["teacher_entropy_ratio"], monitors["batch_entropy_ratio"]
+    phase = dino_phase(entropy, spread)
+    where = f"dino: step {step} of {total_steps}"
+    if phase == "uniform":
+        return (f"{where}: the teacher is still uniform (entropy {entropy:.2f} of ln K, teacher-student KL "
+                f"{monitors['teacher_student_kl']:.3f}); lower recipe.params.teacher_temp and teacher_temp_final "
+                f"(e.g. 0.02), set freeze_last_layer (e.g. 0.1) or a smaller bottleneck_dim")
+    if phase == "collapsed":
+        return (f"{where}: the teacher has collapsed onto one prototype (batch-mean entropy {spread:.2f} of ln K); "
+                f"raise recipe.params.teacher_temp or lower center_momentum (a faster centre)")
+    return None
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:

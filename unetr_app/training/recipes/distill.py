@@ -1,38 +1,55 @@
-"""DeiT-style distillation for segmentation (Touvron et al., "Training data-efficient image
-transformers & distillation through attention", ICML 2021), from a frozen teacher per voxel.
+"""Distillation for segmentation from a frozen teacher, DeiT-style (Touvron et al., "Training
+data-efficient image transformers & distillation through attention", ICML 2021) with the
+dense-prediction objectives in place of DeiT's classification ones.
 
 The student is built with a second output head (`distillation=True`): the main head learns the
 labels with the configured loss (`loss.name`, DiceCE by default), the distillation head learns the
-teacher. With weight `alpha` on the teacher:
+teacher. With weight `alpha` on the teacher, by `mode`:
 
-    hard (DeiT's default):  (1 - alpha) DiceCE(main, y) + alpha CE(distill, argmax teacher)
-    soft:                   (1 - alpha) DiceCE(main, y) + alpha T^2 KL(softmax(teacher/T) || softmax(distill/T))
+    soft (default):  (1 - alpha) DiceCE(main, y) + alpha T^2 KL(softmax(teacher/T) || softmax(distill/T))
+                     per voxel (summed over classes, averaged over voxels)
+    hard:            (1 - alpha) DiceCE(main, y) + alpha DiceCE(distill, argmax teacher): the task loss
+                     on the teacher's masks (cross-entropy alone settles on background when the
+                     foreground is a few percent of the voxels)
+    channel:         (1 - alpha) DiceCE(main, y) + alpha T^2 mean over classes of KL between the
+                     teacher's and the student's spatial softmax of that class channel (channel-wise
+                     distillation, Shu et al., ICCV 2021; their segmentation runs use T = 4)
 
-averaged over voxels (the KL is summed over classes). DeiT uses alpha 1/2 for hard distillation
-and T = 3, alpha = 0.1 for soft. At inference the model averages both heads' softmax (its eval
-forward), so `unetr predict` needs nothing special.
+The terms are in `unetr_app.training.objectives`. DeiT uses alpha 1/2 for hard distillation and
+T = 3, alpha = 0.1 for soft. alpha = 0 keeps the distillation head but trains it on nothing: the
+control arm that measures what the extra head alone does. On labelled crops a teacher's argmax is
+only a noisier copy of the label; soft targets carry what the label does not (the teacher's
+uncertainty at boundaries).
 
-    recipe: {name: distill, params: {teacher: runs/unet-teacher, mode: hard, alpha: 0.5, temperature: 3.0}}
+`prediction_head` picks what the trained model predicts (its eval forward, so `unetr predict`
+needs nothing special): "average" (the mean of both heads' logits, DeiT's joint prediction),
+"main" or "distillation".
+
+    recipe: {name: distill, params: {teacher: runs/unet-teacher, mode: soft, alpha: 0.5, temperature: 3.0}}
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from unetr_app.errors import CheckpointError, ConfigError
+from unetr_app.models.segmentation import PREDICTION_HEADS
 from unetr_app.training.losses import build_loss
+from unetr_app.training.objectives import channel_distillation, hard_distillation, soft_distillation
 from unetr_app.training.recipes.base import Recipe, register_recipe
 from unetr_app.training.teacher import load_teacher
 
-MODES = ("hard", "soft")
+MODES = ("soft", "hard", "channel")
 
 
-def check_params(recipe: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in; an unknown key is a config error naming it and the known ones."""
+def check_params(recipe: str, given: dict[str, Any], defaults: dict[str, Any],
+                 choices: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """Defaults filled in; an unknown key, or a value outside its `choices`, is a config error naming
+    the key, the value and what is allowed."""
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ConfigError(
@@ -46,6 +63,9 @@ def check_params(recipe: str, given: dict[str, Any], defaults: dict[str, Any]) -
         raise ConfigError(f"recipe.params.alpha: expected a weight in [0, 1], got {params['alpha']!r}")
     if params.get("temperature", 1) <= 0:
         raise ConfigError(f"recipe.params.temperature: expected a number > 0, got {params['temperature']!r}")
+    for key, allowed in (choices or {}).items():
+        if params[key] not in allowed:
+            raise ConfigError(f"recipe.params.{key}: expected one of {', '.join(allowed)}, got {params[key]!r}")
     return params
 
 
@@ -60,34 +80,25 @@ def train_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, Any]:
         del inner.forward
 
 
-def hard_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the student's logits against the teacher's per-voxel argmax."""
-    return F.cross_entropy(student.float(), teacher.argmax(dim=1))
-
-
-def soft_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 KL(softmax(teacher/T) || softmax(student/T)), summed over classes, averaged over voxels."""
-    log_p_teacher = F.log_softmax(teacher.float() / temperature, dim=1)
-    log_p_student = F.log_softmax(student.float() / temperature, dim=1)
-    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
-    return kl.mean() * temperature**2
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str, temperature: float) -> torch.Tensor:
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str, temperature: float,
+                      task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The teacher's term of `mode` (see the module docstring) on the student's distillation logits."""
     if mode == "hard":
-        return hard_distillation_loss(student, teacher)
-    return soft_distillation_loss(student, teacher, temperature)
+        return hard_distillation(student, teacher, task_loss)
+    if mode == "channel":
+        return channel_distillation(student, teacher, temperature)
+    return soft_distillation(student, teacher, temperature)
 
 
 @register_recipe
 class Distill(Recipe):
     name = "distill"
     needs_teacher = True
-    defaults = {"teacher": None, "mode": "hard", "alpha": 0.5, "temperature": 3.0}
+    defaults = {"teacher": None, "mode": "soft", "alpha": 0.5, "temperature": 3.0, "prediction_head": "average"}
 
     @classmethod
     def model_kwargs(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return {"distillation": True}
+        return {"distillation": True, "prediction_head": params.get("prediction_head", cls.defaults["prediction_head"])}
 
     @classmethod
     def check(cls, config: Any) -> None:
@@ -95,10 +106,7 @@ class Distill(Recipe):
 
     @classmethod
     def _params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        params = check_params(cls.name, params, cls.defaults)
-        if params["mode"] not in MODES:
-            raise ConfigError(f"recipe.params.mode: expected one of {', '.join(MODES)}, got {params['mode']!r}")
-        return params
+        return check_params(cls.name, params, cls.defaults, {"mode": MODES, "prediction_head": PREDICTION_HEADS})
 
     def __init__(self, model, config, **params: Any) -> None:
         params = self._params(params)
@@ -111,7 +119,8 @@ class Distill(Recipe):
         outputs = train_outputs(self.model, image)
         teacher_logits = self.teacher(image)
         task = self.task_loss(outputs["logits"], batch["label"])
-        distill = distillation_loss(outputs["distill_logits"], teacher_logits, self.params["mode"], self.params["temperature"])
+        p = self.params
+        distill = distillation_loss(outputs["distill_logits"], teacher_logits, p["mode"], p["temperature"], self.task_loss)
         alpha = self.params["alpha"]
         return {
             "loss": (1 - alpha) * task + alpha * distill,

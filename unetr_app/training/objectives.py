@@ -1,0 +1,126 @@
+"""Loss terms and monitors of the training recipes, as plain functions of tensors.
+
+Logits are (B, K, *spatial) for segmentation, (V, B, K) for DINO's views; every function is
+computed in float32 (AMP hands them half-precision logits).
+
+Distillation for dense prediction:
+    soft_distillation     T^2 KL(softmax(teacher/T) || softmax(student/T)) per voxel (Hinton et al.
+                          2015; DeiT's soft form), summed over classes, averaged over voxels
+    hard_distillation     the task loss (DiceCE) against the teacher's argmax masks: on a small
+                          foreground cross-entropy alone settles on background, Dice does not
+    channel_distillation  channel-wise distillation (Shu et al., ICCV 2021): per class channel a
+                          softmax over the voxels at temperature T, KL(teacher || student) summed
+                          over voxels, averaged over batch and channels, times T^2
+
+Deep supervision (nnU-Net): `deep_supervision_weights` gives head i (0 = full resolution) the
+weight 1/2^i, the coarsest optionally 0, normalised to sum 1.
+
+DINO collapse monitors (Caron et al. 2021; its authors' advice for runs stuck at ln K): from the
+teacher's centred, sharpened distribution p_t and the student's log-probabilities,
+    teacher_entropy_ratio   mean H(p_t) / ln K: near 1 in the uniform phase, 0 for one-hot targets
+    teacher_student_kl      KL(p_t || p_s) over the loss's (teacher view, other student view) pairs,
+                            i.e. the loss minus the teacher's entropy: near 0 when nothing is learnt
+    batch_entropy_ratio     H(mean over the batch of p_t) / ln K: near 0 when every scan maps to
+                            one prototype (collapse), near 1 when the batch spreads over them
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+# a teacher spending over 90% of ln K is still in DINO's uniform phase; below 5% the whole batch
+# sits on a handful of prototypes (for K = 1024, e^(0.05 ln K) is about 1.4 prototypes)
+UNIFORM_ENTROPY_RATIO = 0.9
+COLLAPSED_BATCH_ENTROPY_RATIO = 0.05
+
+
+# --- distillation ------------------------------------------------------------------------------
+
+
+def soft_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 KL(softmax(teacher/T) || softmax(student/T)) over the class axis, averaged over voxels."""
+    log_p_teacher = F.log_softmax(teacher.float() / temperature, dim=1)
+    log_p_student = F.log_softmax(student.float() / temperature, dim=1)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
+    return kl.mean() * temperature**2
+
+
+def hard_distillation(student: torch.Tensor, teacher: torch.Tensor,
+                      task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The task loss of the student's logits against the teacher's masks (B, 1, *spatial)."""
+    return task_loss(student.float(), teacher.argmax(dim=1, keepdim=True))
+
+
+def channel_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 times the mean over (batch, class) of KL between spatial softmaxes of one class channel."""
+    log_p_teacher = F.log_softmax(teacher.float().flatten(2) / temperature, dim=2)  # (B, K, voxels)
+    log_p_student = F.log_softmax(student.float().flatten(2) / temperature, dim=2)
+    kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=2)  # (B, K)
+    return kl.mean() * temperature**2
+
+
+# --- deep supervision --------------------------------------------------------------------------
+
+
+def deep_supervision_weights(heads: int, coarsest_zero: bool = True) -> list[float]:
+    """Weights of `heads` outputs, full resolution first: 1/2^i, the coarsest 0 if asked, sum 1."""
+    if heads < 1 or (coarsest_zero and heads < 2):
+        raise ValueError(f"deep supervision needs at least {2 if coarsest_zero else 1} heads, got {heads}")
+    weights = [0.5**i for i in range(heads)]
+    if coarsest_zero:
+        weights[-1] = 0.0
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+# --- DINO monitors -----------------------------------------------------------------------------
+
+
+def entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) over the last axis; 0 log 0 counts as 0."""
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=-1)
+
+
+def teacher_entropy_ratio(teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the teacher's distributions (..., K) over ln K."""
+    return entropy(teacher_probs.float()).mean() / math.log(teacher_probs.shape[-1])
+
+
+def batch_entropy_ratio(teacher_probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of the teacher's distribution averaged over views and batch (..., K), over ln K."""
+    flat = teacher_probs.float().reshape(-1, teacher_probs.shape[-1])
+    return entropy(flat.mean(dim=0)) / math.log(teacher_probs.shape[-1])
+
+
+def teacher_student_kl(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor) -> torch.Tensor:
+    """teacher (Vt, B, K), student (Vs, B, K): mean over pairs s != t of the batch-mean KL(p_t || p_s)."""
+    teacher_probs, student_log_probs = teacher_probs.float(), student_log_probs.float()
+    log_teacher = torch.log(teacher_probs.clamp_min(1e-12))
+    terms = [
+        (teacher_probs[t] * (log_teacher[t] - student_log_probs[s])).sum(dim=-1).mean()
+        for t in range(teacher_probs.shape[0]) for s in range(student_log_probs.shape[0]) if s != t
+    ]
+    return torch.stack(terms).mean()
+
+
+def dino_monitors(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The three collapse monitors of the module docstring, detached, for the recipe's loss parts."""
+    with torch.no_grad():
+        return {
+            "teacher_entropy_ratio": teacher_entropy_ratio(teacher_probs),
+            "teacher_student_kl": teacher_student_kl(teacher_probs, student_log_probs),
+            "batch_entropy_ratio": batch_entropy_ratio(teacher_probs),
+        }
+
+
+def dino_phase(entropy_ratio: float, batch_ratio: float) -> str | None:
+    """'uniform' (targets near uniform), 'collapsed' (the batch on one prototype) or None (learning)."""
+    if entropy_ratio > UNIFORM_ENTROPY_RATIO:
+        return "uniform"
+    if batch_ratio < COLLAPSED_BATCH_ENTROPY_RATIO:
+        return "collapsed"
+    return None
