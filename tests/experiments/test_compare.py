@@ -106,3 +106,48 @@ def test_runs_are_spread_over_the_visible_gpus(monkeypatch):
     assert env["CUDA_VISIBLE_DEVICES"] == "5" and env["OMP_NUM_THREADS"]
     assert compare.device_slots(3, []) == [None, None, None]
     assert compare.child_env(1, None)["CUDA_VISIBLE_DEVICES"] == "2,5"  # no slot: the environment as the user set it
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (("--reference", "segresnet_small"), "error: --reference 'segresnet_small' is not among --models unetr,unet_small; name one of unetr, unet_small"),
+    (("--seeds", "0"), "error: --seeds 0: give 1 or more"),
+    (("--epochs", "2"), "error: --steps and --epochs: give one of them"),
+])
+def test_bad_comparison_options_are_one_line_errors_before_any_work(cli, phantom_dir, tiny_profile, tmp_path, extra, expected):
+    dataset = shutil.copytree(phantom_dir, tmp_path / "Task09_Spleen")
+    result = cli("compare", "--models", "unetr,unet_small", "--steps", "1", "--profile", tiny_profile, "--data-dir", dataset, "--out", tmp_path / "exp", *extra)
+    assert result.exit_code == 2
+    assert result.output.startswith(expected), result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "exp").exists() and not (dataset / "splits.json").exists()
+
+
+def test_seeds_and_equal_time_runs_are_paired_across_models(tmp_path):
+    from pipelines.compare import CompareRequest, describe_run, plan_runs, train_command
+
+    request = CompareRequest(task="spleen", models=("unetr", "configs/models/my_unet.yaml"), out=tmp_path, folds=2, steps=40, minutes=1.5,
+                             seeds=2, reference="my_unet", overrides=("optimizer.lr=3e-4",))
+    assert request.budgets() == {"steps": {"steps": 40}, "time": {"minutes": 1.5}} and request.reference_model == "my_unet"
+    runs = plan_runs(request, n_folds=2, base_seed=3)
+    assert len(runs) == 2 * 2 * 2 * 2  # budgets x seeds x models x folds
+    folders = {(r.budget, r.seed, r.model, r.fold): Path(r.run_dir).relative_to(tmp_path).as_posix() for r in runs}
+    assert folders[("steps", 3, "unetr", 1)] == "unetr/fold_1"  # the first seed where a one-seed comparison has it
+    assert folders[("steps", 4, "my_unet", 0)] == "my_unet/seed_4/fold_0"
+    assert folders[("time", 4, "unetr", 0)] == "unetr/equal_time/seed_4/fold_0"
+    # the same seeds for every model: paired
+    assert {(r.budget, r.seed, r.fold) for r in runs if r.model == "unetr"} == {(r.budget, r.seed, r.fold) for r in runs if r.model == "my_unet"}
+
+    by_key = {(r.budget, r.seed, r.model, r.fold): r for r in runs}
+    steps_run, time_run = by_key[("steps", 4, "my_unet", 0)], by_key[("time", 3, "unetr", 1)]
+    command = train_command(steps_run, request, tmp_path / "data", line_every=5)
+    assert command[command.index("--steps") + 1] == "40" and "--minutes" not in command
+    assert command[command.index("--model") + 1] == "configs/models/my_unet.yaml"
+    sets = [command[i + 1] for i, a in enumerate(command) if a == "--set"]
+    assert sets == ["optimizer.lr=3e-4", "training.seed=4"]  # the seed last: it wins over a --set training.seed
+    command = train_command(time_run, request, tmp_path / "data", line_every=5)
+    assert command[command.index("--minutes") + 1] == "1.5" and "--steps" not in command
+    assert [command[i + 1] for i, a in enumerate(command) if a == "--set"][-2:] == ["training.val_every_steps=0", "training.log_every_steps=5"]
+    assert describe_run(steps_run) == "my_unet seed 4 fold 0" and describe_run(time_run) == "unetr fold 1 (equal time)"
+
+    alone = CompareRequest(task="spleen", models=("unetr",), out=tmp_path, minutes=2)
+    assert alone.budgets() == {"steps": {"minutes": 2}}  # a time budget alone is the budget of every run, no second set
