@@ -74,7 +74,9 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
         steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
         assert steps == [2, 4, 6]
     for run in _run_dirs(out):
-        assert (run / "summary.json").is_file() and (run / "validation" / "predict_report.json").is_file()
+        assert (run / "summary.json").is_file()
+        scores = json.loads((run / "compare_scores.json").read_text(encoding="utf-8"))
+        assert scores["checkpoint"] == "last" and len(scores["case_dice"]) == len(json.loads((run / "split.json").read_text(encoding="utf-8"))["validation"])
     # every model validated on the same cases in each fold
     for fold in range(2):
         splits = [json.loads((out / m / f"fold_{fold}" / "split.json").read_text(encoding="utf-8"))["validation"] for m in MODELS]
@@ -83,11 +85,24 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
     assert [r["model"] for r in rows] == list(MODELS) and all(r["folds"] == "2" for r in rows)
     for name in ("report.md", "dice_vs_parameters.png", "dice_vs_seconds.png", "learning_curves.png", "per_case_dice.png", "receptive_fields.png"):
         assert (out / name).is_file(), name
-    assert all((out / m / "postprocessing.json").is_file() for m in MODELS)
+    assert all((out / m / "nested_postprocessing.json").is_file() for m in MODELS)
+    report = (out / "report.md").read_text(encoding="utf-8")
+    assert "Checkpoint: the last one" in report and "nested cross-validation" in report
 
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")}
     assert cli(*_args(dataset, tiny_profile, out)).exit_code == 0  # a third time: nothing left to train
     assert {p: p.stat().st_mtime_ns for p in out.rglob("summary.json")} == mtimes
+    # a second seed later: the first seed's runs are kept, the new ones are paired with them
+    more = cli(*_args(dataset, tiny_profile, out), "--seeds", "2", "--reference", "unet_small", "--no-receptive-field")
+    assert more.exit_code == 0, more.output
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    assert all((out / m / "seed_1" / f"fold_{k}" / "summary.json").is_file() for m in MODELS for k in range(2))
+    from unetr_app.io.run_dir import RunDir
+
+    assert {RunDir(out / m / "seed_1" / "fold_0").read_config_dict()["training"]["seed"] for m in MODELS} == {1}
+    rows = {r["model"]: r for r in csv.DictReader((out / "comparison.csv").open())}
+    assert rows["unetr"]["seeds"] == "2" and rows["unetr"]["dice_seed_std"] and rows["unetr"]["diff_low"] and not rows["unet_small"]["diff_low"]
+    assert float(rows["unetr"]["diff_low"]) <= float(rows["unetr"]["diff_to_reference"]) <= float(rows["unetr"]["diff_high"])
     changed = cli(*[a if a != "6" else "8" for a in _args(dataset, tiny_profile, out)])
     assert changed.exit_code == 2 and "budget" in changed.output  # another budget would mix incomparable runs
 
