@@ -78,14 +78,24 @@ def test_pairing_is_by_seed_and_case_name_not_by_order():
 def test_models_scored_on_other_cases_or_seeds_are_not_paired():
     reference = _runs("ref", {0: dict.fromkeys(CASES, 0.5)})
     fewer = _runs("new", {0: dict.fromkeys(CASES[:-1], 0.6)})
-    with pytest.raises(UsageError, match="different seeds or cases"):
+    with pytest.raises(UsageError, match="different cases or have no finished seed in common"):
         paired_differences(reference + fewer, "new", "ref")
     other_seed = _runs("new", {1: dict.fromkeys(CASES, 0.6)})
-    with pytest.raises(UsageError, match="different seeds or cases"):
+    with pytest.raises(UsageError, match="different cases or have no finished seed in common"):
         paired_differences(reference + other_seed, "new", "ref")
     overlapping = _runs("ref", {0: dict.fromkeys(CASES, 0.5)}) + _runs("ref", {0: dict.fromkeys(CASES[:1], 0.5)})
     with pytest.raises(UsageError, match="scored twice"):
         case_matrix(overlapping, "ref")
+
+
+def test_a_seed_with_a_failed_fold_is_left_out_of_means_and_pairs():
+    reference = _runs("ref", {0: dict.fromkeys(CASES, 0.5), 1: dict.fromkeys(CASES, 0.7)})
+    new = _runs("new", {0: dict.fromkeys(CASES, 0.6), 1: dict.fromkeys(CASES, 0.9)})
+    new[-1]["case_dice"], new[-1]["status"] = {}, "failed"  # seed 1's last fold
+    assert case_matrix(new, "new")[0] == [0]
+    np.testing.assert_allclose(paired_differences(reference + new, "new", "ref"), np.full((1, 8), 0.1), atol=1e-12)
+    rows = {r["model"]: r for r in model_rows(reference + new, reference="ref")}
+    assert rows["new"]["seeds"] == 1 and rows["new"]["dice_mean"] == pytest.approx(0.6) and rows["ref"]["seeds"] == 2
 
 
 def test_rows_give_mean_and_spread_over_seeds_and_the_paired_difference_under_each_budget():

@@ -46,21 +46,20 @@ def case_matrix(runs: list[dict], model: str, budget: str = "steps", key: str = 
             if overlap:
                 raise UsageError(f"{model}: case {sorted(overlap)[0]!r} scored twice under seed {run.get('seed', 0)} (folds overlap)")
             mine.update(run[key])
-    seeds = sorted(scores)
-    cases = sorted(scores[seeds[0]]) if seeds else []
-    for seed in seeds:
-        if sorted(scores[seed]) != cases:
-            raise UsageError(f"{model}: seed {seed} scored other cases than seed {seeds[0]}; finish or remove the incomplete runs")
+    cases = sorted(set().union(*scores.values()))
+    seeds = sorted(s for s in scores if scores[s].keys() == set(cases))  # a seed with a failed fold is left out, not half-counted
     return seeds, cases, np.array([[scores[s][c] for c in cases] for s in seeds], dtype=float).reshape(len(seeds), len(cases))
 
 
 def paired_differences(runs: list[dict], model: str, reference: str, budget: str = "steps") -> np.ndarray:
-    """model's Dice minus the reference's on the same (seed, case) pairs: matched by seed and case name, never by order."""
+    """model's Dice minus the reference's on the same (seed, case) pairs, matched by seed and case name, never by
+    order; [seed, case] over the seeds both models finished."""
     seeds, cases, mine = case_matrix(runs, model, budget)
     ref_seeds, ref_cases, theirs = case_matrix(runs, reference, budget)
-    if (seeds, cases) != (ref_seeds, ref_cases):
-        raise UsageError(f"{model} and {reference} were scored on different seeds or cases; they cannot be paired")
-    return mine - theirs
+    common = sorted(set(seeds) & set(ref_seeds))
+    if cases != ref_cases or not common:
+        raise UsageError(f"{model} and {reference} were scored on different cases or have no finished seed in common; they cannot be paired")
+    return mine[[seeds.index(s) for s in common]] - theirs[[ref_seeds.index(s) for s in common]]
 
 
 def paired_bootstrap(differences: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
@@ -87,7 +86,8 @@ def model_rows(runs: list[dict], extras: dict[str, dict] | None = None, referenc
     With a `reference` model, each other model gets its paired difference and interval under each budget."""
     rows = []
     for model in dict.fromkeys(r["model"] for r in runs):
-        mine = [r for r in runs if r["model"] == model and r.get("budget", "steps") == "steps" and r.get("case_dice")]
+        seeds = case_matrix(runs, model, "steps")[0]
+        mine = [r for r in runs if r["model"] == model and r.get("budget", "steps") == "steps" and r.get("case_dice") and r.get("seed", 0) in seeds]
         if not mine:
             continue
         row = {"model": model, "parameters": mine[0].get("parameters"), "folds": len({r["fold"] for r in mine}),
@@ -114,6 +114,8 @@ def _scores(runs: list[dict], model: str, budget: str, prefix: str) -> dict:
     if not any(r["model"] == model and r.get("budget", "steps") == budget and r.get("case_dice") for r in runs):
         return {}
     seeds, _, dice = case_matrix(runs, model, budget)
+    if not seeds:
+        return {}
     per_seed = dice.mean(axis=1)
     return {f"{prefix}_mean": float(per_seed.mean()), f"{prefix}_seed_std": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None,
             **({"seeds": len(seeds)} if budget == "steps" else {})}
