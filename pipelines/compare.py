@@ -374,6 +374,9 @@ def _markdown(request: CompareRequest, rows: list[dict], runs: list[dict], split
         f"- **Differences to the reference `{reference}`**: per (seed, case) pairs, the same cases and seeds for both models; "
         f"the interval is a 95% percentile bootstrap resampling seeds and cases with replacement ({10_000:,} resamples, "
         "fixed RNG seed). An interval that excludes 0 is a difference these cases and seeds support.",
+        "- **Plateau check**: 'val Dice gain, last quarter of steps' is training's own validation Dice at the end minus at "
+        "3/4 of the steps (mean over runs; a diagnostic, not a score): clearly above 0, the model was still learning "
+        "and the ranking is one of speed at this budget.",
         "",
         markdown_table(rows, reference=reference, minutes=request.minutes if "time" in budgets else None),
         "",

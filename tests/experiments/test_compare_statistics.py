@@ -103,7 +103,10 @@ def test_rows_give_mean_and_spread_over_seeds_and_the_paired_difference_under_ea
     new_scores = {0: dict(zip(CASES, [0.7] * 8)), 1: dict(zip(CASES, [0.9] * 8))}
     runs = _runs("ref", ref_scores) + _runs("new", new_scores) + _runs("ref", {0: dict.fromkeys(CASES, 0.5)}, budget="time") \
         + _runs("new", {0: dict.fromkeys(CASES, 0.3)}, budget="time")
+    for run in runs:  # ref still learning in its last quarter, new flat
+        run["history"] = [{"step": 5, "val_dice": 0.2}, {"step": 7, "val_dice": 0.4}, {"step": 10, "val_dice": 0.6 if run["model"] == "ref" else 0.4}]
     rows = {r["model"]: r for r in model_rows(runs, reference="ref")}
+    assert rows["ref"]["late_val_gain"] == pytest.approx(0.2) and rows["new"]["late_val_gain"] == pytest.approx(0.0)
     assert rows["ref"]["dice_mean"] == pytest.approx(0.7) and rows["new"]["dice_mean"] == pytest.approx(0.8)
     assert rows["new"]["dice_seed_std"] == pytest.approx(np.std([0.7, 0.9], ddof=1))
     assert rows["new"]["seeds"] == 2 and rows["new"]["folds"] == 2 and rows["new"]["dice_fold_std"] == pytest.approx(0.0)

@@ -51,14 +51,14 @@ def compare(
     table = Table(title=f"{task}: {folds}-fold cross-validation, {seeds} seed{'s' if seeds > 1 else ''}, last checkpoints", caption=f"{out}/report.md")
     columns = ["model", "params", "Dice", f"- {reference_model} [95%]", "post-processed (nested)"]
     columns += [f"Dice at {minutes:g} min", "steps", f"- {reference_model} [95%] (time)"] if with_time else []
-    for column in (*columns, "s / scan", "train s / fold", "ERF r50 mm"):
+    for column in (*columns, "gain last ¼", "s / scan", "train s / fold", "ERF r50 mm"):
         table.add_column(column, justify="left" if column == "model" else "right")
     for row in sorted(result["rows"], key=lambda r: -r["dice_mean"]):
         cells = [row["model"], f"{row['parameters'] / 1e6:.2f} M", _pm(row["dice_mean"], row.get("dice_seed_std")), _diff(row, "", reference_model),
                  _fmt(row.get("dice_postprocessed_mean"), ".3f")]
         if with_time:
             cells += [_pm(row.get("time_dice_mean"), row.get("time_dice_seed_std")), _fmt(row.get("time_steps"), ".0f"), _diff(row, "time_", reference_model)]
-        cells += [_fmt(row.get("seconds_per_scan"), ".2f"), _fmt(row.get("train_seconds_per_fold"), ".0f"), _fmt(row.get("erf_r50_mm"), ".0f")]
+        cells += [_fmt(row.get("late_val_gain"), "+.3f"), _fmt(row.get("seconds_per_scan"), ".2f"), _fmt(row.get("train_seconds_per_fold"), ".0f"), _fmt(row.get("erf_r50_mm"), ".0f")]
         table.add_row(*cells)
     console.print(table)
     failed = [r for r in result["runs"] if r.status == "failed"]

@@ -29,7 +29,7 @@ BOOTSTRAP_SEED = 0
 COLUMNS = (
     "model", "parameters", "folds", "seeds", "dice_mean", "dice_seed_std", "dice_fold_std", "diff_to_reference", "diff_low", "diff_high",
     "dice_postprocessed_mean", "postprocessing", "time_dice_mean", "time_dice_seed_std", "time_steps", "time_diff_to_reference",
-    "time_diff_low", "time_diff_high", "seconds_per_scan", "train_seconds_per_fold", "erf_r50_mm", "fold_dice",
+    "time_diff_low", "time_diff_high", "late_val_gain", "seconds_per_scan", "train_seconds_per_fold", "erf_r50_mm", "fold_dice",
 )
 
 
@@ -105,9 +105,21 @@ def model_rows(runs: list[dict], extras: dict[str, dict] | None = None, referenc
                 if row.get(f"{prefix}dice_mean") is not None and any(r["model"] == reference and r.get("budget", "steps") == budget and r.get("case_dice") for r in runs):
                     interval = paired_bootstrap(paired_differences(runs, model, reference, budget))
                     row.update({f"{prefix}diff_to_reference": interval["mean"], f"{prefix}diff_low": interval["low"], f"{prefix}diff_high": interval["high"]})
+        row["late_val_gain"] = _mean([late_gain(r.get("history") or []) for r in mine])
         row.update({"seconds_per_scan": _mean([r.get("seconds_per_scan") for r in mine]), "train_seconds_per_fold": _mean([r.get("train_seconds") for r in mine])})
         rows.append({**row, **((extras or {}).get(model, {}))})
     return rows
+
+
+def late_gain(history: list[dict]) -> float | None:
+    """Validation Dice at the end minus at 3/4 of the steps (training's own validation, a diagnostic, never
+    a score): near 0 when the model had plateaued at this budget, clearly positive when it was still learning."""
+    points = [(line["step"], line["val_dice"]) for line in history if line.get("val_dice") is not None and line.get("step") is not None]
+    if len(points) < 2:
+        return None
+    end_step, end = points[-1]
+    earlier = [dice for step, dice in points if step <= 0.75 * end_step]
+    return float(end - earlier[-1]) if earlier else None
 
 
 def _scores(runs: list[dict], model: str, budget: str, prefix: str) -> dict:
@@ -160,14 +172,14 @@ def markdown_table(rows: list[dict], reference: str | None = None, minutes: floa
               "after post-processing (nested CV)", "post-processing per fold (decided on the other folds)"]
     if with_time:
         header += [f"Dice at equal time ({minutes:g} min)" if minutes else "Dice at equal time", "steps in that time", f"equal time: Dice - {reference} [95%]"]
-    header += ["s / scan", "train s / fold", "ERF r50 (mm)"]
+    header += ["val Dice gain, last quarter of steps", "s / scan", "train s / fold", "ERF r50 (mm)"]
     lines = ["| " + " | ".join(header) + " |", "|---|" + "|".join("---:" if h not in ("post-processing per fold (decided on the other folds)",) else "---" for h in header[1:]) + "|"]
     for r in sorted(rows, key=lambda r: -r["dice_mean"]):
         cells = [r["model"], f"{r['parameters'] / 1e6:.2f} M", _pm(r["dice_mean"], r.get("dice_seed_std")), _fmt(r.get("dice_fold_std"), ".3f"),
                  _diff(r, "", reference), _fmt(r.get("dice_postprocessed_mean"), ".3f"), r.get("postprocessing") or ""]
         if with_time:
             cells += [_pm(r.get("time_dice_mean"), r.get("time_dice_seed_std")), _fmt(r.get("time_steps"), ".0f"), _diff(r, "time_", reference)]
-        cells += [_fmt(r.get("seconds_per_scan"), ".2f"), _fmt(r.get("train_seconds_per_fold"), ".0f"), _fmt(r.get("erf_r50_mm"), ".0f")]
+        cells += [_fmt(r.get("late_val_gain"), "+.3f"), _fmt(r.get("seconds_per_scan"), ".2f"), _fmt(r.get("train_seconds_per_fold"), ".0f"), _fmt(r.get("erf_r50_mm"), ".0f")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
