@@ -284,7 +284,7 @@ def _nested_postprocess(runs: list[RunResult], say) -> None:
     """Post-processed Dice of one (model, budget, seed)'s folds; cached beside the fold folders."""
     target = Path(runs[0].run_dir).parent / NESTED_FILE
     if not target.is_file():
-        say(f"{describe_run(runs[0]).rsplit(' fold', 1)[0]}: post-processing each fold as decided on the other folds")
+        say(f"{describe_run(runs[0]).replace(f' fold {runs[0].fold}', '')}: post-processing each fold as decided on the other folds")
         labels = _labels(Path(runs[0].run_dir))
         cases = {run.fold: scored_cases(Path(run.run_dir)) for run in runs}
         decisions = nested_decisions(cases, labels)
