@@ -1,47 +1,149 @@
-"""Summaries and plots of a model comparison: one row per model from its cross-validation runs.
+"""Summaries and plots of a model comparison, and the paired statistics behind its claims.
 
-A run is a dict with model, fold, parameters, train_seconds, case_dice {case: Dice on the original
-grid}, case_dice_postprocessed, seconds_per_scan and history (metrics.jsonl lines). A fold's score
-is the mean Dice over its validation cases; a model's is the mean +- std over folds.
+A run is a dict with model, budget ("steps": the equal-steps budget, "time": the equal-wall-clock
+one), seed, fold, parameters, train_seconds, steps, case_dice {case: Dice on the original grid, last
+checkpoint}, case_dice_postprocessed (post-processing decided on the other folds), postprocessing
+(that decision, described), seconds_per_scan and history (metrics.jsonl lines).
+
+Every labelled case is scored once per seed (the folds partition the cases), so a model's Dice is
+the mean over seeds of its mean over all scored cases; the difference to a reference model is the
+mean of per-(seed, case) differences, with a percentile bootstrap interval that resamples seeds and
+cases (crossed, with replacement) so both the seed-to-seed and the case-to-case spread widen it.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
+from unetr_app.errors import UsageError
+
+BUDGETS = ("steps", "time")  # equal steps, equal wall-clock
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+
 COLUMNS = (
-    "model", "parameters", "folds", "dice_mean", "dice_std", "dice_postprocessed_mean", "dice_postprocessed_std",
-    "postprocessing", "seconds_per_scan", "train_seconds_per_fold", "erf_r50_mm", "fold_dice",
+    "model", "parameters", "folds", "seeds", "dice_mean", "dice_seed_std", "dice_fold_std", "diff_to_reference", "diff_low", "diff_high",
+    "dice_postprocessed_mean", "postprocessing", "time_dice_mean", "time_dice_seed_std", "time_steps", "time_diff_to_reference",
+    "time_diff_low", "time_diff_high", "late_val_gain", "seconds_per_scan", "train_seconds_per_fold", "erf_r50_mm", "fold_dice",
 )
 
 
-def model_rows(runs: list[dict], extras: dict[str, dict] | None = None) -> list[dict]:
-    """One summary per model, in the order models first appear; `extras[model]` adds columns."""
+# --- paired statistics ------------------------------------------------------------------------
+
+
+def case_matrix(runs: list[dict], model: str, budget: str = "steps", key: str = "case_dice") -> tuple[list[int], list[str], np.ndarray]:
+    """(seeds, cases, Dice[seed, case]) of one model under one budget, seeds and cases sorted."""
+    scores: dict[int, dict[str, float]] = {}
+    for run in runs:
+        if run["model"] == model and run.get("budget", "steps") == budget and run.get(key):
+            mine = scores.setdefault(run.get("seed", 0), {})
+            overlap = mine.keys() & run[key].keys()
+            if overlap:
+                raise UsageError(f"{model}: case {sorted(overlap)[0]!r} scored twice under seed {run.get('seed', 0)} (folds overlap)")
+            mine.update(run[key])
+    cases = sorted(set().union(*scores.values()))
+    seeds = sorted(s for s in scores if scores[s].keys() == set(cases))  # a seed with a failed fold is left out, not half-counted
+    return seeds, cases, np.array([[scores[s][c] for c in cases] for s in seeds], dtype=float).reshape(len(seeds), len(cases))
+
+
+def paired_differences(runs: list[dict], model: str, reference: str, budget: str = "steps") -> np.ndarray:
+    """model's Dice minus the reference's on the same (seed, case) pairs, matched by seed and case name, never by
+    order; [seed, case] over the seeds both models finished."""
+    seeds, cases, mine = case_matrix(runs, model, budget)
+    ref_seeds, ref_cases, theirs = case_matrix(runs, reference, budget)
+    common = sorted(set(seeds) & set(ref_seeds))
+    if cases != ref_cases or not common:
+        raise UsageError(f"{model} and {reference} were scored on different cases or have no finished seed in common; they cannot be paired")
+    return mine[[seeds.index(s) for s in common]] - theirs[[ref_seeds.index(s) for s in common]]
+
+
+def paired_bootstrap(differences: np.ndarray, level: float = 0.95, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict:
+    """Mean of a [seed, case] matrix of paired differences and its percentile bootstrap interval.
+    Each resample draws seeds and cases with replacement; its statistic is the mean over the drawn grid."""
+    d = np.atleast_2d(np.asarray(differences, dtype=float))
+    n_seeds, n_cases = d.shape
+    if n_cases == 0:
+        raise ValueError("no paired cases")
+    rng = np.random.default_rng(seed)
+    seed_weights = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=resamples) / n_seeds
+    case_weights = rng.multinomial(n_cases, np.full(n_cases, 1 / n_cases), size=resamples) / n_cases
+    means = np.einsum("bs,sc,bc->b", seed_weights, d, case_weights)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return {"mean": float(d.mean()), "low": float(low), "high": float(high), "level": level, "seeds": n_seeds, "cases": n_cases}
+
+
+# --- per-model rows ---------------------------------------------------------------------------
+
+
+def model_rows(runs: list[dict], extras: dict[str, dict] | None = None, reference: str | None = None) -> list[dict]:
+    """One summary per model, in the order models first appear; `extras[model]` adds columns.
+    With a `reference` model, each other model gets its paired difference and interval under each budget."""
     rows = []
     for model in dict.fromkeys(r["model"] for r in runs):
-        mine = sorted((r for r in runs if r["model"] == model and r.get("case_dice")), key=lambda r: r["fold"])
+        seeds = case_matrix(runs, model, "steps")[0]
+        mine = [r for r in runs if r["model"] == model and r.get("budget", "steps") == "steps" and r.get("case_dice") and r.get("seed", 0) in seeds]
         if not mine:
             continue
-        fold_dice = [float(np.mean(list(r["case_dice"].values()))) for r in mine]
-        fold_pp = [float(np.mean(list(r["case_dice_postprocessed"].values()))) for r in mine if r.get("case_dice_postprocessed")]
-        rows.append({
-            "model": model,
-            "parameters": mine[0].get("parameters"),
-            "folds": len(mine),
-            "dice_mean": float(np.mean(fold_dice)),
-            "dice_std": float(np.std(fold_dice)),
-            "dice_postprocessed_mean": float(np.mean(fold_pp)) if fold_pp else None,
-            "dice_postprocessed_std": float(np.std(fold_pp)) if fold_pp else None,
-            "seconds_per_scan": _mean([r.get("seconds_per_scan") for r in mine]),
-            "train_seconds_per_fold": _mean([r.get("train_seconds") for r in mine]),
-            "fold_dice": " ".join(f"{d:.4f}" for d in fold_dice),
-            **((extras or {}).get(model, {})),
-        })
+        row = {"model": model, "parameters": mine[0].get("parameters"), "folds": len({r["fold"] for r in mine}),
+               **_scores(runs, model, "steps", "dice"), **_scores(runs, model, "time", "time_dice")}
+        by_seed_fold = _fold_means(mine, "case_dice")
+        row["dice_fold_std"] = float(np.mean([np.std(list(folds.values())) for folds in by_seed_fold.values()]))
+        row["fold_dice"] = " ".join(f"{np.mean([f[k] for f in by_seed_fold.values()]):.4f}" for k in sorted(next(iter(by_seed_fold.values()))))
+        if all(r.get("case_dice_postprocessed") for r in mine):
+            row["dice_postprocessed_mean"] = float(case_matrix(mine, model, "steps", "case_dice_postprocessed")[2].mean(axis=1).mean())
+            row["postprocessing"] = describe_decisions([r.get("postprocessing", "none") for r in mine])
+        time_runs = [r for r in runs if r["model"] == model and r.get("budget") == "time" and r.get("steps") is not None]
+        row["time_steps"] = _mean([r["steps"] for r in time_runs])
+        if reference is not None and model != reference:
+            for budget, prefix in (("steps", ""), ("time", "time_")):
+                if row.get(f"{prefix}dice_mean") is not None and any(r["model"] == reference and r.get("budget", "steps") == budget and r.get("case_dice") for r in runs):
+                    interval = paired_bootstrap(paired_differences(runs, model, reference, budget))
+                    row.update({f"{prefix}diff_to_reference": interval["mean"], f"{prefix}diff_low": interval["low"], f"{prefix}diff_high": interval["high"]})
+        row["late_val_gain"] = _mean([late_gain(r.get("history") or []) for r in mine])
+        row.update({"seconds_per_scan": _mean([r.get("seconds_per_scan") for r in mine]), "train_seconds_per_fold": _mean([r.get("train_seconds") for r in mine])})
+        rows.append({**row, **((extras or {}).get(model, {}))})
     return rows
+
+
+def late_gain(history: list[dict]) -> float | None:
+    """Validation Dice at the end minus at 3/4 of the steps (training's own validation, a diagnostic, never
+    a score): near 0 when the model had plateaued at this budget, clearly positive when it was still learning."""
+    points = [(line["step"], line["val_dice"]) for line in history if line.get("val_dice") is not None and line.get("step") is not None]
+    if len(points) < 2:
+        return None
+    end_step, end = points[-1]
+    earlier = [dice for step, dice in points if step <= 0.75 * end_step]
+    return float(end - earlier[-1]) if earlier else None
+
+
+def _scores(runs: list[dict], model: str, budget: str, prefix: str) -> dict:
+    if not any(r["model"] == model and r.get("budget", "steps") == budget and r.get("case_dice") for r in runs):
+        return {}
+    seeds, _, dice = case_matrix(runs, model, budget)
+    if not seeds:
+        return {}
+    per_seed = dice.mean(axis=1)
+    return {f"{prefix}_mean": float(per_seed.mean()), f"{prefix}_seed_std": float(np.std(per_seed, ddof=1)) if len(seeds) > 1 else None,
+            **({"seeds": len(seeds)} if budget == "steps" else {})}
+
+
+def _fold_means(runs: list[dict], key: str) -> dict[int, dict[int, float]]:
+    means: dict[int, dict[int, float]] = {}
+    for r in runs:
+        means.setdefault(r.get("seed", 0), {})[r["fold"]] = float(np.mean(list(r[key].values())))
+    return means
+
+
+def describe_decisions(decisions: list[str]) -> str:
+    """The post-processing each fold's cases got (decided on the other folds), with how many folds got it."""
+    counts = Counter(decisions)
+    return "; ".join(f"{name} ({n}/{len(decisions)})" for name, n in counts.most_common())
 
 
 def _mean(values) -> float | None:
@@ -62,18 +164,38 @@ def _cell(value):
     return f"{value:.4f}" if isinstance(value, float) else ("" if value is None else value)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    lines = [
-        "| model | parameters | Dice (mean +- std over folds) | after post-processing | post-processing | s / scan | train s / fold | ERF r50 (mm) |",
-        "|---|---:|---:|---:|---|---:|---:|---:|",
-    ]
+def markdown_table(rows: list[dict], reference: str | None = None, minutes: float | None = None) -> str:
+    """The report's table; the equal-time columns appear when some model was trained for `minutes`."""
+    with_time = any(r.get("time_dice_mean") is not None for r in rows)
+    header = ["model", "parameters", "Dice, last checkpoint (mean +- std over seeds)", "std over folds",
+              f"Dice - {reference} [95% paired bootstrap]" if reference else "Dice - reference",
+              "after post-processing (nested CV)", "post-processing per fold (decided on the other folds)"]
+    if with_time:
+        header += [f"Dice at equal time ({minutes:g} min)" if minutes else "Dice at equal time", "steps in that time", f"equal time: Dice - {reference} [95%]"]
+    header += ["val Dice gain, last quarter of steps", "s / scan", "train s / fold", "ERF r50 (mm)"]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "|".join("---:" if h not in ("post-processing per fold (decided on the other folds)",) else "---" for h in header[1:]) + "|"]
     for r in sorted(rows, key=lambda r: -r["dice_mean"]):
-        pp = "" if r.get("dice_postprocessed_mean") is None else f"{r['dice_postprocessed_mean']:.3f} +- {r['dice_postprocessed_std']:.3f}"
-        lines.append(
-            f"| {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['dice_mean']:.3f} +- {r['dice_std']:.3f} | {pp} | {r.get('postprocessing') or 'none'} "
-            f"| {_fmt(r.get('seconds_per_scan'), '.2f')} | {_fmt(r.get('train_seconds_per_fold'), '.0f')} | {_fmt(r.get('erf_r50_mm'), '.0f')} |"
-        )
+        cells = [r["model"], f"{r['parameters'] / 1e6:.2f} M", _pm(r["dice_mean"], r.get("dice_seed_std")), _fmt(r.get("dice_fold_std"), ".3f"),
+                 _diff(r, "", reference), _fmt(r.get("dice_postprocessed_mean"), ".3f"), r.get("postprocessing") or ""]
+        if with_time:
+            cells += [_pm(r.get("time_dice_mean"), r.get("time_dice_seed_std")), _fmt(r.get("time_steps"), ".0f"), _diff(r, "time_", reference)]
+        cells += [_fmt(r.get("late_val_gain"), "+.3f"), _fmt(r.get("seconds_per_scan"), ".2f"), _fmt(r.get("train_seconds_per_fold"), ".0f"), _fmt(r.get("erf_r50_mm"), ".0f")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _pm(mean, spread) -> str:
+    if mean is None:
+        return ""
+    return f"{mean:.3f}" + ("" if spread is None else f" +- {spread:.3f}")
+
+
+def _diff(row: dict, prefix: str, reference: str | None) -> str:
+    if row["model"] == reference:
+        return "reference"
+    if row.get(f"{prefix}diff_to_reference") is None:
+        return ""
+    return f"{row[f'{prefix}diff_to_reference']:+.3f} [{row[f'{prefix}diff_low']:+.3f}, {row[f'{prefix}diff_high']:+.3f}]"
 
 
 def _fmt(value, spec: str) -> str:
@@ -109,9 +231,10 @@ def plot_dice_against(rows: list[dict], key: str, label: str, path: Path, log_x:
         if x is None:
             continue
         x = x / 1e6 if key == "parameters" else x
-        ax.errorbar(x, row["dice_mean"], yerr=row["dice_std"], fmt="o", capsize=4)
+        spread = row.get("dice_seed_std") if row.get("dice_seed_std") is not None else row.get("dice_fold_std")
+        ax.errorbar(x, row["dice_mean"], yerr=spread, fmt="o", capsize=4)
         ax.annotate(row["model"], (x, row["dice_mean"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
-    ax.set(xlabel=label, ylabel="validation Dice (mean +- std over folds)", title=f"Dice vs {label}")
+    ax.set(xlabel=label, ylabel="Dice, last checkpoint (+- std over seeds, else folds)", title=f"Dice vs {label}")
     if log_x:
         ax.set_xscale("log")
     ax.grid(alpha=0.3)
