@@ -30,7 +30,9 @@ from unetr_app.errors import UsageError
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.models import create_model
 from unetr_app.training.recipes.dino import dino_params
-from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
+from unetr_app.training.loop import Trainer
+from unetr_app.training.records import count_parameters
+from unetr_app.training.state import seed_everything
 
 log = logging.getLogger(__name__)
 SCANS = "scans.json"

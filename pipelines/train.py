@@ -27,8 +27,10 @@ from unetr_app.io.atomic import atomic_write_text
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
 from unetr_app.training.init import EncoderInit, prepare_encoder
-from unetr_app.training.recipes import recipe_class
-from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
+from unetr_app.training.recipes import model_arguments, recipe_class
+from unetr_app.training.loop import Trainer
+from unetr_app.training.records import count_parameters
+from unetr_app.training.state import seed_everything
 
 log = logging.getLogger(__name__)
 LAST = Path("checkpoints") / "last.pt"
@@ -61,10 +63,11 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     fingerprint = load_or_compute_fingerprint(run_dir, train_cases, config.task.channel_modalities, config.training.seed)
 
     seed_everything(config.training.seed)
-    model = create_model(config.model.name, **config.model_kwargs(), **recipe.model_kwargs(dict(config.recipe.params)))
+    model_kwargs = model_arguments(config)
+    model = create_model(config.model.name, **model_kwargs)
     initialised = prepare_encoder(model, run_dir, config.model.name, init, resume and (run_dir / LAST).is_file(), main=shard.is_main)
     extras = {"fingerprint": fingerprint, **(checkpoint_extras or {})}
-    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras)
+    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras, model_kwargs=model_kwargs)
     if resume and (run_dir / LAST).is_file():
         trainer.restore(run_dir / LAST)
     train_loader, val_loader = build_loaders(config, train_cases, val_cases, shard=shard)

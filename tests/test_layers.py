@@ -75,7 +75,7 @@ def test_no_module_imports_a_higher_layer():
 @pytest.mark.parametrize(
     ("module", "statement"),
     [("unetr_app.training.bad", "from unetr_app.inference.predictor import Predictor"),
-     ("unetr_app.inference.bad", "from unetr_app.training.trainer import Trainer"),
+     ("unetr_app.inference.bad", "from unetr_app.training.loop import Trainer"),
      ("unetr_app.io.bad", "import unetr_app.data.dataset")],
 )
 def test_the_check_catches_an_upward_import_even_inside_a_function(module, statement):

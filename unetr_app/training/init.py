@@ -26,9 +26,8 @@ from torch import nn
 from unetr_app.errors import CheckpointError, UsageError
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.checkpoint import checkpoint_files, load_checkpoint, read_state_dict, resolve_checkpoint_path
+from unetr_app.training.optim import ENCODER_NAMES
 
-# where each kind of segmentation model keeps its encoder (ours, MONAI UNETR, MONAI SwinUNETR)
-ENCODER_ATTRIBUTES = ("encoder", "vit", "swinViT")
 INIT_KEYS = ("teacher", "student")
 
 
@@ -54,11 +53,11 @@ class InitReport:
 
 def encoder_of(model: nn.Module, model_name: str = "this model") -> tuple[str, nn.Module]:
     """(attribute, module) of a segmentation model's encoder."""
-    for name in ENCODER_ATTRIBUTES:
+    for name in ENCODER_NAMES:
         module = getattr(model, name, None)
         if isinstance(module, nn.Module):
             return name, module
-    raise UsageError(f"{model_name}: cannot tell its encoder apart (no {', '.join(ENCODER_ATTRIBUTES)} module)")
+    raise UsageError(f"{model_name}: cannot tell its encoder apart (no {', '.join(ENCODER_NAMES)} module)")
 
 
 def init_encoder(model: nn.Module, source: str | Path, key: str = "teacher", model_name: str = "this model") -> InitReport:
@@ -129,7 +128,7 @@ def run_checkpoint(path: Path) -> Path:
 
 
 def _best_prefix(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
-    prefixes = {""} | {f"{name}." for name in ENCODER_ATTRIBUTES}
+    prefixes = {""} | {f"{name}." for name in ENCODER_NAMES}
     return max(sorted(prefixes), key=lambda p: sum(k.startswith(p) and k[len(p):] in target for k in weights))
 
 

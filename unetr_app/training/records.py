@@ -61,3 +61,8 @@ def loss_parts(history: list[dict[str, Any]]) -> list[str]:
     """`loss` first, then the recipe's other parts in the order they first appear."""
     names = dict.fromkeys(k for line in history for k in line if k not in NOT_LOSSES)
     return sorted(names, key=lambda k: k != "loss")
+
+
+def count_parameters(model) -> int:
+    """The summary's `parameters`."""
+    return sum(p.numel() for p in model.parameters())

@@ -11,6 +11,6 @@ Parts other than `loss` and `output` are logged to metrics.jsonl and curves.png 
 over the steps logged.
 """
 
-from unetr_app.training.recipes.base import Recipe, build_recipe, list_recipes, recipe_class, register_recipe
+from unetr_app.training.recipes.base import Recipe, build_recipe, list_recipes, model_arguments, recipe_class, register_recipe
 
-__all__ = ["Recipe", "build_recipe", "list_recipes", "recipe_class", "register_recipe"]
+__all__ = ["Recipe", "build_recipe", "list_recipes", "model_arguments", "recipe_class", "register_recipe"]

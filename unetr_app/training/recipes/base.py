@@ -53,6 +53,22 @@ class Recipe(nn.Module):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def distribute(self, device_ids: list[int] | None) -> None:
+        """Under torchrun: wrap the trainable model (only it) for DistributedDataParallel."""
+        # some models hold parameters their forward never uses (MONAI UNETR's cross-attention
+        # norms); without find_unused_parameters DDP would wait for their gradients and never average the others
+        self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids, find_unused_parameters=True)
+
+    @staticmethod
+    def average_gradients(params: list[nn.Parameter], shard: Any) -> None:
+        """DDP averages the model's gradients; trainable parts of the recipe outside it are averaged here."""
+        if not shard.distributed:
+            return
+        for param in params:
+            if param.grad is not None:
+                torch.distributed.all_reduce(param.grad)
+                param.grad /= shard.world_size
+
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after each optimizer step (an EMA teacher updates here)."""
 
@@ -62,6 +78,12 @@ class Recipe(nn.Module):
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """Restore what `extra_state` returned, on resume."""
+
+
+def model_arguments(config: Any) -> dict[str, Any]:
+    """`create_model` keyword arguments for the config's model and recipe: the task's shape, the
+    model's params and the recipe's heads (e.g. distillation=True). The checkpoint records them."""
+    return {**config.model_kwargs(), **recipe_class(config.recipe.name).model_kwargs(dict(config.recipe.params))}
 
 
 def register_recipe(cls: type[Recipe]) -> type[Recipe]:
