@@ -40,12 +40,12 @@ from unetr_app.evaluation.receptive_field import effective_receptive_field, plot
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.io.atomic import atomic_path, atomic_write_text
 from unetr_app.io.checkpoint import load_model
-from unetr_app.io.run_dir import RunDir
+from unetr_app.io.run_dir import CV_RESULTS_FILE, RunDir
 from unetr_app.io.scans import read_volume, source_for
 
 log = logging.getLogger(__name__)
 REQUEST_FILE = "compare.json"
-RESULTS_FILE = "cv_results.json"
+RESULTS_FILE = CV_RESULTS_FILE  # spelled in io/run_dir.py with the run folder's other files
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,17 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-import yaml
-
-from pipelines.train import LAST, prepare_run_dir
+from pipelines.train import prepare_run_dir
 from unetr_app import distributed
 from unetr_app.config import RunConfig
 from unetr_app.data.multicrop import MultiCropd, find_scans, multicrop_loader, preprocess_scans
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
-from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.run_dir import RunDir
 from unetr_app.models import create_model
 from unetr_app.training.recipes.dino import dino_params
 from unetr_app.training.loop import Trainer
@@ -35,7 +32,6 @@ from unetr_app.training.records import count_parameters
 from unetr_app.training.state import seed_everything
 
 log = logging.getLogger(__name__)
-SCANS = "scans.json"
 METHODS = ("dino",)
 
 
@@ -55,13 +51,14 @@ def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None
 
 def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict | None:
     params = dino_params(config.recipe.params)
+    run = RunDir(run_dir)
     if shard.is_main:
-        continuing = resume and (run_dir / SCANS).is_file()
+        continuing = resume and run.scans.is_file()
         scans = [] if continuing else [str(c.path) for c in find_scans(folders or [])]
-        prepare_run_dir(run_dir, resume)
+        prepare_run_dir(run, resume)
         if not continuing:  # a resumed run keeps the scans it started with
-            atomic_write_text(run_dir / SCANS, json.dumps({"folders": [str(f) for f in folders or []], "scans": scans}, indent=2) + "\n")
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+            run.write_json(run.scans, {"folders": [str(f) for f in folders or []], "scans": scans})
+        run.write_config(config)
     distributed.barrier(shard)
     cases = [c for path in recorded_scans(run_dir) for c in find_scans([path])]
     samples = preprocess_scans(cases, config.preprocessing)
@@ -69,8 +66,8 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
     seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs())
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard)
-    if resume and (run_dir / LAST).is_file():
-        trainer.restore(run_dir / LAST)
+    if resume and run.last.is_file():
+        trainer.restore(run.last)
     crops = MultiCropd(params.global_size or config.preprocessing.roi_size, params.local_size, params.global_crops,
                        params.local_crops, params.global_scale, params.local_scale)
     loader = multicrop_loader(samples, crops, config.training.batch_size, config.training.seed,
@@ -93,10 +90,11 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
         "processes": shard.world_size,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    trainer.records.write_json("summary.json", summary)
+    trainer.records.write_summary(summary)
     trainer.records.plot_curves(state.history)
     return summary
 
 
 def recorded_scans(run_dir: Path) -> list[str]:
-    return json.loads((Path(run_dir) / SCANS).read_text(encoding="utf-8"))["scans"]
+    run = RunDir(run_dir)
+    return run.read_json(run.scans)["scans"]

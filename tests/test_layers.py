@@ -89,9 +89,12 @@ def test_the_registry_is_the_bottom_floor():
     assert ours == ["unetr_app.errors"]
 
 
-@pytest.mark.xfail(strict=True, reason="training/ and pipelines/train.py, pretrain.py move to RunDir on the stack-train branch; drop this mark at merge")
 def test_the_run_folder_is_named_in_io_only():
     # io/run_dir.py spells the run folder's files; training, inference and pipelines ask it
+    from unetr_app.io import run_dir
+
     assert layer_of("unetr_app.io.run_dir") == ("unetr_app.io", 0)
-    spelled = [m for m, src in SOURCES.items() if '"summary.json"' in src or '"split.json"' in src]
-    assert spelled == ["unetr_app.io.run_dir"]
+    names = [value for key, value in vars(run_dir).items() if key.endswith(("_FILE", "_CHECKPOINT"))]
+    assert {"summary.json", "split.json", "config.yaml", "last.pt", "init.json", "fingerprint.json", "cv_results.json"} <= set(names)
+    spelled = {m: n for m, src in SOURCES.items() for n in names if f'"{n}"' in src and m != "unetr_app.io.run_dir"}
+    assert spelled == {}

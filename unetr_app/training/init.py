@@ -25,6 +25,7 @@ from torch import nn
 
 from unetr_app.errors import CheckpointError, UsageError
 from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.run_dir import RunDir
 from unetr_app.io.checkpoint import checkpoint_files, load_checkpoint, read_state_dict, resolve_checkpoint_path
 from unetr_app.training.optim import ENCODER_NAMES
 
@@ -142,15 +143,12 @@ class EncoderInit:
     announce: Callable[[str], None] | None = None
 
 
-INIT_RECORD = "init.json"
-
-
 def prepare_encoder(model: nn.Module, run_dir: Path, model_name: str, init: EncoderInit | None, restoring: bool,
                     main: bool = True) -> dict | None:
     """Apply --init-from/--freeze-encoder to a new run and record them in RUN/init.json (the `main`
     process writes and announces); a resumed run (its weights come from last.pt) only re-applies
     the recorded freeze."""
-    record = Path(run_dir) / INIT_RECORD
+    record = RunDir(run_dir).init_record
     if restoring:
         recorded = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
         if recorded.get("freeze_encoder"):
