@@ -57,7 +57,7 @@ def test_resume_continues_exactly(cli, tmp_path, phantom_dir, pretrained):
 
 def test_train_init_from_a_pretraining_run_loads_every_encoder_key(cli, tmp_path, phantom_dir, tiny_profile, pretrained):
     result = cli("train", "--data-dir", phantom_dir, "--profile", tiny_profile, "--device", "cpu", "--steps", "1",
-                 "--out", tmp_path / "fine", "--init-from", pretrained, "--freeze-encoder")
+                 "--out", tmp_path / "fine", "--init-from", pretrained, "--init-key", "teacher", "--freeze-encoder")
     assert result.exit_code == 0, result.output
     assert "0 missing" in result.output
     record = json.loads((tmp_path / "fine" / "init.json").read_text(encoding="utf-8"))

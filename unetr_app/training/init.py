@@ -28,6 +28,7 @@ from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.run_dir import RunDir
 from unetr_app.io.checkpoint import checkpoint_files, load_checkpoint, read_state_dict, resolve_checkpoint_path
 from unetr_app.training.optim import ENCODER_NAMES
+from unetr_app.training.teacher import teacher_reference, teacher_weights
 
 INIT_KEYS = ("teacher", "student")
 
@@ -113,9 +114,15 @@ def read_source_weights(source: str | Path, key: str) -> tuple[dict[str, torch.T
         data = None
     if data is not None:
         extra = (data.get("recipe") or {}).get("extra_state") or {}
-        if key == "teacher" and "teacher" in extra:
-            return dict(extra["teacher"]), str(path), "teacher"
-        return dict(data["state_dict"]), str(path), "student" if "teacher" in extra else "model"
+        teacher, reference = teacher_weights(extra), teacher_reference(extra)
+        if key == "teacher" and teacher is not None:
+            return teacher, str(path), "teacher"
+        if key == "teacher" and reference is not None:
+            raise UsageError(
+                f"--init-from {path}: this run has no teacher weights (its teacher was {reference.path}, kept by "
+                f"reference); use --init-key student for the run's own weights, or --init-from its teacher"
+            )
+        return dict(data["state_dict"]), str(path), "student" if teacher is not None or reference is not None else "model"
     return read_state_dict(path), str(path), "state dict"
 
 

@@ -26,18 +26,15 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from unetr_app.errors import ConfigError
 from unetr_app.models.attention_maps import TokenEncoder, encode_tokens, find_token_encoder
-from unetr_app.training.recipes.base import Recipe, register_recipe
+from unetr_app.training.recipes.base import Recipe, RecipeParams, register_recipe, validate_params
 
 
-class DinoParams(BaseModel):
+class DinoParams(RecipeParams):
     """`recipe.params` of the dino recipe (validated; errors name the key)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     out_dim: int = Field(65536, ge=2, description="K: prototypes of the head's last layer")
     hidden_dim: int = Field(2048, ge=1)
@@ -64,12 +61,7 @@ class DinoParams(BaseModel):
 
 
 def dino_params(params: dict[str, Any] | None) -> DinoParams:
-    from unetr_app.config import format_validation_error
-
-    try:
-        return DinoParams.model_validate(params or {})
-    except ValidationError as err:
-        raise ConfigError(f"recipe.params: {format_validation_error(err)}") from None
+    return validate_params("dino", DinoParams, params)
 
 
 # --- the network ---------------------------------------------------------------------------------
@@ -197,6 +189,7 @@ class Dino(Recipe):
     """Batches: {"global_crops": (B, G, C, *g), "local_crops": (B, L, C, *l)} from data.multicrop."""
 
     name = "dino"
+    Params = DinoParams
 
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
         self.dino = dino_params(params)

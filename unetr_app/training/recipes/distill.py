@@ -21,43 +21,30 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from pydantic import Field, field_validator
 
-from unetr_app.errors import CheckpointError, ConfigError
+from unetr_app.errors import CheckpointError
 from unetr_app.training.losses import build_loss
-from unetr_app.training.recipes.base import Recipe, register_recipe
-from unetr_app.training.teacher import load_teacher
+from unetr_app.training.recipes.base import Recipe, RecipeParams, register_recipe, train_outputs
+from unetr_app.training.teacher import TEACHER_REFERENCE, load_teacher, teacher_reference
 
 MODES = ("hard", "soft")
 
 
-def check_params(recipe: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Defaults filled in; an unknown key is a config error naming it and the known ones."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"recipe.params.{unknown[0]}: not a parameter of recipe {recipe!r}; known: {', '.join(sorted(defaults))}"
-        )
-    params = {**defaults, **given}
-    for key, value in params.items():
-        if isinstance(defaults[key], float) and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ConfigError(f"recipe.params.{key}: expected a number >= 0, got {value!r}")
-    if not 0 <= params.get("alpha", 0) <= 1:
-        raise ConfigError(f"recipe.params.alpha: expected a weight in [0, 1], got {params['alpha']!r}")
-    if params.get("temperature", 1) <= 0:
-        raise ConfigError(f"recipe.params.temperature: expected a number > 0, got {params['temperature']!r}")
-    return params
+class DistillParams(RecipeParams):
+    """`recipe.params` of the distill recipe."""
 
+    teacher: str | None = Field(None, description="teacher run folder or checkpoint (--teacher)")
+    mode: str = Field("hard", description="one of MODES")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher's term")
+    temperature: float = Field(3.0, gt=0, description="T of soft distillation")
 
-def train_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, Any]:
-    """`forward_train(image)` called through `model(...)`, so that a DistributedDataParallel
-    wrapper runs it as its forward (and synchronises the gradients of every head)."""
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    inner.forward = inner.forward_train  # an instance attribute shadows the class's forward
-    try:
-        return model(image)
-    finally:
-        del inner.forward
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        if value not in MODES:
+            raise ValueError(f"expected one of {', '.join(MODES)}, got {value!r}")
+        return value
 
 
 def hard_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -83,7 +70,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str, t
 class Distill(Recipe):
     name = "distill"
     needs_teacher = True
-    defaults = {"teacher": None, "mode": "hard", "alpha": 0.5, "temperature": 3.0}
+    Params = DistillParams
+    trains_forward_train = True
 
     @classmethod
     def model_kwargs(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -91,20 +79,12 @@ class Distill(Recipe):
 
     @classmethod
     def check(cls, config: Any) -> None:
-        load_teacher(cls._params(dict(config.recipe.params))["teacher"], config)
-
-    @classmethod
-    def _params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        params = check_params(cls.name, params, cls.defaults)
-        if params["mode"] not in MODES:
-            raise ConfigError(f"recipe.params.mode: expected one of {', '.join(MODES)}, got {params['mode']!r}")
-        return params
+        load_teacher(cls.parse_params(config.recipe.params).teacher, config)
 
     def __init__(self, model, config, **params: Any) -> None:
-        params = self._params(params)
         super().__init__(model, config, **params)
         self.task_loss = build_loss(config.loss)
-        self.teacher = load_teacher(params["teacher"], config)
+        self.teacher = load_teacher(self.settings.teacher, config)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = batch["image"]
@@ -121,13 +101,13 @@ class Distill(Recipe):
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.record()}
+        return {TEACHER_REFERENCE: self.teacher.reference().to_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """A resumed run must distil from the same teacher it started with."""
-        recorded = (state or {}).get("teacher")
-        if recorded and recorded.get("sha256") != self.teacher.sha256:
+        recorded = teacher_reference(state)
+        if recorded is not None and recorded.sha256 != self.teacher.sha256:
             raise CheckpointError(
                 f"--teacher {self.teacher.path}: differs from the teacher this run started with "
-                f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...); resume with that teacher"
+                f"({recorded.path}, sha256 {recorded.sha256[:12]}...); resume with that teacher"
             )

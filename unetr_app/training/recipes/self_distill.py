@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from unetr_app.training.losses import build_loss
-from unetr_app.training.recipes.base import Recipe, register_recipe
-from unetr_app.training.recipes.distill import check_params, soft_distillation_loss, train_outputs
+from unetr_app.training.recipes.base import Recipe, RecipeParams, register_recipe, train_outputs
+from unetr_app.training.recipes.distill import soft_distillation_loss
 
 
 def feature_hint_loss(hint: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -68,17 +69,25 @@ def self_distillation_loss(
     return {"loss": loss, "task_loss": deep_task, "aux_task_loss": aux_task, "kd_loss": kd, "hint_loss": hint}
 
 
+class SelfDistillParams(RecipeParams):
+    """`recipe.params` of the self_distill recipe."""
+
+    alpha: float = Field(0.3, ge=0, le=1, description="weight of the deepest head's teaching")
+    temperature: float = Field(3.0, gt=0)
+    feature_weight: float = Field(0.03, ge=0, description="weight of the feature hints")
+
+
 @register_recipe
 class SelfDistill(Recipe):
     name = "self_distill"
-    defaults = {"alpha": 0.3, "temperature": 3.0, "feature_weight": 0.03}
+    Params = SelfDistillParams
+    trains_forward_train = True
 
     @classmethod
     def model_kwargs(cls, params: dict[str, Any]) -> dict[str, Any]:
         return {"aux_heads": True}
 
     def __init__(self, model, config, **params: Any) -> None:
-        params = check_params(self.name, params, self.defaults)
         super().__init__(model, config, **params)
         self.task_loss = build_loss(config.loss)
 
