@@ -1,13 +1,14 @@
-"""Self-supervised pretraining of a segmentation model's encoder on unlabelled scans (DINO).
+"""Self-supervised pretraining: training with a self-supervised recipe (`self_supervised = True`,
+DINO today) on unlabelled scans.
 
     unetr pretrain IMAGES_DIR [IMAGES_DIR ...] --method dino --model vit_small_patch16 --out RUN
 
 1. Find every scan in the folders (any format predict reads) and record the list in the run.
 2. Preprocess each once with the task's orientation, spacing, window and body crop.
-3. Build the segmentation model the config names; the dino recipe takes its encoder, adds a class
-   token and the DINO head, and keeps an EMA teacher.
-4. Train with the one training loop (budget, checkpoints, exact resume, curves, torchrun) on
-   multi-crop batches, without validation.
+3. Build the segmentation model the config names; the recipe builds what it trains from it (DINO:
+   the encoder, a class token and the DINO head, and an EMA teacher) and its own loader
+   (`unlabelled_loader`: DINO's multi-crop batches).
+4. Train with the one training loop (budget, checkpoints, exact resume, curves, torchrun), without validation.
 
 `unetr train --init-from RUN` then starts a segmentation model from the teacher's encoder.
 """
@@ -21,26 +22,26 @@ from pathlib import Path
 from pipelines.train import prepare_run_dir
 from unetr_app import distributed
 from unetr_app.config import RunConfig
-from unetr_app.data.multicrop import MultiCropd, find_scans, multicrop_loader, preprocess_scans
+from unetr_app.data.multicrop import find_scans, preprocess_scans
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app.io.run_dir import RunDir
 from unetr_app.models import create_model
-from unetr_app.training.recipes.dino import dino_params
+from unetr_app.training.recipes import list_recipes, recipe_class
 from unetr_app.training.loop import Trainer
 from unetr_app.training.records import count_parameters
 from unetr_app.training.state import seed_everything
 
 log = logging.getLogger(__name__)
-METHODS = ("dino",)
 
 
 def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None, device: str = "auto",
              resume: bool = False, reporter=None) -> dict | None:
     """Pretrain into `run_dir`; returns the summary (None on torchrun ranks > 0). A resumed run
     reads its scan list from the run folder."""
-    if config.recipe.name not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {config.recipe.name!r}")
+    if not recipe_class(config.recipe.name).self_supervised:
+        raise UsageError(f"--method {config.recipe.name}: that recipe trains on labels (use `unetr train`); "
+                         f"self-supervised recipes: {', '.join(list_recipes(self_supervised=True))}")
     torch_device = resolve_device(device)
     shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
     try:
@@ -50,7 +51,8 @@ def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None
 
 
 def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict | None:
-    params = dino_params(config.recipe.params)
+    recipe = recipe_class(config.recipe.name)
+    recipe.check(config)
     run = RunDir(run_dir)
     if shard.is_main:
         continuing = resume and run.scans.is_file()
@@ -68,10 +70,7 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard)
     if resume and run.last.is_file():
         trainer.restore(run.last)
-    crops = MultiCropd(params.global_size or config.preprocessing.roi_size, params.local_size, params.global_crops,
-                       params.local_crops, params.global_scale, params.local_scale)
-    loader = multicrop_loader(samples, crops, config.training.batch_size, config.training.seed,
-                              config.training.num_workers, shard.rank, shard.world_size)
+    loader = recipe.unlabelled_loader(config, samples, shard)
     state = trainer.fit(loader, None)
     if not shard.is_main:
         return None

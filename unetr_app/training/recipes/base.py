@@ -81,6 +81,7 @@ class Recipe(nn.Module):
     needs_teacher: ClassVar[bool] = False  # True: cannot run without a teacher (tests skip it unless given one)
     Params: ClassVar[type[RecipeParams]] = RecipeParams  # no params unless a recipe declares some
     trains_forward_train: ClassVar[bool] = False  # True: forward uses train_outputs(self.model, ...)
+    self_supervised: ClassVar[bool] = False  # True: trains on unlabelled scans (`unetr pretrain`) with its own loader
 
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
         super().__init__()
@@ -103,6 +104,11 @@ class Recipe(nn.Module):
         """Refuse, before the run folder is touched, what would make the recipe fail when built
         (bad params; a recipe may refuse more, e.g. a bad teacher)."""
         cls.parse_params(config.recipe.params)
+
+    @classmethod
+    def unlabelled_loader(cls, config: Any, samples: list[dict], shard: Any):
+        """A self-supervised recipe's loader over preprocessed unlabelled scans (e.g. DINO's multi-crop)."""
+        raise NotImplementedError(f"recipe {cls.name!r} trains on labels, not unlabelled scans")
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -155,8 +161,10 @@ def register_recipe(cls: type[Recipe]) -> type[Recipe]:
     return RECIPES.register(cls.name, cls)
 
 
-def list_recipes() -> list[str]:
-    return RECIPES.list()
+def list_recipes(self_supervised: bool | None = None) -> list[str]:
+    """Registered recipe names; with `self_supervised`, only those that are (or are not)."""
+    names = RECIPES.list()
+    return names if self_supervised is None else [n for n in names if RECIPES.get(n).self_supervised == self_supervised]
 
 
 def recipe_class(name: str) -> type[Recipe]:

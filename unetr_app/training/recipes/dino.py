@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import nn
 
+from unetr_app.data.multicrop import MultiCropd, multicrop_loader
 from unetr_app.models.attention_maps import TokenEncoder, encode_tokens, find_token_encoder
 from unetr_app.training.recipes.base import Recipe, RecipeParams, register_recipe, validate_params
 
@@ -190,6 +191,15 @@ class Dino(Recipe):
 
     name = "dino"
     Params = DinoParams
+    self_supervised = True
+
+    @classmethod
+    def unlabelled_loader(cls, config: Any, samples: list[dict], shard: Any):
+        """Multi-crop batches (data.multicrop) of the preprocessed scans, sharded across processes."""
+        params, train = dino_params(config.recipe.params), config.training
+        crops = MultiCropd(params.global_size or config.preprocessing.roi_size, params.local_size, params.global_crops,
+                           params.local_crops, params.global_scale, params.local_scale)
+        return multicrop_loader(samples, crops, train.batch_size, train.seed, train.num_workers, shard.rank, shard.world_size)
 
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
         self.dino = dino_params(params)
