@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from unetr_app.cli.options import (DEFAULT_TASK, CheckpointEveryOption, DeviceOption, EpochsOption, MinutesOption,
-                                   SetOption, StepsOption, budget_from)
+                                   StepsOption, budget_from)
 
 console = Console()
 

@@ -51,7 +51,7 @@ class Trainer:
         self.config, self.device, self.shard, self.run = config, device, shard, RunDir(run_dir)
         self.run_dir = self.run.path
         self.recipe = model if isinstance(model, Recipe) else build_recipe(config.recipe.name, model, config, config.recipe.params)
-        self.model_kwargs = model_kwargs if model_kwargs is not None else model_arguments(config)  # what rebuilds the network
+        self.model_kwargs = model_kwargs if model_kwargs is not None else model_arguments(config, type(self.recipe))  # what rebuilds the network
         # channels-last 3D convolutions are part of the training step's measured CPU speed-up
         # (benchmarks/results/train_throughput_cpu.json); prediction, measured alone, gained nothing from them on CPU
         self.model = self.recipe.model.to(device, memory_format=torch.channels_last_3d)

@@ -141,10 +141,12 @@ class Recipe(nn.Module):
         """Restore what `extra_state` returned, on resume."""
 
 
-def model_arguments(config: Any) -> dict[str, Any]:
-    """`create_model` keyword arguments for the config's model and recipe: the task's shape, the
-    model's params and the recipe's heads (e.g. distillation=True). The checkpoint records them."""
-    return {**config.model_kwargs(), **recipe_class(config.recipe.name).model_kwargs(dict(config.recipe.params))}
+def model_arguments(config: Any, recipe: type[Recipe] | None = None) -> dict[str, Any]:
+    """`create_model` keyword arguments for the config's model and recipe (default: the config's):
+    the task's shape, the model's params and the recipe's heads (e.g. distillation=True). The
+    checkpoint records them."""
+    recipe = recipe or recipe_class(config.recipe.name)
+    return {**config.model_kwargs(), **recipe.model_kwargs(dict(config.recipe.params))}
 
 
 def _import_recipes() -> None:
