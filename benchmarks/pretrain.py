@@ -54,7 +54,8 @@ from unetr_app.models.attention_maps import attention_volume  # noqa: E402
 from unetr_app.training.init import init_encoder  # noqa: E402
 from unetr_app.training.loaders import build_loaders  # noqa: E402
 from unetr_app.training.recipes.dino import build_dino_network, dino_params  # noqa: E402
-from unetr_app.training.trainer import Trainer, seed_everything  # noqa: E402
+from unetr_app.training.loop import Trainer  # noqa: E402
+from unetr_app.training.state import seed_everything  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 NAME = "pretrain_dino_phantom"

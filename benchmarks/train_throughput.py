@@ -34,7 +34,8 @@ from unetr_app.data.transforms import train_transforms
 from unetr_app.device import resolve_device
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
-from unetr_app.training.trainer import Trainer
+from unetr_app.training.batches import metadata_only_if_needed
+from unetr_app.training.loop import Trainer
 
 
 def tutorial_steps(model, loader, steps: int, device, lr: float, weight_decay: float) -> float:
@@ -62,7 +63,7 @@ def our_steps(trainer: Trainer, loader, steps: int) -> float:
     """Our training step (recipe, schedule, AMP, channels-last) for `steps` steps, restarting the loader as the tutorial loop does."""
     trainer.model.train()
     done, start = 0, time.perf_counter()
-    with trainer.metadata_only_if_needed():
+    with metadata_only_if_needed(trainer.config):
         while done < steps:
             for batch in loader:
                 trainer.train_step(batch)

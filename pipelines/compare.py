@@ -52,7 +52,6 @@ from unetr_app.io.scans import read_volume, source_for
 
 log = logging.getLogger(__name__)
 REQUEST_FILE = "compare.json"
-SCORES_FILE = "compare_scores.json"  # RUN/: Dice per validation case of the last checkpoint
 SCORED_FOLDER = "compare_last"  # RUN/: the last checkpoint's predictions of the validation cases
 NESTED_FILE = "nested_postprocessing.json"  # EXP/<model>/[equal_time/][seed_<s>/]: each fold's decision from the other folds
 EQUAL_TIME_FOLDER = "equal_time"
@@ -237,7 +236,7 @@ def _read_training(run: RunResult) -> RunResult:
 
 def _judge(run: RunResult, device: str, say) -> None:
     """Dice per validation case (original grid) of the last checkpoint and seconds per scan; kept in RUN/compare_scores.json."""
-    results = Path(run.run_dir) / SCORES_FILE
+    results = RunDir(run.run_dir).compare_scores
     if not results.is_file():
         say(f"{describe_run(run)}: predicting its validation cases with the last checkpoint")
         seconds = [r.seconds for r in _predict_with_last(Path(run.run_dir), device) if r.seconds]

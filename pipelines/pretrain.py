@@ -1,48 +1,47 @@
-"""Self-supervised pretraining of a segmentation model's encoder on unlabelled scans (DINO).
+"""Self-supervised pretraining: training with a self-supervised recipe (`self_supervised = True`,
+DINO today) on unlabelled scans.
 
     unetr pretrain IMAGES_DIR [IMAGES_DIR ...] --method dino --model vit_small_patch16 --out RUN
 
 1. Find every scan in the folders (any format predict reads) and record the list in the run.
 2. Preprocess each once with the task's orientation, spacing, window and body crop.
-3. Build the segmentation model the config names; the dino recipe takes its encoder, adds a class
-   token and the DINO head, and keeps an EMA teacher.
-4. Train with the one training loop (budget, checkpoints, exact resume, curves, torchrun) on
-   multi-crop batches, without validation.
+3. Build the segmentation model the config names; the recipe builds what it trains from it (DINO:
+   the encoder, a class token and the DINO head, and an EMA teacher) and its own loader
+   (`unlabelled_loader`: DINO's multi-crop batches).
+4. Train with the one training loop (budget, checkpoints, exact resume, curves, torchrun), without validation.
 
 `unetr train --init-from RUN` then starts a segmentation model from the teacher's encoder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 
-import yaml
-
-from pipelines.train import LAST, prepare_run_dir
+from pipelines.train import prepare_run_dir
 from unetr_app import distributed
 from unetr_app.config import RunConfig
-from unetr_app.data.multicrop import MultiCropd, find_scans, multicrop_loader, preprocess_scans
+from unetr_app.data.multicrop import find_scans, preprocess_scans
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
-from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.run_dir import RunDir
 from unetr_app.models import create_model
-from unetr_app.training.recipes.dino import dino_params
-from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
+from unetr_app.training.recipes import list_recipes, recipe_class
+from unetr_app.training.loop import Trainer
+from unetr_app.training.records import count_parameters
+from unetr_app.training.state import seed_everything
 
 log = logging.getLogger(__name__)
-SCANS = "scans.json"
-METHODS = ("dino",)
 
 
 def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None, device: str = "auto",
              resume: bool = False, reporter=None) -> dict | None:
     """Pretrain into `run_dir`; returns the summary (None on torchrun ranks > 0). A resumed run
     reads its scan list from the run folder."""
-    if config.recipe.name not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {config.recipe.name!r}")
+    if not recipe_class(config.recipe.name).self_supervised:
+        raise UsageError(f"--method {config.recipe.name}: that recipe trains on labels (use `unetr train`); "
+                         f"self-supervised recipes: {', '.join(list_recipes(self_supervised=True))}")
     torch_device = resolve_device(device)
     shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
     try:
@@ -52,14 +51,16 @@ def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None
 
 
 def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict | None:
-    params = dino_params(config.recipe.params)
+    recipe = recipe_class(config.recipe.name)
+    recipe.check(config)
+    run = RunDir(run_dir)
     if shard.is_main:
-        continuing = resume and (run_dir / SCANS).is_file()
+        continuing = resume and run.scans.is_file()
         scans = [] if continuing else [str(c.path) for c in find_scans(folders or [])]
-        prepare_run_dir(run_dir, resume)
+        prepare_run_dir(run, resume)
         if not continuing:  # a resumed run keeps the scans it started with
-            atomic_write_text(run_dir / SCANS, json.dumps({"folders": [str(f) for f in folders or []], "scans": scans}, indent=2) + "\n")
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+            run.write_json(run.scans, {"folders": [str(f) for f in folders or []], "scans": scans})
+        run.write_config(config)
     distributed.barrier(shard)
     cases = [c for path in recorded_scans(run_dir) for c in find_scans([path])]
     samples = preprocess_scans(cases, config.preprocessing)
@@ -67,12 +68,9 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
     seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs())
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard)
-    if resume and (run_dir / LAST).is_file():
-        trainer.restore(run_dir / LAST)
-    crops = MultiCropd(params.global_size or config.preprocessing.roi_size, params.local_size, params.global_crops,
-                       params.local_crops, params.global_scale, params.local_scale)
-    loader = multicrop_loader(samples, crops, config.training.batch_size, config.training.seed,
-                              config.training.num_workers, shard.rank, shard.world_size)
+    if resume and run.last.is_file():
+        trainer.restore(run.last)
+    loader = recipe.unlabelled_loader(config, samples, shard)
     state = trainer.fit(loader, None)
     if not shard.is_main:
         return None
@@ -91,10 +89,11 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
         "processes": shard.world_size,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    trainer.records.write_json("summary.json", summary)
+    trainer.records.write_summary(summary)
     trainer.records.plot_curves(state.history)
     return summary
 
 
 def recorded_scans(run_dir: Path) -> list[str]:
-    return json.loads((Path(run_dir) / SCANS).read_text(encoding="utf-8"))["scans"]
+    run = RunDir(run_dir)
+    return run.read_json(run.scans)["scans"]

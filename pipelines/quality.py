@@ -22,6 +22,7 @@ from unetr_app.errors import UsageError
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.checkpoint import load_model
+from unetr_app.io.run_dir import RunDir
 from unetr_app.io.scans import read_volume, source_for
 from unetr_app.quality.calibration import TEMPERATURE_NAME, apply_temperature, expected_calibration_error, fit_temperature, log_probabilities, write_temperature
 from unetr_app.quality.case import case_signals
@@ -41,7 +42,7 @@ def run_fit_quality(folder: Path, device: str = "auto", mirrors: bool = True) ->
     runs = find_runs(folder)
     if not runs:
         raise UsageError(f"{folder}: no run folders with split.json and a checkpoint (train a run first)")
-    splits = [json.loads((run / "split.json").read_text(encoding="utf-8")) for run in runs]
+    splits = [RunDir(run).read_split() for run in runs]
     torch_device = resolve_device(device)
     first = load_model(runs[0], torch_device)
     labels = first.labels

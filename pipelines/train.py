@@ -6,13 +6,10 @@ alone prepares the run folder and writes files, the others wait for it and read 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from pipelines.postprocess import finished_fold_runs, run_postprocess
 from unetr_app import distributed, tracking
@@ -23,15 +20,16 @@ from unetr_app.data.manifest import load_manifest
 from unetr_app.data.splits import cases_for_fold
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
-from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.run_dir import RunDir
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
 from unetr_app.training.init import EncoderInit, prepare_encoder
-from unetr_app.training.recipes import recipe_class
-from unetr_app.training.trainer import Trainer, count_parameters, seed_everything
+from unetr_app.training.recipes import model_arguments, recipe_class
+from unetr_app.training.loop import Trainer
+from unetr_app.training.records import count_parameters
+from unetr_app.training.state import seed_everything
 
 log = logging.getLogger(__name__)
-LAST = Path("checkpoints") / "last.pt"
 
 
 def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False,
@@ -50,23 +48,25 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
 def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None) -> dict | None:
     recipe = recipe_class(config.recipe.name)  # an unknown recipe or a bad teacher fails before any data is read
     recipe.check(config)
-    dataset = find_dataset_dir(config.task, data_dir)
+    dataset, run = find_dataset_dir(config.task, data_dir), RunDir(run_dir)
     if shard.is_main:
-        prepare_run_dir(run_dir, resume)
-        main_train_cases, _ = load_or_make_split(run_dir, dataset, config, *fold)
-        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+        prepare_run_dir(run, resume)
+        main_train_cases, _ = load_or_make_split(run, dataset, config, *fold)
+        run.write_config(config)
         load_or_compute_fingerprint(run_dir, main_train_cases, config.task.channel_modalities, config.training.seed)
     distributed.barrier(shard)
     train_cases, val_cases = load_or_make_split(run_dir, dataset, config)
     fingerprint = load_or_compute_fingerprint(run_dir, train_cases, config.task.channel_modalities, config.training.seed)
 
     seed_everything(config.training.seed)
-    model = create_model(config.model.name, **config.model_kwargs(), **recipe.model_kwargs(dict(config.recipe.params)))
-    initialised = prepare_encoder(model, run_dir, config.model.name, init, resume and (run_dir / LAST).is_file(), main=shard.is_main)
+    model_kwargs = model_arguments(config)
+    model = create_model(config.model.name, **model_kwargs)
+    restoring = resume and run.last.is_file()
+    initialised = prepare_encoder(model, run_dir, config.model.name, init, restoring, main=shard.is_main)
     extras = {"fingerprint": fingerprint, **(checkpoint_extras or {})}
-    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras)
-    if resume and (run_dir / LAST).is_file():
-        trainer.restore(run_dir / LAST)
+    trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras, model_kwargs=model_kwargs)
+    if restoring:
+        trainer.restore(run.last)
     train_loader, val_loader = build_loaders(config, train_cases, val_cases, shard=shard)
     state = trainer.fit(train_loader, val_loader)
     if not shard.is_main:
@@ -93,7 +93,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
         **({"encoder": initialised} if initialised else {}),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    trainer.records.write_json("summary.json", summary)
+    trainer.records.write_summary(summary)
     trainer.records.plot_curves(state.history)
     reporter.finish(summary)
     if fold_runs := finished_fold_runs(run_dir):  # the split records the fold, also when resumed without --fold
@@ -102,19 +102,19 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     return summary
 
 
-def prepare_run_dir(run_dir: Path, resume: bool) -> None:
+def prepare_run_dir(run: RunDir, resume: bool) -> None:
     """A new run needs an unused folder; --resume needs (or starts) one."""
-    if (run_dir / LAST).exists() and not resume:
-        raise UsageError(f"{run_dir} already holds a run; continue it with --resume, or choose another --out")
-    (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    if run.last.exists() and not resume:
+        raise UsageError(f"{run.path} already holds a run; continue it with --resume, or choose another --out")
+    run.prepare()
 
 
-def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig, fold: int | str | None = None, folds: int | None = None):
+def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig, fold: int | str | None = None, folds: int | None = None):
     """The split is made once per run and recorded; a resumed run reads it back. With `fold`, it is
     that fold of the dataset's splits.json (shared by every model and run)."""
-    split_path = run_dir / "split.json"
-    if split_path.is_file():
-        split = json.loads(split_path.read_text(encoding="utf-8"))
+    run = RunDir(run_dir)
+    if run.split.is_file():
+        split = run.read_split()
         return split["train"], split["validation"]
     cases = labelled_cases(dataset, load_manifest(config.task.manifest))
     if fold is not None:
@@ -123,7 +123,7 @@ def load_or_make_split(run_dir: Path, dataset: Path, config: RunConfig, fold: in
     else:
         train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
         split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}
-    atomic_write_text(split_path, json.dumps(split, indent=2) + "\n")
+    run.write_json(run.split, split)
     return train_cases, val_cases
 
 
@@ -137,7 +137,3 @@ def with_budget(config: RunConfig, budget: BudgetConfig | None = None, checkpoin
     return validate_run_config(data, source="command line")
 
 
-def load_recorded_config(run_dir: Path) -> RunConfig:
-    """The config a run recorded when it started (a resumed run keeps it)."""
-    path = Path(run_dir) / "config.yaml"
-    return validate_run_config(yaml.safe_load(path.read_text(encoding="utf-8")), source=str(path))

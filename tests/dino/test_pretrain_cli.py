@@ -57,7 +57,7 @@ def test_resume_continues_exactly(cli, tmp_path, phantom_dir, pretrained):
 
 def test_train_init_from_a_pretraining_run_loads_every_encoder_key(cli, tmp_path, phantom_dir, tiny_profile, pretrained):
     result = cli("train", "--data-dir", phantom_dir, "--profile", tiny_profile, "--device", "cpu", "--steps", "1",
-                 "--out", tmp_path / "fine", "--init-from", pretrained, "--freeze-encoder")
+                 "--out", tmp_path / "fine", "--init-from", pretrained, "--init-key", "teacher", "--freeze-encoder")
     assert result.exit_code == 0, result.output
     assert "0 missing" in result.output
     record = json.loads((tmp_path / "fine" / "init.json").read_text(encoding="utf-8"))
@@ -103,3 +103,12 @@ def test_torchrun_pretraining_with_two_processes(tmp_path, phantom_dir):
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 2  # rank 0 alone writes
     assert "teacher" in load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["recipe"]["extra_state"]
+
+
+def test_a_recipe_that_needs_labels_is_refused_naming_the_self_supervised_ones(cli, tmp_path, phantom_dir):
+    result = cli("pretrain", phantom_dir / "imagesTr", "--method", "supervised", "--profile", TINY_DINO, "--device", "cpu",
+                 "--out", tmp_path / "run")
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output
+    assert "trains on labels" in errors[0] and "self-supervised recipes: dino" in errors[0]
+    assert not (tmp_path / "run" / "config.yaml").exists(), "refused before the run folder is written"

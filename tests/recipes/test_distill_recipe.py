@@ -68,14 +68,16 @@ def test_soft_is_the_default_mode(teacher_path):
 
 def test_checkpoint_state_records_teacher_path_and_checksum_not_weights(teacher_path):
     recipe = distill(teacher_path)
-    record = recipe.extra_state()["teacher"]
+    assert "teacher" not in recipe.extra_state(), "a reference is not stored where teacher weights go"
+    record = recipe.extra_state()["teacher_reference"]
     teacher_file = resolve_checkpoint_path(teacher_path)  # the weights file (NAME.safetensors)
     assert record["path"] == str(teacher_file.resolve())
     assert record["sha256"] == hashlib.sha256(teacher_file.read_bytes()).hexdigest()
     assert not any(isinstance(v, torch.Tensor) for v in record.values())
-    recipe.load_extra_state({"teacher": dict(record)})  # the same teacher resumes
+    recipe.load_extra_state({"teacher_reference": dict(record)})  # the same teacher resumes
+    recipe.load_extra_state({"teacher": dict(record)})  # a run that kept its reference under the old name
     with pytest.raises(CheckpointError, match="differs from the teacher this run started with"):
-        recipe.load_extra_state({"teacher": {**record, "sha256": "0" * 64}})
+        recipe.load_extra_state({"teacher_reference": {**record, "sha256": "0" * 64}})
 
 
 def test_a_run_folder_is_a_teacher(tmp_path):
@@ -133,7 +135,7 @@ def test_bad_params_and_unknown_recipe_are_config_errors(teacher_path):
         distill(teacher_path, temprature=2.0)
     with pytest.raises(ConfigError, match="recipe.params.alpha"):
         build_recipe("self_distill", StandInStudent(), tiny_config(), {"alpha": 1.5})
-    with pytest.raises(ConfigError, match="unknown recipe 'distil'. Did you mean distill"):
+    with pytest.raises(ConfigError, match="recipe.name: unknown recipe .distil.; did you mean .distill."):
         recipe_class("distil")
 
 
@@ -155,16 +157,17 @@ def test_the_deep_supervision_control_trains_on_labels_only():
 
 
 def test_heads_train_through_a_ddp_wrapper(tmp_path):
-    """Under torchrun the trainer wraps recipe.model in DDP: forward_train must run as its forward."""
+    """Under torchrun the recipe wraps its model for DDP: forward_train runs as the wrapper's forward."""
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
     try:
         student = StandInStudent()
         recipe = build_recipe("self_distill", student, tiny_config())
-        recipe.model = torch.nn.parallel.DistributedDataParallel(student)
+        recipe.distribute(None)
+        assert isinstance(recipe.model, torch.nn.parallel.DistributedDataParallel)
         recipe(batch(3))["loss"].backward()
         assert student.aux_head.weight.grad.abs().sum() > 0 and student.head.weight.grad.abs().sum() > 0
-        assert "forward" not in vars(student), "the model's own forward is restored"
+        assert "forward" not in vars(student), "the model's forward is never patched"
     finally:
         dist.destroy_process_group()

@@ -52,7 +52,7 @@ def test_distilled_student_records_its_teacher_and_predicts_plainly(cli, tmp_pat
 
     assert hashlib.sha256(teacher_file.read_bytes()).hexdigest() == before, "the teacher's checkpoint is untouched"
     checkpoint = load_checkpoint(student / "checkpoints" / "last.pt")
-    recorded = checkpoint["recipe"]["extra_state"]["teacher"]
+    recorded = checkpoint["recipe"]["extra_state"]["teacher_reference"]
     assert recorded == {"path": str(teacher_file.resolve()), "sha256": before, "model": "segresnet_small"}
     assert not any(key.startswith("teacher") for key in checkpoint["state_dict"]), "the teacher's weights are not stored"
     assert any(key.startswith("distill_head.") for key in checkpoint["state_dict"])

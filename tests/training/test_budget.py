@@ -11,7 +11,7 @@ import pytest
 from unetr_app.config import BudgetConfig, CONFIG_ROOT, load_run_config
 from unetr_app.data.dataset import split_cases
 from unetr_app.io.checkpoint import load_checkpoint
-from unetr_app.training.trainer import budget_steps
+from unetr_app.training.budget import budget_steps
 
 PROFILES = sorted(p.stem for p in (CONFIG_ROOT / "profiles").glob("*.yaml"))
 

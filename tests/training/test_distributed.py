@@ -19,7 +19,8 @@ from unetr_app.config import load_run_config, parse_overrides
 from unetr_app.distributed import Shard
 from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.models import create_model
-from unetr_app.training.trainer import Trainer, seed_everything
+from unetr_app.training.loop import Trainer
+from unetr_app.training.state import seed_everything
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -12,7 +12,7 @@ from torch import nn
 from unetr_app.config import load_run_config, parse_overrides
 from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.training.recipes import Recipe
-from unetr_app.training.trainer import Trainer
+from unetr_app.training.loop import Trainer
 
 TINY = Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"
 

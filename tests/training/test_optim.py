@@ -146,8 +146,8 @@ def test_unknown_recipe_is_a_one_line_error_with_a_suggestion():
     config = load_run_config("spleen", profile="cpu-demo")
     with pytest.raises(ConfigError) as err:
         build_recipe("supervized", torch.nn.Linear(1, 1), config)
-    assert "recipe.name: unknown recipe 'supervized'. Did you mean supervised?" in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(ConfigError, match="recipe.params: the supervised recipe takes none"):
+    assert "recipe.name: unknown recipe 'supervized'; did you mean 'supervised'?" in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="recipe.params.temperature: not a parameter of recipe 'supervised'; known: none"):
         build_recipe("supervised", torch.nn.Linear(1, 1), config, {"temperature": 3})
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.run_dir import FINGERPRINT_FILE
 from unetr_app.io.scans import Volume, read_volume, source_for
 
 CT_BODY_HU = -500.0
@@ -25,7 +26,7 @@ MRI_BODY_FRACTION = 0.1
 SAMPLES_PER_CASE = 20_000  # body voxels drawn per case and channel (nnU-Net draws 10,000 foreground voxels)
 PERCENTILES = (0.5, 50.0, 99.5)
 OUTSIDE_LIMIT = 0.10  # flag a scan when more of its body lies outside the training range (about 1% expected)
-FINGERPRINT_NAME = "fingerprint.json"
+FINGERPRINT_NAME = FINGERPRINT_FILE  # spelled in io/run_dir.py with the run folder's other files
 
 
 def body_values(channel: np.ndarray, modality: str) -> np.ndarray:

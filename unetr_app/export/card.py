@@ -1,14 +1,15 @@
 """A model card: what a trained model is, for someone who did not train it.
 
 `build_card(FOLDER)` reads only what the run recorded (config.yaml, split.json, summary.json,
-metrics.jsonl, fingerprint.json, cv_results.json, postprocessing.json, the qc files of `unetr qc`,
+metrics.jsonl, fingerprint.json, compare_scores.json, postprocessing.json, the qc files of `unetr qc`,
 the data manifest) and the checkpoints' bytes (their sha256). FOLDER is one run, or an experiment:
 a folder of fold runs of one model (`unetr compare`'s OUT/MODEL, or `unetr train --fold` runs side
 by side), whose validation Dice is then the cross-validation's.
 
-Validation Dice, per case: `cv_results.json` where `unetr compare` measured it (best checkpoint, on
-each scan's own grid), otherwise the metrics line of the best step. Either way the best checkpoint
-was chosen on those same cases, and the card says so: it is an optimistic estimate. Dice per label
+Validation Dice, per case: `compare_scores.json` where `unetr compare` measured it (the last
+checkpoint, on each scan's own grid: nothing was chosen on those cases), otherwise the metrics line
+of the best step, where the best checkpoint was chosen on those same cases and the card says it is
+an optimistic estimate. Dice per label
 needs the label masks: read from RUN/validation/ where present (`unetr postprocess`, `unetr qc`);
 with one foreground label the per-case Dice is that label's.
 """
@@ -34,7 +35,6 @@ from unetr_app.quality.model import QC_MODEL_NAME
 CARD_MARKDOWN = "MODEL_CARD.md"
 CARD_JSON = "model_card.json"
 CARD_VERSION = 1
-CV_RESULTS_FILE = "cv_results.json"  # written per fold run by `unetr compare`
 FAILURE_CASES = 3  # lowest-Dice validation cases named on the card
 
 
@@ -161,7 +161,8 @@ def _validation(runs: list[RunDir], summaries: list[dict], labels: dict[str, int
     if len(foreground) == 1:
         per_label = {next(iter(foreground)): dict(cases)}
     return {
-        "selection": "the best checkpoint was chosen on these validation cases: an optimistic estimate",
+        "selection": ("the last checkpoint, which nothing chose on these cases" if sources <= {LAST_SOURCE}
+                      else "the best checkpoint was chosen on these validation cases: an optimistic estimate"),
         "source": sorted(sources),
         "dice": _spread(list(cases.values())),
         "dice_per_run": [s.get("best_val_dice") for s in summaries],
@@ -170,10 +171,13 @@ def _validation(runs: list[RunDir], summaries: list[dict], labels: dict[str, int
     }
 
 
+LAST_SOURCE = "compare_scores.json (last checkpoint, each scan's own grid)"
+
+
 def _case_dice(run: RunDir, summary: dict) -> tuple[dict[str, float], str]:
-    cv = _read_json(run.file(CV_RESULTS_FILE))
-    if cv and cv.get("case_dice"):
-        return {c: float(d) for c, d in cv["case_dice"].items()}, "cv_results.json (best checkpoint, each scan's own grid)"
+    scores = _read_json(run.compare_scores)
+    if scores and scores.get("case_dice"):
+        return {c: float(d) for c, d in scores["case_dice"].items()}, LAST_SOURCE
     best = summary.get("best_step")
     for line in reversed(run.read_metrics()):
         if "val_dice_per_case" in line and (best is None or line["step"] == best):

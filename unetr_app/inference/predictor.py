@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from monai import transforms as mt
 from monai.data import MetaTensor
-from monai.inferers import SlidingWindowInferer
 
 from unetr_app.data.fingerprint import intensity_warnings
 from unetr_app.data.transforms import IMAGE, LoadScand, preprocessing_transforms, volume_tensor
@@ -32,6 +31,7 @@ from unetr_app.errors import CheckpointError, InputError
 from unetr_app.evaluation.postprocess import Postprocessing
 from unetr_app.io.scans import Volume
 from unetr_app.io.checkpoint import LoadedModel
+from unetr_app.models.sliding_window import SlidingWindow
 from unetr_app.quality.context import QualityKit
 
 INPUT_GRID = "input_grid"
@@ -89,15 +89,6 @@ class Predictor:
         self.preprocess = mt.Compose([step for step in steps if not isinstance(step, LoadScand)])
         # back to the input grid: bilinear like the forward resampling; zero mass outside the crop
         inference = loaded.inference
-        self.inferer = SlidingWindowInferer(
-            roi_size=pre.roi_size,
-            sw_batch_size=settings.sw_batch_size or inference.sw_batch_size,
-            overlap=inference.overlap if settings.overlap is None else settings.overlap,
-            mode=inference.blend_mode,
-            sw_device=settings.device,
-            device=settings.stitch_device or settings.device,
-            cache_roi_weight_map=True,  # the Gaussian weights are the same for every window and scan
-        )
         self.flips = _flip_axes(spatial_dims=3) if settings.tta is True else [()]
         self.mirrors = _flip_axes(spatial_dims=3)
         on_cuda = settings.device.type == "cuda"
@@ -105,6 +96,13 @@ class Predictor:
         self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16
         channels_last = on_cuda if settings.channels_last is None else settings.channels_last
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.window = SlidingWindow(
+            pre.roi_size, settings.sw_batch_size or inference.sw_batch_size,
+            inference.overlap if settings.overlap is None else settings.overlap, inference.blend_mode,
+            device=settings.device, stitch_device=settings.stitch_device, amp=self.use_amp, amp_dtype=self.amp_dtype,
+            memory_format=self.memory_format,
+        )
+        self.inferer = self.window.inferer
         for member in self.members:
             member.model.to(memory_format=self.memory_format)
 
@@ -136,8 +134,7 @@ class Predictor:
             for member in members:
                 logits = None
                 for axes in flips:
-                    out = self.inferer(torch.flip(image, axes) if axes else image,
-                                       lambda windows, model=member.model: self._network(model, windows))[0].float()
+                    out = self.window(member.model, torch.flip(image, axes) if axes else image)[0].float()
                     out = torch.flip(out, [a - 1 for a in axes]) if axes else out  # (classes, *spatial): batch axis gone
                     labels.append(_argmax_uint8(out.cpu()).numpy())
                     logits = out if logits is None else logits.add_(out)
@@ -176,12 +173,6 @@ class Predictor:
         return prediction
 
     # --- helpers -------------------------------------------------------------------------------
-
-    def _network(self, model: torch.nn.Module, windows: torch.Tensor) -> torch.Tensor:
-        """Logits of `model` for a batch of windows."""
-        windows = windows.contiguous(memory_format=self.memory_format)
-        with torch.autocast(windows.device.type, dtype=self.amp_dtype, enabled=self.use_amp):
-            return model(windows).float()
 
     def estimate_bytes(self, shape: tuple[int, ...], affine: np.ndarray) -> float:
         """Rough peak memory for one scan, from measurements on a 512 x 512 x 400 CT: about four

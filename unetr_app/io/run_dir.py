@@ -3,6 +3,7 @@
     run = RunDir("runs/spleen-unetr")
     run.config, run.split, run.metrics, run.summary, run.curves   # config.yaml, split.json, ...
     run.last, run.best                                            # checkpoints/last.pt, best.pt
+    run.init_record, run.fingerprint, run.scans                   # init.json, fingerprint.json, scans.json
     run.is_started, run.is_finished, run.read_summary()
 
 `start_or_resume` is the one decision `unetr train` and `unetr pretrain` make before training:
@@ -21,6 +22,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from unetr_app.errors import UsageError
+from unetr_app.io.atomic import atomic_write_text
 
 CONFIG_FILE = "config.yaml"
 SPLIT_FILE = "split.json"
@@ -28,6 +30,9 @@ METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVES_FILE = "curves.png"
 INIT_FILE = "init.json"
+FINGERPRINT_FILE = "fingerprint.json"
+SCANS_FILE = "scans.json"
+COMPARE_SCORES_FILE = "compare_scores.json"
 POSTPROCESSING_FILE = "postprocessing.json"
 VALIDATION_FOLDER = "validation"
 TRAIN_LOG = "train.log"
@@ -56,6 +61,9 @@ class RunDir:
     summary = property(lambda self: self.path / SUMMARY_FILE, doc="written when the run finishes")
     curves = property(lambda self: self.path / CURVES_FILE, doc="loss and Dice curves")
     init_record = property(lambda self: self.path / INIT_FILE, doc="where the encoder's warm start came from")
+    fingerprint = property(lambda self: self.path / FINGERPRINT_FILE, doc="the training data's intensities per channel")
+    scans = property(lambda self: self.path / SCANS_FILE, doc="a pretraining run's unlabelled scans")
+    compare_scores = property(lambda self: self.path / COMPARE_SCORES_FILE, doc="a compare run's Dice per validation case (last checkpoint)")
     postprocessing = property(lambda self: self.path / POSTPROCESSING_FILE, doc="the chosen post-processing")
     validation = property(lambda self: self.path / VALIDATION_FOLDER, doc="predictions of the validation cases")
     train_log = property(lambda self: self.path / TRAIN_LOG, doc="output of a training subprocess (compare's)")
@@ -81,6 +89,22 @@ class RunDir:
         from unetr_app.io.checkpoint import checkpoint_files
 
         return any(f.is_file() for c in (self.best, self.last) for f in checkpoint_files(c))
+
+    def prepare(self) -> None:
+        """Create the folder and its checkpoints folder."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config) -> None:
+        """Record a RunConfig as config.yaml."""
+        atomic_write_text(self.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    @staticmethod
+    def write_json(path: Path, data: Any) -> None:
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+    @staticmethod
+    def read_json(path: Path) -> Any:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
 
     def read_config(self):
         """The recorded config, validated (a RunConfig)."""

@@ -25,10 +25,11 @@ from torch import nn
 
 from unetr_app.errors import CheckpointError, UsageError
 from unetr_app.io.atomic import atomic_write_text
+from unetr_app.io.run_dir import RunDir
 from unetr_app.io.checkpoint import checkpoint_files, load_checkpoint, read_state_dict, resolve_checkpoint_path
+from unetr_app.training.optim import ENCODER_NAMES
+from unetr_app.training.teacher import teacher_reference, teacher_weights
 
-# where each kind of segmentation model keeps its encoder (ours, MONAI UNETR, MONAI SwinUNETR)
-ENCODER_ATTRIBUTES = ("encoder", "vit", "swinViT")
 INIT_KEYS = ("teacher", "student")
 
 
@@ -54,11 +55,11 @@ class InitReport:
 
 def encoder_of(model: nn.Module, model_name: str = "this model") -> tuple[str, nn.Module]:
     """(attribute, module) of a segmentation model's encoder."""
-    for name in ENCODER_ATTRIBUTES:
+    for name in ENCODER_NAMES:
         module = getattr(model, name, None)
         if isinstance(module, nn.Module):
             return name, module
-    raise UsageError(f"{model_name}: cannot tell its encoder apart (no {', '.join(ENCODER_ATTRIBUTES)} module)")
+    raise UsageError(f"{model_name}: cannot tell its encoder apart (no {', '.join(ENCODER_NAMES)} module)")
 
 
 def init_encoder(model: nn.Module, source: str | Path, key: str = "teacher", model_name: str = "this model") -> InitReport:
@@ -113,9 +114,15 @@ def read_source_weights(source: str | Path, key: str) -> tuple[dict[str, torch.T
         data = None
     if data is not None:
         extra = (data.get("recipe") or {}).get("extra_state") or {}
-        if key == "teacher" and "teacher" in extra:
-            return dict(extra["teacher"]), str(path), "teacher"
-        return dict(data["state_dict"]), str(path), "student" if "teacher" in extra else "model"
+        teacher, reference = teacher_weights(extra), teacher_reference(extra)
+        if key == "teacher" and teacher is not None:
+            return teacher, str(path), "teacher"
+        if key == "teacher" and reference is not None:
+            raise UsageError(
+                f"--init-from {path}: this run has no teacher weights (its teacher was {reference.path}, kept by "
+                f"reference); use --init-key student for the run's own weights, or --init-from its teacher"
+            )
+        return dict(data["state_dict"]), str(path), "student" if teacher is not None or reference is not None else "model"
     return read_state_dict(path), str(path), "state dict"
 
 
@@ -129,7 +136,7 @@ def run_checkpoint(path: Path) -> Path:
 
 
 def _best_prefix(weights: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> str:
-    prefixes = {""} | {f"{name}." for name in ENCODER_ATTRIBUTES}
+    prefixes = {""} | {f"{name}." for name in ENCODER_NAMES}
     return max(sorted(prefixes), key=lambda p: sum(k.startswith(p) and k[len(p):] in target for k in weights))
 
 
@@ -143,15 +150,12 @@ class EncoderInit:
     announce: Callable[[str], None] | None = None
 
 
-INIT_RECORD = "init.json"
-
-
 def prepare_encoder(model: nn.Module, run_dir: Path, model_name: str, init: EncoderInit | None, restoring: bool,
                     main: bool = True) -> dict | None:
     """Apply --init-from/--freeze-encoder to a new run and record them in RUN/init.json (the `main`
     process writes and announces); a resumed run (its weights come from last.pt) only re-applies
     the recorded freeze."""
-    record = Path(run_dir) / INIT_RECORD
+    record = RunDir(run_dir).init_record
     if restoring:
         recorded = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else {}
         if recorded.get("freeze_encoder"):

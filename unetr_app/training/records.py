@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from unetr_app.io.atomic import append_line, atomic_path, atomic_write_text
+from unetr_app.io.run_dir import RunDir
 
 
 class RunRecords:
     """The run folder's human-readable records. The checkpoint holds the history too, so after
     a crash the metrics file is rewritten from it: no gaps and no repeated epochs on resume."""
 
-    def __init__(self, run_dir: Path):
-        self.run_dir = Path(run_dir)
-        self.metrics_path = self.run_dir / "metrics.jsonl"
+    def __init__(self, run_dir: Path | RunDir):
+        self.run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.metrics_path = self.run.metrics
 
     def restart_metrics(self, history: list[dict[str, Any]]) -> None:
         atomic_write_text(self.metrics_path, "".join(json.dumps(line) + "\n" for line in history))
@@ -23,8 +24,8 @@ class RunRecords:
     def append_metrics(self, line: dict[str, Any]) -> None:
         append_line(self.metrics_path, json.dumps(line))
 
-    def write_json(self, name: str, data: dict[str, Any]) -> None:
-        atomic_write_text(self.run_dir / name, json.dumps(data, indent=2) + "\n")
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.run.write_json(self.run.summary, summary)
 
     def plot_curves(self, history: list[dict[str, Any]]) -> Path:
         """Every loss part against the step (left) and validation Dice when there is any (right)."""
@@ -47,7 +48,7 @@ class RunRecords:
         for ax in axes[0]:
             ax.grid(alpha=0.3)
         fig.tight_layout()
-        target = self.run_dir / "curves.png"
+        target = self.run.curves
         with atomic_path(target) as tmp:
             fig.savefig(tmp, dpi=100)
         plt.close(fig)
@@ -61,3 +62,8 @@ def loss_parts(history: list[dict[str, Any]]) -> list[str]:
     """`loss` first, then the recipe's other parts in the order they first appear."""
     names = dict.fromkeys(k for line in history for k in line if k not in NOT_LOSSES)
     return sorted(names, key=lambda k: k != "loss")
+
+
+def count_parameters(model) -> int:
+    """The summary's `parameters`."""
+    return sum(p.numel() for p in model.parameters())

@@ -5,6 +5,10 @@ The teacher is untrusted input like any checkpoint (read with weights_only=True 
 orientation, spacing, intensity window, ROI and labels; anything else is a one-line error that
 names both values. The student's checkpoint records the teacher's path and sha256, not its weights.
 
+A recipe's checkpoint state keeps two kinds of teacher entry, never mixed: `teacher` holds a
+teacher's weights (DINO's EMA teacher, which `train --init-from RUN --init-key teacher` loads),
+`teacher_reference` where a frozen teacher came from (`TeacherReference`: path and sha256, distill).
+
 The teacher is deliberately not an `nn.Module` attribute of the recipe: then it is not in the
 recipe's parameters (so not in the optimizer), not in DDP, not in the recipe's state_dict, and a
 `recipe.train()` cannot switch it out of eval mode.
@@ -13,6 +17,7 @@ recipe's parameters (so not in the optimizer), not in DDP, not in the recipe's s
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,42 @@ from torch import nn
 
 from unetr_app.errors import CheckpointError, UsageError
 from unetr_app.io.checkpoint import LoadedModel, load_model, resolve_checkpoint_path
+
+TEACHER_WEIGHTS = "teacher"  # extra-state entry: a teacher's weights (names -> tensors)
+TEACHER_REFERENCE = "teacher_reference"  # extra-state entry: a TeacherReference as a dict
+
+
+@dataclass(frozen=True)
+class TeacherReference:
+    """Where a frozen teacher came from: enough to check that a resumed run uses the same one."""
+
+    path: str
+    sha256: str
+    model: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def teacher_weights(extra_state: dict[str, Any] | None) -> dict[str, torch.Tensor] | None:
+    """A recipe state's teacher weights, or None when it keeps none."""
+    value = (extra_state or {}).get(TEACHER_WEIGHTS)
+    if isinstance(value, dict) and value and all(isinstance(v, torch.Tensor) for v in value.values()):
+        return dict(value)
+    return None
+
+
+def teacher_reference(extra_state: dict[str, Any] | None) -> TeacherReference | None:
+    """A recipe state's teacher reference, or None. Runs from before the entry had its own name
+    kept the reference under `teacher`."""
+    state = extra_state or {}
+    value = state.get(TEACHER_REFERENCE)
+    if value is None and isinstance(state.get(TEACHER_WEIGHTS), dict) and "sha256" in state[TEACHER_WEIGHTS]:
+        value = state[TEACHER_WEIGHTS]
+    if not isinstance(value, dict) or not value:
+        return None
+    return TeacherReference(str(value.get("path")), str(value.get("sha256")), value.get("model"))
+
 
 # preprocessing that must agree between teacher and student (the labels must agree too)
 _PREPROCESSING_KEYS = ("orientation", "spacing", "intensity_window", "roi_size")
@@ -50,9 +91,9 @@ class FrozenTeacher:
             self.model.to(image.device)
         return self.model(image).float()
 
-    def record(self) -> dict[str, Any]:
+    def reference(self) -> TeacherReference:
         """What the student's checkpoint keeps about its teacher."""
-        return {"path": str(self.path), "sha256": self.sha256, "model": self.name}
+        return TeacherReference(str(self.path), self.sha256, self.name)
 
 
 def load_teacher(path: str | Path | None, config: Any, device: str | torch.device = "cpu") -> FrozenTeacher:

@@ -40,21 +40,19 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 from torch import nn
 
-from unetr_app.errors import ConfigError
+from unetr_app.data.multicrop import MultiCropd, multicrop_loader
 from unetr_app.models.attention_maps import TokenEncoder, encode_tokens, find_token_encoder
 from unetr_app.training.objectives import dino_monitors, dino_phase
-from unetr_app.training.recipes.base import Recipe, register_recipe
+from unetr_app.training.recipes.base import Recipe, RecipeParams, register_recipe, validate_params
 
 log = logging.getLogger(__name__)
 
 
-class DinoParams(BaseModel):
+class DinoParams(RecipeParams):
     """`recipe.params` of the dino recipe (validated; errors name the key)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     out_dim: int = Field(65536, ge=2, description="K: prototypes of the head's last layer")
     hidden_dim: int = Field(2048, ge=1)
@@ -82,12 +80,7 @@ class DinoParams(BaseModel):
 
 
 def dino_params(params: dict[str, Any] | None) -> DinoParams:
-    from unetr_app.config import format_validation_error
-
-    try:
-        return DinoParams.model_validate(params or {})
-    except ValidationError as err:
-        raise ConfigError(f"recipe.params: {format_validation_error(err)}") from None
+    return validate_params("dino", DinoParams, params)
 
 
 # --- the network ---------------------------------------------------------------------------------
@@ -215,6 +208,16 @@ class Dino(Recipe):
     """Batches: {"global_crops": (B, G, C, *g), "local_crops": (B, L, C, *l)} from data.multicrop."""
 
     name = "dino"
+    Params = DinoParams
+    self_supervised = True
+
+    @classmethod
+    def unlabelled_loader(cls, config: Any, samples: list[dict], shard: Any):
+        """Multi-crop batches (data.multicrop) of the preprocessed scans, sharded across processes."""
+        params, train = dino_params(config.recipe.params), config.training
+        crops = MultiCropd(params.global_size or config.preprocessing.roi_size, params.local_size, params.global_crops,
+                           params.local_crops, params.global_scale, params.local_scale)
+        return multicrop_loader(samples, crops, train.batch_size, train.seed, train.num_workers, shard.rank, shard.world_size)
 
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
         self.dino = dino_params(params)

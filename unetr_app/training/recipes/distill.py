@@ -30,54 +30,40 @@ needs nothing special): "average" (the mean of both heads' logits, DeiT's joint 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import nn
+from pydantic import Field, field_validator
 
-from unetr_app.errors import CheckpointError, ConfigError
+from unetr_app.errors import CheckpointError
 from unetr_app.models.segmentation import PREDICTION_HEADS
 from unetr_app.training.losses import build_loss
 from unetr_app.training.objectives import channel_distillation, hard_distillation, soft_distillation
-from unetr_app.training.recipes.base import Recipe, register_recipe
-from unetr_app.training.teacher import load_teacher
+from unetr_app.training.recipes.base import Recipe, RecipeParams, one_of, register_recipe, train_outputs
+from unetr_app.training.teacher import TEACHER_REFERENCE, load_teacher, teacher_reference
 
 MODES = ("soft", "hard", "channel")
 
 
-def check_params(recipe: str, given: dict[str, Any], defaults: dict[str, Any],
-                 choices: dict[str, Sequence[str]] | None = None) -> dict[str, Any]:
-    """Defaults filled in; an unknown key, or a value outside its `choices`, is a config error naming
-    the key, the value and what is allowed."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"recipe.params.{unknown[0]}: not a parameter of recipe {recipe!r}; known: {', '.join(sorted(defaults))}"
-        )
-    params = {**defaults, **given}
-    for key, value in params.items():
-        if isinstance(defaults[key], float) and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            raise ConfigError(f"recipe.params.{key}: expected a number >= 0, got {value!r}")
-    if not 0 <= params.get("alpha", 0) <= 1:
-        raise ConfigError(f"recipe.params.alpha: expected a weight in [0, 1], got {params['alpha']!r}")
-    if params.get("temperature", 1) <= 0:
-        raise ConfigError(f"recipe.params.temperature: expected a number > 0, got {params['temperature']!r}")
-    for key, allowed in (choices or {}).items():
-        if params[key] not in allowed:
-            raise ConfigError(f"recipe.params.{key}: expected one of {', '.join(allowed)}, got {params[key]!r}")
-    return params
+class DistillParams(RecipeParams):
+    """`recipe.params` of the distill recipe."""
 
+    teacher: str | None = Field(None, description="teacher run folder or checkpoint (--teacher)")
+    mode: str = Field("soft", description="one of MODES")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the teacher's term")
+    temperature: float = Field(3.0, gt=0, description="T of soft and channel distillation")
+    prediction_head: str = Field("average", description="what the trained model predicts: one of PREDICTION_HEADS")
 
-def train_outputs(model: nn.Module, image: torch.Tensor) -> dict[str, Any]:
-    """`forward_train(image)` called through `model(...)`, so that a DistributedDataParallel
-    wrapper runs it as its forward (and synchronises the gradients of every head)."""
-    inner = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    inner.forward = inner.forward_train  # an instance attribute shadows the class's forward
-    try:
-        return model(image)
-    finally:
-        del inner.forward
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        return one_of(value, MODES)
+
+    @field_validator("prediction_head")
+    @classmethod
+    def _known_head(cls, value: str) -> str:
+        return one_of(value, PREDICTION_HEADS)
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str, temperature: float,
@@ -94,25 +80,21 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, mode: str, t
 class Distill(Recipe):
     name = "distill"
     needs_teacher = True
-    defaults = {"teacher": None, "mode": "soft", "alpha": 0.5, "temperature": 3.0, "prediction_head": "average"}
+    Params = DistillParams
+    trains_forward_train = True
 
     @classmethod
     def model_kwargs(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return {"distillation": True, "prediction_head": params.get("prediction_head", cls.defaults["prediction_head"])}
+        return {"distillation": True, "prediction_head": cls.parse_params(params).prediction_head}
 
     @classmethod
     def check(cls, config: Any) -> None:
-        load_teacher(cls._params(dict(config.recipe.params))["teacher"], config)
-
-    @classmethod
-    def _params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        return check_params(cls.name, params, cls.defaults, {"mode": MODES, "prediction_head": PREDICTION_HEADS})
+        load_teacher(cls.parse_params(config.recipe.params).teacher, config)
 
     def __init__(self, model, config, **params: Any) -> None:
-        params = self._params(params)
         super().__init__(model, config, **params)
         self.task_loss = build_loss(config.loss)
-        self.teacher = load_teacher(params["teacher"], config)
+        self.teacher = load_teacher(self.settings.teacher, config)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image = batch["image"]
@@ -130,13 +112,13 @@ class Distill(Recipe):
         }
 
     def extra_state(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.record()}
+        return {TEACHER_REFERENCE: self.teacher.reference().to_dict()}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         """A resumed run must distil from the same teacher it started with."""
-        recorded = (state or {}).get("teacher")
-        if recorded and recorded.get("sha256") != self.teacher.sha256:
+        recorded = teacher_reference(state)
+        if recorded is not None and recorded.sha256 != self.teacher.sha256:
             raise CheckpointError(
                 f"--teacher {self.teacher.path}: differs from the teacher this run started with "
-                f"({recorded.get('path')}, sha256 {str(recorded.get('sha256'))[:12]}...); resume with that teacher"
+                f"({recorded.path}, sha256 {recorded.sha256[:12]}...); resume with that teacher"
             )

@@ -34,11 +34,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 
 from unetr_app.training.losses import build_loss
 from unetr_app.training.objectives import deep_supervision_weights, soft_distillation
-from unetr_app.training.recipes.base import Recipe, register_recipe
-from unetr_app.training.recipes.distill import check_params, train_outputs
+from unetr_app.training.recipes.base import Recipe, RecipeParams, one_of, register_recipe, train_outputs
 
 MODES = ("byot", "deep_supervision")
 WEIGHTS = ("halving", "nnunet", "equal")
@@ -98,17 +98,37 @@ def self_distillation_loss(
     return {"loss": loss, "task_loss": deep_task, "aux_task_loss": aux_task, "kd_loss": kd, "hint_loss": hint}
 
 
+class SelfDistillParams(RecipeParams):
+    """`recipe.params` of the self_distill recipe."""
+
+    alpha: float = Field(0.3, ge=0, le=1, description="weight of the deepest head's teaching")
+    temperature: float = Field(3.0, gt=0)
+    feature_weight: float = Field(0.03, ge=0, description="weight of the feature hints")
+    mode: str = Field("byot", description="one of MODES")
+    weights: str = Field("halving", description="head weights: one of WEIGHTS")
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, value: str) -> str:
+        return one_of(value, MODES)
+
+    @field_validator("weights")
+    @classmethod
+    def _known_weights(cls, value: str) -> str:
+        return one_of(value, WEIGHTS)
+
+
 @register_recipe
 class SelfDistill(Recipe):
     name = "self_distill"
-    defaults = {"mode": "byot", "weights": "halving", "alpha": 0.3, "temperature": 3.0, "feature_weight": 0.03}
+    Params = SelfDistillParams
+    trains_forward_train = True
 
     @classmethod
     def model_kwargs(cls, params: dict[str, Any]) -> dict[str, Any]:
         return {"aux_heads": True}
 
     def __init__(self, model, config, **params: Any) -> None:
-        params = check_params(self.name, params, self.defaults, {"mode": MODES, "weights": WEIGHTS})
         super().__init__(model, config, **params)
         self.task_loss = build_loss(config.loss)
 

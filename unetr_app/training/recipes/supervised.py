@@ -6,7 +6,6 @@ from typing import Any
 
 import torch
 
-from unetr_app.errors import ConfigError
 from unetr_app.training.losses import build_loss
 from unetr_app.training.recipes.base import Recipe, register_recipe
 
@@ -16,9 +15,7 @@ class Supervised(Recipe):
     name = "supervised"
 
     def __init__(self, model, config, **params: Any) -> None:
-        super().__init__(model, config, **params)
-        if params:
-            raise ConfigError(f"recipe.params: the supervised recipe takes none, got {sorted(params)}")
+        super().__init__(model, config, **params)  # it takes no params: any is an error naming it
         self.loss_fn = build_loss(config.loss)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
