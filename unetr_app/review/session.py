@@ -6,6 +6,7 @@ No Qt here: the widget is a thin view of a `ReviewSession`, and the tests drive 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import nibabel as nib
 import numpy as np
 
 from unetr_app.errors import InputError, UsageError
+from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.scans import Volume, read_volume, source_for, write_like
 from unetr_app.registry import closest_name
 from unetr_app.review import measures
@@ -48,6 +50,7 @@ class ReviewSession:
     def __init__(self, images_dir: Path, pred_dir: Path, labels_dir: Path | None = None, corrections_dir: Path | None = None,
                  attention_dir: Path | None = None, order: str = "name"):
         self.pred_dir = Path(pred_dir)
+        self.images_dir = Path(images_dir)
         self.attention_dir = Path(attention_dir) if attention_dir else None
         if self.attention_dir and not self.attention_dir.is_dir():
             raise UsageError(f"--attention {self.attention_dir}: no such folder (the OUT_DIR of `unetr attention`)")
@@ -190,6 +193,14 @@ class ReviewSession:
 
     def set_status(self, status: str, note: str = "") -> None:
         self.log.set_status(self.current.name, status, note)
+        self._write_sources()
+
+    def _write_sources(self) -> None:
+        """sources.json beside review.csv: which scans and predictions the verdicts are about
+        (what `train --add-reviewed` reads)."""
+        path = self.corrections_dir / "sources.json"
+        sources = {"images": str(self.images_dir.resolve()), "predictions": str(self.pred_dir.resolve())}
+        atomic_write_text(path, json.dumps(sources, indent=2) + "\n")
 
     def save_correction(self, opened: OpenCase, edited: np.ndarray) -> int:
         """Write the edited display-order mask to CORRECTIONS/<case>.nii.gz with the scan's exact
@@ -199,6 +210,7 @@ class ReviewSession:
         write_like(opened.scan, opened.grid.from_display(edited), self.correction_path(opened.case), dtype=dtype)
         changed = int(np.count_nonzero(edited != opened.prediction))
         self.log.record_correction(opened.case.name, changed)
+        self._write_sources()
         opened.labels, opened.corrected = edited.copy(), True
         self._volumes[opened.case.name] = self.volumes_of(edited, opened.grid.voxel_ml)
         return changed
