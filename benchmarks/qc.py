@@ -7,12 +7,12 @@ varied difficulty, with a checkpoint trained for a few hundred steps on other ca
   (target: at most half);
 - `--tta auto` against `--tta on`: at least 2x fewer forward passes, mean Dice within 0.005.
 
-    nice -n 10 python benchmarks/qc.py                 # tune seed 11, report seed 12
-    nice -n 10 python benchmarks/qc.py --quick         # minutes: fewer cases and steps
+    nice -n 10 python benchmarks/qc.py                 # train on seed 10, tune on 11, report on 12
+    nice -n 10 python benchmarks/qc.py --quick         # fewer cases and steps, a coarser grid
 
-The recipe, per phantom seed: write a phantom (training and test cases); `unetr train` (cpu-demo,
-STEPS steps, a third of the training cases held out); `unetr qc RUN` fits the training reference,
-the quality model and the temperatures on that validation third; each test case is written as it
+The recipe: `unetr train` (cpu-demo, STEPS steps) on the training cases of phantom seed 10, a
+third of them held out; `unetr qc RUN` fits the training reference, the quality model and the
+temperatures on that validation third. Then, per test seed (11 to tune, 12 to report), each test case is written as it
 is and in two harder variants (strong or moderate noise, low soft-tissue contrast, the spleen cut
 by the field of view, an MR-like rendering, a header whose voxel size is halved); `unetr predict
 --tta on --save-probabilities` and `unetr evaluate` give the judging and the calibration;
@@ -145,34 +145,40 @@ def choose_threshold(first: dict, mirrored: dict) -> dict:
     return best
 
 
-# --- one seed -------------------------------------------------------------------------------------
+# --- training once, judging per seed ----------------------------------------------------------------
 
 
-def one_seed(seed: int, args, tmp: Path, tta_risk: float | None) -> dict:
-    root = tmp / f"seed{seed}"
-    data = write_phantom_dataset(root / "Task09_Spleen", args.cases, args.test_cases, seed=seed)
-    run = root / "run"
+def train(args, tmp: Path) -> tuple[Path, float]:
+    """The checkpoint every seed's test set is judged with, trained on the training seed's cases;
+    `unetr qc` fits the quality model and temperatures on its validation third."""
+    data = write_phantom_dataset(tmp / "train" / "Task09_Spleen", args.cases, 0, seed=args.train_seed)
+    run = tmp / "run"
     started = time.perf_counter()
     unetr("train", "--data-dir", data, "--profile", "cpu-demo", "--steps", args.steps, "--out", run, "--device", "cpu",
-          "--set", f"training.val_fraction={args.val_fraction}")
-    train_seconds = time.perf_counter() - started
+          "--set", f"training.val_fraction={args.val_fraction}", *[x for s in args.set for x in ("--set", s)])
+    seconds = time.perf_counter() - started
     unetr("qc", run, "--device", "cpu")
+    return run, seconds
+
+
+def one_seed(seed: int, args, tmp: Path, run: Path, tta_risk: float | None) -> dict:
+    """The test cases of phantom `seed` (as they are and harder), judged; with `tta_risk`, also
+    `--tta auto` at that threshold."""
+    root = tmp / f"seed{seed}"
+    data = write_phantom_dataset(root / "Task09_Spleen", 0, args.test_cases, seed=seed)
     kinds = write_hard_set(data, root / "hard", args.variants, seed)
     mirrored = predict(root / "hard", run, root / "on", "--tta", "on", "--save-probabilities")
     first = predict(root / "hard", run, root / "off", "--tta", "off")
-    chosen = choose_threshold(first, mirrored)
+    per_case = {r["case"]: r["quality"] for r in mirrored["report"]["cases"]}
     result = {
-        "seed": seed, "train_steps": args.steps, "train_seconds": round(train_seconds, 1), "cases": len(kinds),
-        "qc_model": json.loads((run / "qc_model.json").read_text()) if (run / "qc_model.json").is_file() else None,
-        "temperature": json.loads((run / "temperature.json").read_text()),
+        "seed": seed, "cases": len(kinds),
         "judging": {k: v for k, v in mirrored["summary"]["quality"].items() if k != "per_case"},
         "calibration": mirrored["summary"]["calibration"],
         "first_pass_judging": {k: v for k, v in first["summary"]["quality"].items() if k != "per_case"},
-        "tta_threshold_best_on_this_seed": chosen,
+        "tta_threshold_best_on_this_seed": choose_threshold(first, mirrored),
         "per_case": [{"case": c, "variant": kinds[c], "dice_mirrored": round(mirrored["dice"][c], 4), "dice_first_pass": round(first["dice"][c], 4),
-                      "predicted_dice": next(r["quality"]["predicted_dice"] for r in mirrored["report"]["cases"] if r["case"] == c),
-                      "risk": mirrored["risk"][c], "first_pass_risk": first["risk"][c],
-                      "flag": next(r["quality"]["flag"] for r in mirrored["report"]["cases"] if r["case"] == c)} for c in sorted(kinds)],
+                      "predicted_dice": per_case[c]["predicted_dice"], "risk": per_case[c]["risk"], "first_pass_risk": first["risk"][c],
+                      "agreement": per_case[c]["agreement"], "flag": per_case[c]["flag"]} for c in sorted(kinds)],
         "seconds": {"tta_on": mirrored["seconds"], "tta_off": first["seconds"]},
     }
     if tta_risk is not None:
@@ -183,11 +189,9 @@ def one_seed(seed: int, args, tmp: Path, tta_risk: float | None) -> dict:
                               "pass_ratio": round(on_passes / auto_passes, 3), "mean_dice_auto": round(float(auto_dice), 4),
                               "mean_dice_on": round(float(on_dice), 4), "dice_difference": round(float(auto_dice - on_dice), 4),
                               "seconds_auto": auto["seconds"], "seconds_on": mirrored["seconds"]}
-    plot = args.out.with_suffix(".png") if tta_risk is not None else None
-    if plot is not None:
         cases = result["per_case"]
-        plot_judgement(plot, [c["predicted_dice"] for c in cases], [c["risk"] for c in cases], [c["dice_mirrored"] for c in cases],
-                       title=f"phantom seed {seed}: {len(cases)} test cases of varied difficulty")
+        plot_judgement(args.out.with_suffix(".png"), [c["predicted_dice"] for c in cases], [c["risk"] for c in cases],
+                       [c["dice_mirrored"] for c in cases], title=f"phantom seed {seed}: {len(cases)} test cases of varied difficulty")
     return result
 
 
@@ -205,13 +209,15 @@ def verdict(report: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer cases and steps: checks the machinery in minutes")
-    parser.add_argument("--tune-seed", type=int, default=11)
-    parser.add_argument("--report-seed", type=int, default=12)
+    parser.add_argument("--train-seed", type=int, default=10, help="phantom seed of the training cases")
+    parser.add_argument("--tune-seed", type=int, default=11, help="phantom seed of the test cases the --tta-risk threshold is chosen on")
+    parser.add_argument("--report-seed", type=int, default=12, help="phantom seed of the test cases reported")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--cases", type=int, default=None, help="training cases (a third held out for the QC fit)")
     parser.add_argument("--test-cases", type=int, default=None, help="test cases, each also in --variants harder variants")
     parser.add_argument("--variants", type=int, default=2)
     parser.add_argument("--val-fraction", type=float, default=0.34)
+    parser.add_argument("--set", action="append", default=[], help="a training config override (KEY=VALUE), as `unetr train --set`")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs and predictions in this folder")
     args = parser.parse_args()
@@ -219,21 +225,26 @@ def main() -> None:
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.quick and not args.set:  # a coarser grid: a quarter of the voxels per window
+        args.set = ["preprocessing.spacing=[6.0,6.0,6.0]", "preprocessing.roi_size=[32,32,32]"]
     if args.out is None:
         args.out = ROOT / "benchmarks" / "results" / ("qc_quick.json" if args.quick else "qc.json")
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="qc-bench-"))
     try:
-        tuned = one_seed(args.tune_seed, args, tmp, None)
+        run, train_seconds = train(args, tmp)
+        tuned = one_seed(args.tune_seed, args, tmp, run, None)
         threshold = tuned["tta_threshold_best_on_this_seed"]["tta_risk"]
-        reported = one_seed(args.report_seed, args, tmp, threshold)
+        reported = one_seed(args.report_seed, args, tmp, run, threshold)
+        fitted = {name: json.loads((run / name).read_text()) for name in ("qc_model.json", "temperature.json") if (run / name).is_file()}
     finally:
         if args.keep:
             shutil.copytree(tmp, args.keep, dirs_exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
     report = {"benchmark": "qc", "label": "quick" if args.quick else "full", "command": " ".join(["python", *sys.argv]),
               "phantom": "CT-like spleen (unetr data synth), test cases as they are and in harder variants", "variants": list(VARIANTS),
-              "profile": "cpu-demo", "steps": args.steps, "training_cases": args.cases, "test_cases": args.test_cases,
+              "profile": "cpu-demo", "overrides": args.set, "steps": args.steps, "training_cases": args.cases, "train_seed": args.train_seed,
+              "train_seconds": round(train_seconds, 1), "fitted": fitted, "test_cases_per_seed": args.test_cases, "variants_per_case": args.variants,
               "tta_risk_tuned_on_seed": args.tune_seed, "tta_risk": threshold, "report": reported, "tuning": tuned,
               "targets_met_on_report_seed": verdict(reported), "wall_seconds": round(time.perf_counter() - started, 1),
               "machine": "shared 2-core CPU (other jobs running): seconds are not timings"}
