@@ -71,7 +71,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     """Mean over foreground classes of the ECE of `probabilities` (classes, *spatial) against a label map."""
     p = torch.as_tensor(np.asarray(probabilities, np.float32))[None]
     onehot = torch.nn.functional.one_hot(torch.as_tensor(np.asarray(labels, np.int64)), p.shape[1])
-    onehot = onehot.movedim(-1, 0)[None].float()
+    onehot = onehot.movedim(-1, 0)[None].float().contiguous()  # MONAI's bucketize copies (and warns) otherwise
     metric = CalibrationErrorMetric(num_bins=bins, include_background=False, calibration_reduction="expected", metric_reduction="mean")
     return float(metric(p, onehot).nanmean())
 
