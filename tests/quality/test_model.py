@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from unetr_app.quality.model import FLAG_RISK, assess, fit_quality_model, predict_dice
+from unetr_app.quality.model import FLAG_RISK, Z_LIMIT, assess, fit_quality_model, predict_dice
 
 
 def _signals(agreement, entropy=0.1, border=0.0, z=0.0, distance=0.05):
@@ -28,6 +28,15 @@ def test_without_agreement_the_second_fit_is_used():
     model = fit_quality_model(signals, np.linspace(0.4, 0.9, 10).tolist())
     no_agreement = {**_signals(None, entropy=0.0), "agreement": None}
     assert predict_dice(model, no_agreement) > predict_dice(model, {**no_agreement, "entropy": 0.5})
+
+
+def test_a_signal_far_outside_the_validation_cases_is_held_at_the_limit():
+    # entropies spread by 0.01 around 0.5 and Dice falling with them: slope -1 per SD of entropy
+    entropy = 0.5 + 0.01 * np.array([-1.0, 1.0, -1.0, 1.0])
+    model = fit_quality_model([_signals(None, entropy=e) for e in entropy], (0.6 - 0.1 * (entropy - 0.5) / 0.01).tolist())
+    at_limit = predict_dice(model, _signals(None, entropy=0.5 - Z_LIMIT * 0.01))
+    assert predict_dice(model, _signals(None, entropy=0.0)) == pytest.approx(at_limit)  # 50 SDs away: no further
+    assert predict_dice(model, _signals(None, entropy=0.51)) < at_limit
 
 
 def test_too_few_cases_give_no_model():

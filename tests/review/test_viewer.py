@@ -71,7 +71,7 @@ def test_accept_reject_flag_and_next_write_review_csv(review, qtbot):
     rows = _rows(folders)
     assert [(rows[c]["status"], rows[c]["note"]) for c in folders.names] == [
         ("accepted", "clean"), ("flagged", ""), ("rejected", "misses the tip")]
-    assert widget.table.item(0, 1).text() == "accepted"
+    assert widget.table.item(0, 2).text() == "accepted"
     viewer.window._qt_viewer.canvas._scene_canvas.events  # the canvas exists: the viewer is real
 
 
@@ -225,7 +225,7 @@ def test_a_broken_prediction_is_reported_and_the_others_stay_usable(make_napari_
     viewer = make_napari_viewer()
     widget = ReviewWidget(viewer, ReviewSession(review_folders.images, review_folders.predictions))
     widget.fill_all_volumes()
-    assert widget.table.item(1, 2).text() == "unreadable" and widget.table.item(2, 2).text().startswith("spleen")
+    assert widget.table.item(1, 3).text() == "unreadable" and widget.table.item(2, 3).text().startswith("spleen")
     assert not widget.show_case(1)  # clicking it: reported, the reviewer stays where they were
     assert widget.session.index == 0 and widget.opened.case.name == "spleen_1"
     assert "error:" in widget.message.text() and "spleen_2.nii.gz" in widget.message.text()
@@ -248,3 +248,16 @@ def test_canvas_is_radiological_patient_left_on_screen_right_anterior_up(make_na
     rows, cols = np.nonzero((red > 180) & (green < 80))  # label 1 at full opacity: (230, 26, 31)
     assert rows.size > 500
     assert np.median(cols) > pixels.shape[1] / 2 and np.median(rows) < pixels.shape[0] / 2
+
+
+def test_case_table_shows_risk_and_flag_in_risk_order(make_napari_viewer, review_folders):
+    from unetr_app.review.widget import ReviewWidget
+
+    (review_folders.predictions / "qc.csv").write_text(
+        "case,status,predicted_dice,risk,flag\nspleen_1,ok,0.8,0.2,\nspleen_2,ok,0.1,0.9,organ cut by the field of view\n")
+    session = ReviewSession(review_folders.images, review_folders.predictions, order="risk")
+    widget = ReviewWidget(make_napari_viewer(), session)
+    assert [widget.table.item(r, 0).text() for r in range(3)] == ["spleen_2", "spleen_1", "spleen_3"]
+    assert [widget.table.item(r, 1).text() for r in range(3)] == ["0.90 ⚑", "0.20", ""]
+    assert widget.table.item(0, 1).toolTip() == "organ cut by the field of view"
+    assert "risk 0.90 (organ cut by the field of view)" in widget.title.text()

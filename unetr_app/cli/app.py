@@ -70,7 +70,8 @@ def _register_commands() -> None:
     data_app.command("synth")(data.synth)
     data_app.command("check")(data.check)
     app.command("train")(train.train)
-    from unetr_app.cli import predict; app.command("predict")(predict.predict); app.command("evaluate")(predict.evaluate)  # noqa: E702
+    from unetr_app.cli import predict; app.command("predict")(predict.predict)  # noqa: E702
+    from unetr_app.cli import evaluate; app.command("evaluate")(evaluate.evaluate)  # noqa: E702
     from unetr_app.cli import review
 
     app.command("review")(review.review)

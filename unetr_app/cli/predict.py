@@ -1,4 +1,4 @@
-"""`unetr predict` and `unetr evaluate`."""
+"""`unetr predict`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from unetr_app.cli.options import DeviceOption, OutDirOption, OverwriteOption
+from unetr_app.cli.options import DeviceOption, OverwriteOption
 
 
 def predict(
@@ -68,36 +68,6 @@ def predict(
             f"-> {output_dir / 'predict_report.json'}"
         )
     raise typer.Exit(exit_code(report))
-
-
-def evaluate(
-    pred_dir: Annotated[Path, typer.Argument(help="folder of predicted masks (<case>.nii.gz)")],
-    label_dir: Annotated[Path, typer.Argument(help="folder of reference masks with the same case names")],
-    out: OutDirOption = None,
-    tolerance_mm: Annotated[float, typer.Option("--tolerance-mm", min=0, help="surface Dice tolerance in mm")] = 2.0,
-    labels_json: Annotated[Path | None, typer.Option("--labels-json", help="label names: {name: value}, {\"value\": name} or a dataset.json")] = None,
-    checkpoint: Annotated[Path | None, typer.Option("--checkpoint", "-c", help="take the label names from this checkpoint")] = None,
-) -> None:
-    """Dice, HD95 and surface Dice per case and label (mm); writes evaluation.csv and evaluation_summary.json.
-
-    A reference stored in another voxel order of the same grid (e.g. LAS vs LPS) is reoriented exactly;
-    a reference on a different grid is refused, and every refused or missing case is listed with its reason."""
-    from pipelines.evaluate import run_evaluate
-
-    summary = run_evaluate(pred_dir, label_dir, out or pred_dir, tolerance_mm=tolerance_mm, labels_json=labels_json, checkpoint=checkpoint)
-    for name, stats in summary["mean"].items():
-        typer.echo(f"{name}: Dice {_fmt(stats['dice'])}  HD95 {_fmt(stats['hd95_mm'])} mm  NSD {_fmt(stats['nsd'])}")
-    reasons = {"without_label": "no reference mask with this name", "without_prediction": "no prediction with this name"}
-    for side, cases in summary["missing"].items():
-        for case in cases:
-            typer.secho(f"missing {case}: {reasons[side]}", fg="yellow", err=True)
-    for case, reason in summary["failed"].items():
-        typer.secho(f"refused {case}: {reason}", fg="red", err=True)
-    typer.echo(f"{summary['cases_evaluated']} cases evaluated -> {summary['csv']}")
-
-
-def _fmt(value) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def _is_main_process() -> bool:

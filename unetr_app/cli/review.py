@@ -15,13 +15,17 @@ def review(
     corrections: Annotated[Path | None, typer.Option("--corrections", help="where corrections and review.csv go [default: PRED_DIR_corrections beside PRED_DIR]")] = None,
     case: Annotated[str | None, typer.Option("--case", help="open this case [default: the first pending one]")] = None,
     attention: Annotated[Path | None, typer.Option("--attention", help="folder of `unetr attention` maps: shown as one layer per head")] = None,
+    order: Annotated[str, typer.Option("--order", help="name: natural name order; risk: highest risk first, from the qc.csv of `unetr predict`")] = "name",
     screenshot: Annotated[Path | None, typer.Option("--screenshot", help="write a PNG of the case and the panel, then exit (no window)")] = None,
 ) -> None:
-    """Review predicted masks in napari: step through cases, accept / reject / flag, fix and save."""
+    """Review predicted masks in napari: step through cases, accept / reject / flag, fix and save.
+
+    With --save-probabilities predictions, an "uncertainty" layer (per-voxel entropy) can be switched
+    on; a multi-channel scan has a layer per channel."""
     from unetr_app.review.session import ReviewSession
     from unetr_app.review.viewer import run_review, screenshot_review
 
-    session = ReviewSession(images_dir, pred_dir, labels, corrections, attention)
+    session = ReviewSession(images_dir, pred_dir, labels, corrections, attention, order)
     index = session.index_of(case) if case else None
     if screenshot is None:
         run_review(session, index)

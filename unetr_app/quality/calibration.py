@@ -55,11 +55,23 @@ def apply_temperature(probabilities: np.ndarray, temperature, axis: int = 0) -> 
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def remove_temperature(tempered: np.ndarray, temperature, axis: int = 0) -> np.ndarray:
+    """The probabilities before temperature scaling: softmax(T log q) undoes q = softmax(log p / T)."""
+    return apply_temperature(tempered, 1.0 / np.asarray(temperature, np.float32), axis=axis)
+
+
+def ece_before_after(tempered: np.ndarray, temperature, labels: np.ndarray) -> dict:
+    """ECE of saved (tempered) probabilities (classes, *spatial) and of the same before the
+    temperature, against a label map."""
+    return {"ece_before": expected_calibration_error(remove_temperature(tempered, temperature), labels),
+            "ece_after": expected_calibration_error(tempered, labels)}
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Mean over foreground classes of the ECE of `probabilities` (classes, *spatial) against a label map."""
     p = torch.as_tensor(np.asarray(probabilities, np.float32))[None]
     onehot = torch.nn.functional.one_hot(torch.as_tensor(np.asarray(labels, np.int64)), p.shape[1])
-    onehot = onehot.movedim(-1, 0)[None].float()
+    onehot = onehot.movedim(-1, 0)[None].float().contiguous()  # MONAI's bucketize copies (and warns) otherwise
     metric = CalibrationErrorMetric(num_bins=bins, include_background=False, calibration_reduction="expected", metric_reduction="mean")
     return float(metric(p, onehot).nanmean())
 

@@ -7,8 +7,13 @@ perfect ranking has the smallest AURC the Dice values allow; a random one about 
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import numpy as np
 from scipy.stats import mannwhitneyu, spearmanr
+
+from unetr_app.errors import InputError
 
 FAILURE_DICE = 0.5
 
@@ -41,14 +46,44 @@ def failure_auroc(risk, measured, threshold: float = FAILURE_DICE) -> float | No
     return float(mannwhitneyu(risk[failed], risk[~failed]).statistic / (failed.sum() * (~failed).sum()))
 
 
-def judge(predicted, risk, measured) -> dict:
-    return {"cases": len(measured), "spearman_predicted_dice": spearman(predicted, measured), "aurc": aurc(risk, measured),
-            "aurc_best": aurc(-np.asarray(measured, float), measured), "auroc_failure": failure_auroc(risk, measured),
-            "failures": int((np.asarray(measured) < FAILURE_DICE).sum())}
+def judge(predicted, risk, measured, failure_dice: float = FAILURE_DICE) -> dict:
+    """Spearman of predicted against measured Dice (over the cases with a prediction: None where
+    absent), AURC of the risk, the best AURC the Dice values allow, and the failure AUROC."""
+    measured = np.asarray(measured, float)
+    known = np.asarray([p is not None for p in predicted], bool)
+    predicted = np.asarray([np.nan if p is None else p for p in predicted], float)
+    return {"cases": len(measured), "spearman_predicted_dice": spearman(predicted[known], measured[known]), "aurc": aurc(risk, measured),
+            "aurc_best": aurc(-measured, measured), "auroc_failure": failure_auroc(risk, measured, failure_dice),
+            "failure_dice": failure_dice, "failures": int((measured < failure_dice).sum())}
+
+
+def read_qc_table(path: Path) -> dict[str, dict]:
+    """{case: {"predicted_dice": float | None, "risk": float, "flag": str}} from a `unetr predict`
+    qc.csv; rows without a risk (failed cases) are left out."""
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            if reader.fieldnames is None or not {"case", "risk"} <= set(reader.fieldnames):
+                raise InputError(f"{path}: not a qc.csv (expected the columns case, predicted_dice, risk, flag); write it with `unetr predict`")
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: unreadable qc table ({err}); write it again with `unetr predict`") from None
+    table = {}
+    for row in rows:
+        if not row.get("risk"):
+            continue
+        try:
+            predicted = float(row["predicted_dice"]) if row.get("predicted_dice") else None
+            table[row["case"]] = {"predicted_dice": predicted, "risk": float(row["risk"]), "flag": row.get("flag") or ""}
+        except ValueError:
+            raise InputError(f"{path}: case {row['case']!r} has risk {row['risk']!r} / predicted_dice {row.get('predicted_dice')!r}; "
+                             "expected numbers (write it again with `unetr predict`)") from None
+    return table
 
 
 def plot_judgement(path, predicted, risk, measured, title: str = "") -> None:
-    """Predicted against measured Dice, and the risk-coverage curve, side by side."""
+    """Predicted against measured Dice, and the risk-coverage curve, side by side (a case without
+    a predicted Dice is left off the scatter)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,9 +92,11 @@ def plot_judgement(path, predicted, risk, measured, title: str = "") -> None:
     from unetr_app.io.atomic import atomic_path
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
-    left.scatter(measured, predicted, s=18)
+    known = [(m, p) for m, p in zip(measured, predicted) if p is not None]
+    shown_measured, shown_predicted = (np.asarray(v, float) for v in zip(*known)) if known else (np.zeros(0), np.zeros(0))
+    left.scatter(shown_measured, shown_predicted, s=18)
     left.plot([0, 1], [0, 1], color="grey", lw=0.8)
-    left.set(xlabel="measured Dice", ylabel="predicted Dice", xlim=(0, 1), ylim=(0, 1), title=f"Spearman {spearman(predicted, measured) or float('nan'):.2f}")
+    left.set(xlabel="measured Dice", ylabel="predicted Dice", xlim=(0, 1), ylim=(0, 1), title=f"Spearman {_number(spearman(shown_predicted, shown_measured))}")
     coverage, selective = risk_coverage(risk, measured)
     best = risk_coverage(-np.asarray(measured, float), measured)[1]
     right.plot(coverage, selective, label=f"risk (AURC {selective.mean():.3f})")
@@ -71,3 +108,7 @@ def plot_judgement(path, predicted, risk, measured, title: str = "") -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
+
+
+def _number(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"

@@ -18,6 +18,10 @@ import numpy as np
 QC_MODEL_NAME = "qc_model.json"
 FEATURES = ("agreement", "entropy", "border_fraction", "volume_z", "intensity_distance")
 RIDGE = 1.0  # on standardised signals: a handful of validation cases must not give wild slopes
+# A signal is used at most this many of the validation cases' SDs from their mean: a few validation
+# cases can share an entropy to 1e-3, and a hard case 300 SDs away would drive the line far past
+# anything it was fitted on (such a case is for the flags to catch, not the regression).
+Z_LIMIT = 3.0
 FLAG_RISK = 0.9
 LIMITS = {"border_fraction": 0.2, "volume_z": 4.0, "intensity_distance_over_training": 2.0, "intensity_distance": 0.25}
 MIN_FIT_CASES = 4
@@ -68,7 +72,7 @@ def predict_dice(model: dict, signals: dict) -> float | None:
     """The fit whose signals are all present (the fullest first), clipped to [0, 1]."""
     for fit in model["fits"]:
         if all(signals.get(f) is not None for f in fit["features"]):
-            z = (_row(signals, tuple(fit["features"])) - np.asarray(fit["mean"])) / np.asarray(fit["std"])
+            z = np.clip((_row(signals, tuple(fit["features"])) - np.asarray(fit["mean"])) / np.asarray(fit["std"]), -Z_LIMIT, Z_LIMIT)
             return float(np.clip(fit["intercept"] + z @ np.asarray(fit["coef"]), 0.0, 1.0))
     return None
 

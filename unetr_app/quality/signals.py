@@ -47,6 +47,14 @@ def foreground_entropy(probabilities: np.ndarray) -> float:
     return float(-(q * np.log(np.clip(q, EPS, 1.0))).sum(axis=0).mean())
 
 
+def voxel_entropy(probabilities: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Per-voxel entropy of the class distribution over `axis`, divided by ln C: 0 where one class
+    is certain, 1 where all C are equally likely (float32)."""
+    p = np.clip(np.asarray(probabilities, np.float32), EPS, 1.0)
+    classes = p.shape[axis]
+    return (-(p * np.log(p)).sum(axis=axis) / math.log(max(classes, 2))).astype(np.float32)
+
+
 def border_fraction(mask: np.ndarray) -> float:
     """Share of the mask's boundary voxels (a 6-neighbour outside the mask or outside the grid)
     that lie on the grid's outer faces: 0 for an organ inside the field of view, high when cut by it."""

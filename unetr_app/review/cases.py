@@ -3,6 +3,8 @@
 A case is a scan in IMAGES_DIR (NIfTI, NRRD, MetaImage or a DICOM series, named as `unetr predict`
 names them: `spleen_3.nii.gz` and `spleen_3_0000.nii.gz` are both case `spleen_3`) with a mask
 `PRED_DIR/<case>.nii.gz`; the reference, when given, is the file of the same case in LABEL_DIR.
+Cases come in natural name order, or by the risk `unetr predict` wrote to PRED_DIR/qc.csv
+(highest first), so a reviewer with time for a few cases sees the likeliest failures.
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ from pathlib import Path
 
 from unetr_app.errors import InputError, UsageError
 from unetr_app.io.scans import CaseSource, find_cases, nifti_output_path
+from unetr_app.quality.judging import read_qc_table
 
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "predict_report.json"
+QC_NAME = "qc.csv"
+ORDERS = ("name", "risk")
 # Colours by label value (RGB, 0..1): saturated, far from grey, so an overlay stays visible on CT.
 PALETTE = (
     (0.90, 0.10, 0.12), (0.10, 0.45, 0.90), (0.15, 0.75, 0.25), (1.00, 0.60, 0.00), (0.65, 0.25, 0.80),
@@ -52,6 +57,37 @@ def find_review_cases(images_dir: Path, pred_dir: Path, labels_dir: Path | None 
     if not cases:
         raise UsageError(f"{pred_dir}: no prediction matches a scan in {images_dir} (expected files named <case>.nii.gz)")
     return sorted(cases, key=lambda case: natural_key(case.name))
+
+
+def read_quality(pred_dir: Path) -> dict[str, dict]:
+    """{case: {predicted_dice, risk, flag}} from PRED_DIR/qc.csv; {} when there is none."""
+    path = Path(pred_dir) / QC_NAME
+    return read_qc_table(path) if path.is_file() else {}
+
+
+def order_cases(cases: list[ReviewCase], quality: dict[str, dict], order: str) -> list[ReviewCase]:
+    """`cases` by name (natural order) or by risk, highest first; ties and cases without a risk
+    (failed in prediction, or predicted later) keep the name order, the latter at the end."""
+    if order not in ORDERS:
+        raise UsageError(f"--order {order!r}: expected one of {', '.join(ORDERS)}")
+    by_name = sorted(cases, key=lambda case: natural_key(case.name))
+    if order == "name":
+        return by_name
+    return sorted(by_name, key=lambda case: -quality[case.name]["risk"] if case.name in quality else float("inf"))
+
+
+def read_channel_names(images_dir: Path) -> dict[int, str]:
+    """{channel: name} from a dataset.json beside or above the scans (MSD's "modality", nnU-Net v2's
+    "channel_names"); {} without one."""
+    for path in (Path(images_dir) / "dataset.json", Path(images_dir).parent / "dataset.json"):
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+                names = data.get("channel_names") or data.get("modality") or {}
+                return {int(k): str(v) for k, v in names.items()}
+            except (ValueError, TypeError, AttributeError):
+                log.warning("%s: no readable channel names; channels are numbered", path)
+    return {}
 
 
 def natural_key(name: str) -> list:

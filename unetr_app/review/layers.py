@@ -1,6 +1,8 @@
-"""The napari layers of one case: the scan, the prediction (editable) and the reference contours.
+"""The napari layers of one case: the scan, the prediction (editable) and the reference contours;
+beside them, hidden until switched on, the scan's other channels and the uncertainty (per-voxel
+entropy of the saved probabilities).
 
-All three are in display order (see `geometry`) with the scan's voxel size as napari's `scale`,
+All are in display order (see `geometry`) with the scan's voxel size as napari's `scale`,
 and carry the file grid in their `metadata` so a layer saved by hand (File > Save Selected Layer)
 lands back on the scan's grid through this package's writer.
 """
@@ -12,9 +14,11 @@ import numpy as np
 from unetr_app.review.cases import PALETTE, label_color, label_name
 from unetr_app.review.measures import label_counts
 from unetr_app.review.session import OpenCase
-from unetr_app.review.windows import contrast_limits
+from unetr_app.review.windows import AUTO, contrast_limits
 
 CASE_LAYERS = ("scan", "prediction", "reference")
+UNCERTAINTY_LAYER = "uncertainty"
+CHANNEL_PREFIX = "channel "
 REFERENCE_COLOUR = (1.0, 0.95, 0.2, 1.0)  # yellow contours: unlike every fill colour in the palette
 
 
@@ -51,6 +55,8 @@ def show_case(viewer, opened: OpenCase, names: dict[int, str], preset: str) -> N
         reference.contour = 1
         reference.editable = False
     show_attention(viewer, opened, common)
+    show_channels(viewer, opened, common)
+    show_uncertainty(viewer, opened, common)
     viewer.layers.selection.active = prediction
     viewer.dims.ndisplay = 2
     viewer.dims.order = (0, 1, 2)
@@ -71,6 +77,33 @@ def show_attention(viewer, opened: OpenCase, common: dict) -> None:
         colormap = Colormap([[0, 0, 0, 0], [*_rgb(colour), 1]], name=f"attention {colour}")
         _put(viewer, name, data, viewer.add_image, colormap=colormap, blending="additive", opacity=0.7,
              contrast_limits=(0.0, float(data.max()) or 1.0), **common)
+
+
+def show_channels(viewer, opened: OpenCase, common: dict) -> None:
+    """A grey layer per further channel of the scan (hidden: tick it in the layer list to see it),
+    each with its own auto-contrast; the mask stays drawn above them."""
+    for name in [layer.name for layer in viewer.layers if layer.name.startswith(CHANNEL_PREFIX)]:
+        if name not in opened.channels:
+            viewer.layers.remove(name)
+    for name, data in opened.channels.items():
+        new = name not in viewer.layers
+        layer = _put(viewer, name, data, viewer.add_image, colormap="gray", contrast_limits=contrast_limits(data, AUTO), **common)
+        if new:  # hidden at first, then as the reviewer leaves it from case to case
+            layer.visible = False
+            viewer.layers.move(viewer.layers.index(layer), viewer.layers.index("prediction"))
+
+
+def show_uncertainty(viewer, opened: OpenCase, common: dict) -> None:
+    """The per-voxel entropy / ln C (0 certain, 1 uniform) as a hidden 'inferno' overlay."""
+    if opened.uncertainty is None:
+        if UNCERTAINTY_LAYER in viewer.layers:
+            viewer.layers.remove(UNCERTAINTY_LAYER)
+        return
+    new = UNCERTAINTY_LAYER not in viewer.layers
+    layer = _put(viewer, UNCERTAINTY_LAYER, opened.uncertainty, viewer.add_image, colormap="inferno", blending="additive",
+                 opacity=0.7, contrast_limits=(0.0, 1.0), **common)
+    if new:
+        layer.visible = False
 
 
 def _rgb(colour: str) -> tuple[float, float, float]:

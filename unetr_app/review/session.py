@@ -6,6 +6,7 @@ No Qt here: the widget is a thin view of a `ReviewSession`, and the tests drive 
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,14 @@ import nibabel as nib
 import numpy as np
 
 from unetr_app.errors import InputError, UsageError
+from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.scans import Volume, read_volume, source_for, write_like
 from unetr_app.registry import closest_name
 from unetr_app.review import measures
-from unetr_app.review.cases import ReviewCase, find_review_cases, label_name, natural_key, read_label_names
+from unetr_app.quality.signals import voxel_entropy
+from unetr_app.review.cases import (
+    ReviewCase, find_review_cases, label_name, natural_key, order_cases, read_channel_names, read_label_names, read_quality,
+)
 from unetr_app.review.geometry import DisplayGrid
 from unetr_app.review.status import CSV_NAME, ReviewLog
 
@@ -37,16 +42,25 @@ class OpenCase:
     reference: np.ndarray | None
     corrected: bool  # labels come from a saved correction
     attention: dict[str, np.ndarray] = field(default_factory=dict)  # `unetr attention` maps by layer name
+    channels: dict[str, np.ndarray] = field(default_factory=dict)  # the scan's other channels by layer name
+    uncertainty: np.ndarray | None = None  # per-voxel entropy / ln C of the saved probabilities
 
 
 class ReviewSession:
     def __init__(self, images_dir: Path, pred_dir: Path, labels_dir: Path | None = None, corrections_dir: Path | None = None,
-                 attention_dir: Path | None = None):
+                 attention_dir: Path | None = None, order: str = "name"):
         self.pred_dir = Path(pred_dir)
+        self.images_dir = Path(images_dir)
         self.attention_dir = Path(attention_dir) if attention_dir else None
         if self.attention_dir and not self.attention_dir.is_dir():
             raise UsageError(f"--attention {self.attention_dir}: no such folder (the OUT_DIR of `unetr attention`)")
-        self.cases = find_review_cases(Path(images_dir), self.pred_dir, Path(labels_dir) if labels_dir else None)
+        self.quality = read_quality(self.pred_dir)
+        if order == "risk" and not self.quality:
+            raise UsageError(f"--order risk: {self.pred_dir / 'qc.csv'} not found or without risks; it is written by "
+                             "`unetr predict` (predict again, or review with --order name)")
+        cases = find_review_cases(Path(images_dir), self.pred_dir, Path(labels_dir) if labels_dir else None)
+        self.cases = order_cases(cases, self.quality, order)
+        self.channel_names = read_channel_names(Path(images_dir))
         self.corrections_dir = Path(corrections_dir) if corrections_dir else default_corrections_dir(self.pred_dir)
         if self.corrections_dir.resolve() == self.pred_dir.resolve():
             raise UsageError(f"--corrections {self.corrections_dir} is the predictions folder; corrections go to a folder of their own")
@@ -84,9 +98,9 @@ class ReviewSession:
         correction = self.correction_path(case)
         labels = grid.to_display(_read_mask(correction, scan)) if correction.is_file() else prediction.copy()
         reference = grid.to_display(_read_mask(case.reference.path, scan)) if case.reference else None
-        # a multi-channel scan is shown by its first channel (T2 for the prostate task)
+        # the first channel is "scan" (windowed, what the mask is drawn over); the others are layers of their own
         opened = OpenCase(case, scan, grid, grid.to_display(scan.channel(0), copy=False), prediction, labels, reference, correction.is_file(),
-                          self.attention_maps(case, scan, grid))
+                          self.attention_maps(case, scan, grid), self.other_channels(scan, grid), self.uncertainty_map(case, scan, grid))
         self._volumes[case.name] = self.volumes_of(labels, grid.voxel_ml)
         self.index = index  # only once the case could be read: a broken file leaves the reviewer where they were
         return opened
@@ -106,6 +120,36 @@ class ReviewSession:
             head = path.name[len(case.name) + len(ATTENTION_SUFFIX):].split(".")[0]
             maps[f"attention head {head}"] = grid.to_display(np.asarray(image.dataobj, dtype=np.float32))
         return maps
+
+    def other_channels(self, scan: Volume, grid: DisplayGrid) -> dict[str, np.ndarray]:
+        """{"channel k (name)": array in display order} for channels 1.. of a multi-channel scan."""
+        names = {c: f"channel {c}" + (f" ({self.channel_names[c]})" if c in self.channel_names else "") for c in range(scan.num_channels)}
+        return {names[c]: grid.to_display(scan.channel(c), copy=False) for c in range(1, scan.num_channels)}
+
+    def uncertainty_map(self, case: ReviewCase, scan: Volume, grid: DisplayGrid) -> np.ndarray | None:
+        """Per-voxel entropy / ln C of PRED_DIR/<case>_probabilities.npz (`predict --save-probabilities`),
+        in display order; None without the file, or when it is unreadable or on another grid (said once)."""
+        path = self.probabilities_path(case)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path) as saved:
+                probabilities = saved["probabilities"]
+        except (OSError, ValueError, KeyError) as err:
+            log.warning("%s: unreadable probabilities (%s); no uncertainty layer", path, " ".join(str(err).split()))
+            return None
+        if probabilities.shape[1:] != scan.shape:
+            log.warning("%s: probabilities of shape %s are not on the grid of %s %s; no uncertainty layer",
+                        path, probabilities.shape[1:], case.image.path, scan.shape)
+            return None
+        return grid.to_display(voxel_entropy(probabilities, axis=0))
+
+    def probabilities_path(self, case: ReviewCase) -> Path:
+        return self.pred_dir / f"{case.name}_probabilities.npz"
+
+    def risk_of(self, case: ReviewCase) -> dict | None:
+        """{predicted_dice, risk, flag} from qc.csv, or None."""
+        return self.quality.get(case.name)
 
     def correction_path(self, case: ReviewCase) -> Path:
         return self.corrections_dir / f"{case.name}.nii.gz"
@@ -149,6 +193,14 @@ class ReviewSession:
 
     def set_status(self, status: str, note: str = "") -> None:
         self.log.set_status(self.current.name, status, note)
+        self._write_sources()
+
+    def _write_sources(self) -> None:
+        """sources.json beside review.csv: which scans and predictions the verdicts are about
+        (what `train --add-reviewed` reads)."""
+        path = self.corrections_dir / "sources.json"
+        sources = {"images": str(self.images_dir.resolve()), "predictions": str(self.pred_dir.resolve())}
+        atomic_write_text(path, json.dumps(sources, indent=2) + "\n")
 
     def save_correction(self, opened: OpenCase, edited: np.ndarray) -> int:
         """Write the edited display-order mask to CORRECTIONS/<case>.nii.gz with the scan's exact
@@ -158,6 +210,7 @@ class ReviewSession:
         write_like(opened.scan, opened.grid.from_display(edited), self.correction_path(opened.case), dtype=dtype)
         changed = int(np.count_nonzero(edited != opened.prediction))
         self.log.record_correction(opened.case.name, changed)
+        self._write_sources()
         opened.labels, opened.corrected = edited.copy(), True
         self._volumes[opened.case.name] = self.volumes_of(edited, opened.grid.voxel_ml)
         return changed

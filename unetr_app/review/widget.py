@@ -1,6 +1,6 @@
 """The "UNETR review" dock widget: a thin Qt view of a `ReviewSession`.
 
-The case list (status, label volumes), previous/next, accept/reject/flag with a note, the window
+The case list (risk and flag from qc.csv, status, label volumes), previous/next, accept/reject/flag with a note, the window
 preset, Dice against the reference, and "Save correction". Keyboard: PageDown / PageUp for the
 next / previous case; Ctrl+Alt+A / R / F to accept / reject / flag.
 """
@@ -45,8 +45,8 @@ class ReviewWidget(QWidget):
         self.open_button = _button("Open folders…", self.choose_folders, "choose scans, predictions and (optionally) references")
         self.title = QLabel("no case open")
         self.title.setWordWrap(True)
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["case", "status", "volumes (mL)"])
+        self.table = QTableWidget(0, 4)
+        self.table.setHorizontalHeaderLabels(["case", "risk", "status", "volumes (mL)"])
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().setVisible(False)
@@ -93,6 +93,7 @@ class ReviewWidget(QWidget):
         self.table.setRowCount(len(session.cases))
         for row, case in enumerate(session.cases):
             self.table.setItem(row, 0, QTableWidgetItem(case.name))
+            self.table.setItem(row, 1, _risk_item(session.risk_of(case)))
             self._refresh_row(row)
         self._set_enabled(True)
         self.opened = None
@@ -239,17 +240,19 @@ class ReviewWidget(QWidget):
         session, opened = self.session, self.opened
         record = session.log[session.current.name]
         source = "saved correction" if opened.corrected else "prediction"
-        self.title.setText(f"<b>{session.current.name}</b> ({session.index + 1}/{len(session.cases)}): {record.status}, showing the {source}")
+        quality = session.risk_of(session.current)
+        risk = "" if quality is None else f", risk {quality['risk']:.2f}" + (f" ({quality['flag']})" if quality["flag"] else "")
+        self.title.setText(f"<b>{session.current.name}</b> ({session.index + 1}/{len(session.cases)}): {record.status}{risk}, showing the {source}")
 
     def _refresh_row(self, row: int) -> None:
         session = self.session
         record = session.log[session.cases[row].name]
         status = QTableWidgetItem(record.status + (" ✎" if record.voxels_changed else ""))
         status.setForeground(_qcolor(STATUS_COLOURS[record.status]))
-        self.table.setItem(row, 1, status)
+        self.table.setItem(row, 2, status)
         volumes = session.known_volumes(row)
         text = "…" if volumes is None else ", ".join(f"{label_name(session.label_names, v)} {ml:.1f}" for v, ml in volumes.items())
-        self.table.setItem(row, 2, QTableWidgetItem(text))
+        self.table.setItem(row, 3, QTableWidgetItem(text))
 
     def _refresh_labels_info(self) -> None:
         session, opened = self.session, self.opened
@@ -283,10 +286,20 @@ class ReviewWidget(QWidget):
         try:
             self.session.volumes_ml(row)
         except UnetrError as err:
-            self.table.setItem(row, 2, QTableWidgetItem("unreadable"))
-            self.table.item(row, 2).setToolTip(str(err))
+            self.table.setItem(row, 3, QTableWidgetItem("unreadable"))
+            self.table.item(row, 3).setToolTip(str(err))
             return
         self._refresh_row(row)
+
+
+def _risk_item(quality: dict | None) -> QTableWidgetItem:
+    """The risk (with a ⚑ and the reason as tooltip when the case is flagged); empty without qc.csv."""
+    if quality is None:
+        return QTableWidgetItem("")
+    item = QTableWidgetItem(f"{quality['risk']:.2f}" + (" ⚑" if quality["flag"] else ""))
+    if quality["flag"]:
+        item.setToolTip(quality["flag"])
+    return item
 
 
 def _button(text: str, slot, tip: str) -> QPushButton:
