@@ -22,6 +22,7 @@ from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
 from unetr_app.io.run_dir import RunDir
 from unetr_app.models import create_model
+from unetr_app.quality.reviewed import reviewed_cases
 from unetr_app.training.loaders import build_loaders
 from unetr_app.training.init import EncoderInit, prepare_encoder
 from unetr_app.training.recipes import model_arguments, recipe_class
@@ -34,24 +35,26 @@ log = logging.getLogger(__name__)
 
 def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device: str = "auto", resume: bool = False,
           reporter=None, checkpoint_extras: dict[str, Any] | None = None, fold: int | str | None = None, folds: int | None = None,
-          init: EncoderInit | None = None, tracker: str | None = None) -> dict | None:
-    """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0)."""
+          init: EncoderInit | None = None, tracker: str | None = None, add_reviewed: Path | None = None) -> dict | None:
+    """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0).
+    `add_reviewed`: a `unetr review` corrections folder whose accepted and corrected cases join the training cases."""
     torch_device = resolve_device(device)
     shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
     try:
         reporter = tracking.track_run(config, Path(run_dir), reporter, tracker)  # TensorBoard events; MLflow with --tracker mlflow
-        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, (fold, folds), init)
+        return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, (fold, folds), init, add_reviewed)
     finally:
         distributed.stop(shard)
 
 
-def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None) -> dict | None:
+def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None,
+           add_reviewed=None) -> dict | None:
     recipe = recipe_class(config.recipe.name)  # an unknown recipe or a bad teacher fails before any data is read
     recipe.check(config)
     dataset, run = find_dataset_dir(config.task, data_dir), RunDir(run_dir)
     if shard.is_main:
         prepare_run_dir(run, resume)
-        main_train_cases, _ = load_or_make_split(run, dataset, config, *fold)
+        main_train_cases, _ = load_or_make_split(run, dataset, config, *fold, add_reviewed=add_reviewed)
         run.write_config(config)
         load_or_compute_fingerprint(run_dir, main_train_cases, config.task.channel_modalities, config.training.seed)
     distributed.barrier(shard)
@@ -109,9 +112,11 @@ def prepare_run_dir(run: RunDir, resume: bool) -> None:
     run.prepare()
 
 
-def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig, fold: int | str | None = None, folds: int | None = None):
+def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig, fold: int | str | None = None, folds: int | None = None,
+                       add_reviewed: Path | None = None):
     """The split is made once per run and recorded; a resumed run reads it back. With `fold`, it is
-    that fold of the dataset's splits.json (shared by every model and run)."""
+    that fold of the dataset's splits.json (shared by every model and run). Reviewed cases
+    (`add_reviewed`) join the training cases only: validation stays the dataset's own labels."""
     run = RunDir(run_dir)
     if run.split.is_file():
         split = run.read_split()
@@ -123,6 +128,11 @@ def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig,
     else:
         train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
         split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}
+    if add_reviewed is not None:
+        reviewed = reviewed_cases(add_reviewed, train_cases + val_cases)
+        train_cases = train_cases + [{k: e[k] for k in ("case", "image", "label")} for e in reviewed]
+        split.update(train=train_cases, reviewed={"folder": str(add_reviewed), "cases": {e["case"]: e["reviewed"] for e in reviewed}})
+        log.info("%d reviewed cases from %s join the training cases", len(reviewed), add_reviewed)
     run.write_json(run.split, split)
     return train_cases, val_cases
 

@@ -33,6 +33,7 @@ def train(
     device: DeviceOption = "auto",
     fold: Annotated[str | None, typer.Option("--fold", help="cross-validation fold K of the dataset's splits.json, or 'all'; default: a val_fraction split")] = None,
     folds: Annotated[int | None, typer.Option("--folds", min=2, help="folds when splits.json is first made (default 5)")] = None,
+    add_reviewed: Annotated[Path | None, typer.Option("--add-reviewed", help="a `unetr review` corrections folder: its accepted and corrected cases join the training cases")] = None,
     tracker: Annotated[str | None, typer.Option("--tracker", help="mlflow: also log to MLflow ($MLFLOW_TRACKING_URI, default runs/mlflow.db); none: no TensorBoard events either")] = None,
     set_: SetOption = None,
 ) -> None:
@@ -77,7 +78,7 @@ def train(
     from unetr_app.training.init import EncoderInit
 
     init = EncoderInit(init_from, init_key, freeze_encoder, announce=console.print)
-    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), fold=fold, folds=folds, init=init, tracker=tracker)
+    summary = train_pipeline(config, out, data_dir, device, resume, reporter=RichReporter(console), fold=fold, folds=folds, init=init, tracker=tracker, add_reviewed=add_reviewed)
     if summary is None:  # a torchrun process other than rank 0
         return
     dice = f"best validation Dice {summary['best_val_dice']:.4f} at step {summary['best_step']}" if summary["best_val_dice"] is not None else f"final loss {summary['final_train_loss']:.4f}"

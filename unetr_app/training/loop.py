@@ -25,6 +25,7 @@ from torch import nn
 
 from unetr_app import distributed
 from unetr_app.config import RunConfig
+from unetr_app.device import mixed_precision
 from unetr_app.distributed import Shard
 from unetr_app.errors import UnetrError
 from unetr_app.io.checkpoint import save_checkpoint
@@ -61,9 +62,9 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad] + self.extra_params
         self.optimizer = build_optimizer(parameter_groups(self.model, config.optimizer, extra), config.optimizer)
         remember_initial_lr(self.optimizer)
-        self.amp = config.training.amp and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.validation = Validation(config, device, self.amp, shard)
+        self.precision = mixed_precision(device, config.training.amp)
+        self.scaler = self.precision.scaler()
+        self.validation = Validation(config, device, self.precision, shard)
         self.state, self.window, self.clock = TrainState(), LossWindow(), budget.Clock()
         self.records = RunRecords(self.run)
         self.reporter = reporter if (reporter and shard.is_main) else SilentReporter()
@@ -129,7 +130,7 @@ class Trainer:
     def optimizer_step(self, batch: dict[str, Any], step: int, total: int) -> dict[str, torch.Tensor]:
         Schedule(self.config.schedule, total).apply(self.optimizer, step)
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with self.precision.autocast(self.device):
             parts = self.recipe(batch)
         self.scaler.scale(parts["loss"]).backward()
         self.recipe.average_gradients(self.extra_params, self.shard)

@@ -11,6 +11,7 @@ from torch import nn
 
 from unetr_app import distributed
 from unetr_app.config import RunConfig
+from unetr_app.device import MixedPrecision
 from unetr_app.distributed import Shard
 from unetr_app.models.sliding_window import SlidingWindow
 from unetr_app.training.batches import as_plain_tensor, metadata_only_if_needed
@@ -19,12 +20,12 @@ from unetr_app.training.batches import as_plain_tensor, metadata_only_if_needed
 class Validation:
     """`validation(model, loader)` -> {case: Dice}: this process's share, gathered from all."""
 
-    def __init__(self, config: RunConfig, device: torch.device, amp: bool, shard: Shard = Shard()) -> None:
+    def __init__(self, config: RunConfig, device: torch.device, precision: MixedPrecision, shard: Shard = Shard()) -> None:
         inference = config.inference
         self.config, self.device, self.shard, self.classes = config, device, shard, config.task.out_channels
         # the model trains channels-last, so its windows go channels-last too
         self.window = SlidingWindow(config.preprocessing.roi_size, inference.sw_batch_size, inference.overlap, inference.blend_mode,
-                                    amp=amp, memory_format=torch.channels_last_3d)
+                                    amp=precision.enabled, amp_dtype=precision.dtype, memory_format=torch.channels_last_3d)
         self.dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
 
     @torch.no_grad()
