@@ -173,7 +173,7 @@ def attention_mass(run: Path | None, tests: list[tuple[Path, Path]], config=None
         pre = PreprocessingConfig.model_validate(checkpoint["preprocessing"])
     else:
         torch.manual_seed(12345)
-        network = build_dino_network(create_model(config.model.name, **config.model_kwargs()), dino_params(config.recipe.params))
+        network = build_dino_network(create_model(config.model.name, **config.model_kwargs()), **{k: getattr(dino_params(config.recipe.params), k) for k in ("out_dim", "hidden_dim", "bottleneck_dim")})
         encoder, class_token, pre = network.token_encoder(), network.cls_token.detach(), config.preprocessing
     prepare = preprocessing_after_load(pre)
     body, organ, body_voxels, organ_voxels = [], [], [], []

@@ -12,7 +12,6 @@ from unetr_app.errors import ConfigError
 from unetr_app.models import create_model
 from unetr_app.training.recipes import build_recipe, list_recipes
 from unetr_app.training.recipes.dino import (
-    DinoHead,
     DinoParams,
     dino_loss,
     phase_warning,
@@ -21,6 +20,7 @@ from unetr_app.training.recipes.dino import (
     teacher_temperature,
     updated_center,
 )
+from unetr_app.training.recipes.dino_network import DinoHead
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 PARAMS = {"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "local_crops": 3, "local_size": [16, 16, 16]}

@@ -4,7 +4,6 @@ one line per problem (naming the file and the fix) while the rest is still compu
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from unetr_app import distributed
 from unetr_app.config import RunConfig
 from unetr_app.device import mixed_precision
 from unetr_app.distributed import Shard

@@ -44,9 +44,9 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
-from unetr_app.models.attention_maps import TokenEncoder, encode_tokens, find_token_encoder
 from unetr_app.training.objectives import dino_monitors, dino_phase
 from unetr_app.training.recipes.base import Recipe, RecipeParams, register_recipe, validate_params
+from unetr_app.training.recipes.dino_network import build_dino_network
 
 log = logging.getLogger(__name__)
 
@@ -81,70 +81,6 @@ class DinoParams(RecipeParams):
 
 def dino_params(params: dict[str, Any] | None) -> DinoParams:
     return validate_params("dino", DinoParams, params)
-
-
-# --- the network ---------------------------------------------------------------------------------
-
-
-class DinoHead(nn.Module):
-    """3-layer MLP -> L2-normalised bottleneck -> weight-normalised linear layer to K prototypes.
-
-    The last layer's weight is g * v / |v| per prototype with g fixed to 1 (not trained), as DINO.
-    """
-
-    def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 2048, bottleneck_dim: int = 256) -> None:
-        super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim), nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
-        for layer in self.mlp:
-            if isinstance(layer, nn.Linear):
-                nn.init.trunc_normal_(layer.weight, std=0.02)
-                nn.init.zeros_(layer.bias)
-        self.last_layer = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
-        magnitude = self.last_layer.parametrizations.weight.original0
-        with torch.no_grad():
-            magnitude.fill_(1.0)
-        magnitude.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
-
-
-class DinoNetwork(nn.Module):
-    """A ViT encoder + a class token + the DINO head: crops (B, C, *size) of any patch-divisible size -> (B, K).
-
-    `encoder` keeps the name and layout it has in the segmentation model, so its weights load
-    there unchanged; the class token belongs to this network (segmentation encoders have none).
-    """
-
-    def __init__(self, encoder: TokenEncoder, head: DinoHead) -> None:
-        super().__init__()
-        self.encoder = encoder.module
-        self.head = head
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        self.grid, self.patch_size = encoder.grid, encoder.patch_size
-
-    def token_encoder(self) -> TokenEncoder:
-        return TokenEncoder(self.encoder, "encoder", self.grid, self.patch_size)
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, *size) -> the class token's output (B, D)."""
-        tokens, _ = encode_tokens(self.token_encoder(), x, extra_prefix=self.cls_token)
-        return tokens[:, 0]
-
-    def forward(self, *views: torch.Tensor) -> torch.Tensor:
-        """Each argument holds all crops of one size, view-major (V*B, C, *size); returns (sum V*B, K)."""
-        return self.head(torch.cat([self.embed(v) for v in views if v.shape[0]], dim=0))
-
-
-def build_dino_network(segmentation_model: nn.Module, params: DinoParams, model_name: str = "this model") -> DinoNetwork:
-    encoder = find_token_encoder(segmentation_model, model_name)
-    head = DinoHead(encoder.embed_dim, params.out_dim, params.hidden_dim, params.bottleneck_dim)
-    return DinoNetwork(encoder, head)
 
 
 # --- loss and schedules -----------------------------------------------------------------------------
@@ -222,7 +158,7 @@ class Dino(Recipe):
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
         self.dino = dino_params(params)
         name = getattr(getattr(config, "model", None), "name", "this model")
-        network = build_dino_network(model, self.dino, name)
+        network = build_dino_network(model, self.dino.out_dim, self.dino.hidden_dim, self.dino.bottleneck_dim, name)
         super().__init__(network, config, **params)
         self.teacher = copy.deepcopy(network).eval()
         self.teacher.requires_grad_(False)
