@@ -64,7 +64,7 @@ def training_throughput(config, cases, device, size: dict, run_dir: Path) -> tup
     from unetr_app.data.transforms import train_transforms
     from unetr_app.models import create_model
     from unetr_app.training.loaders import build_loaders
-    from unetr_app.training.trainer import Trainer
+    from unetr_app.training.loop import Trainer
 
     ours_loader, _ = build_loaders(config, cases, cases[:1])
     dataset = CacheDataset(cases, transform=train_transforms(config.preprocessing, config.augmentation, config.training), cache_rate=1.0, progress=False)

@@ -55,12 +55,12 @@ def workers_of(launcher_pid: int) -> list[int]:
 def test_a_killed_worker_is_restarted_and_the_run_ends_as_an_uninterrupted_one(tmp_path, phantom_dir):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     straight = tmp_path / "straight"
-    done = subprocess.run(torchrun(straight, phantom_dir), cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(torchrun(straight, phantom_dir), cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
 
     restarted = tmp_path / "restarted"
     launcher = subprocess.Popen(torchrun(restarted, phantom_dir, "--max-restarts", "1"), cwd=REPO, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8")
     deadline = time.time() + 240
     while time.time() < deadline and step_of(restarted) < 2:
         time.sleep(0.05)

@@ -63,7 +63,7 @@ def test_core_install_trains_and_predicts_without_qt(core_installed, tmp_path):
     work.mkdir()
     env = _user_env(bin_dir)
     for module in EXTRA_MODULES:  # really absent, not blocked
-        result = subprocess.run([str(bin_dir / "python"), "-c", f"import {module}"], cwd=work, env=env, capture_output=True, text=True)
+        result = subprocess.run([str(bin_dir / "python"), "-c", f"import {module}"], cwd=work, env=env, capture_output=True, text=True, encoding="utf-8")
         assert result.returncode != 0 and "No module named" in result.stderr, module
     _run([str(bin_dir / "python"), "-c", "import unetr_app.cli.app"], work, env)
 
@@ -79,6 +79,6 @@ def test_core_install_trains_and_predicts_without_qt(core_installed, tmp_path):
                            (["export", "runs/tiny", "onnx_out", "--format", "onnx"], "export"),
                            (["train", "--task", "spleen", "--profile", str(REPO / "tests" / "configs" / "tiny.yaml"),
                              "--out", "runs/tracked", "--steps", "1", "--device", "cpu", "--tracker", "mlflow"], "track")):
-        result = subprocess.run(["unetr", *command], cwd=work, env=env, capture_output=True, text=True)
+        result = subprocess.run(["unetr", *command], cwd=work, env=env, capture_output=True, text=True, encoding="utf-8")
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and f"pip install 'unetr[{extra}]'" in lines[0], (command, result.stderr)
