@@ -6,6 +6,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 
+# a metrics line's bookkeeping; every other number is a loss part or a monitor (DINO's entropy ratios)
+NOT_PARTS = ("step", "epoch", "lr", "seconds", "val_dice")
+
+
 class RichReporter:
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
@@ -28,7 +32,7 @@ class RichReporter:
         self.progress.advance(self.task)
 
     def line_done(self, line: dict, state) -> None:
-        parts = "  ".join(f"{k} {v:.4f}" for k, v in line.items() if k.endswith("loss") and isinstance(v, float))
+        parts = "  ".join(f"{k} {v:.4f}" for k, v in line.items() if k not in NOT_PARTS and isinstance(v, float))
         dice = f"  val Dice {line['val_dice']:.4f}" if "val_dice" in line else ""
         self.progress.console.print(f"step {line['step']:>6}  epoch {line['epoch']:>7.2f}  {parts}{dice}  ({line['seconds']:.0f} s)")
         best = f"{state.best_val_dice:.4f}" if state.best_val_dice >= 0 else "-"
