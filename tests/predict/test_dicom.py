@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from .predict_helpers import echo_checkpoint, save_nifti, axis_affine, blob_label
 from unetr_app.cli.app import app
-from tests.exchange.dicom_series import write_ct_series as write_dicom_series  # one DICOM series writer for every test
+from tests.export.dicom_series import write_ct_series as write_dicom_series  # one DICOM series writer for every test
 from unetr_app.data.phantom import make_phantom_case
 
 

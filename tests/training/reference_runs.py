@@ -20,7 +20,7 @@ import torch
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).resolve().parent / "reference_runs.json"
 TINY = TESTS / "configs" / "tiny.yaml"
-TINY_DINO = TESTS / "dino" / "tiny-dino.yaml"
+TINY_DINO = TESTS / "configs" / "tiny-dino.yaml"
 RECIPES = ("supervised", "distill", "self_distill", "dino")
 STEPS = 24
 # a line every 2 steps, validation every 12, last.pt every 12: every cadence of the loop is exercised

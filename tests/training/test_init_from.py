@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.dino.helpers import pretrain_checkpoint, tiny_model, write_checkpoint
+from tests.recipes.dino_helpers import pretrain_checkpoint, tiny_model, write_checkpoint
 from unetr_app.training.init import EncoderInit, prepare_encoder
 
 REFERENCE = {"path": "/runs/teacher/checkpoints/best.safetensors", "sha256": "ab" * 32, "model": "segresnet_small"}

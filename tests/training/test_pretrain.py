@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.dino.helpers import pretrain_checkpoint
+from tests.recipes.dino_helpers import pretrain_checkpoint
 from unetr_app.io.checkpoint import load_checkpoint
 
-TINY_DINO = Path(__file__).resolve().parent / "tiny-dino.yaml"
+TINY_DINO = Path(__file__).resolve().parents[1] / "configs" / "tiny-dino.yaml"
 
 
 def pretrain(cli, phantom_dir, out, *extra):

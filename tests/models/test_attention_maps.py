@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from tests.dino.helpers import oblique_scan, pretrain_checkpoint, tiny_model, write_checkpoint
+from tests.recipes.dino_helpers import oblique_scan, pretrain_checkpoint, tiny_model, write_checkpoint
 
 
 @pytest.fixture(scope="module")

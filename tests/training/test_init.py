@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.dino.helpers import pretrain_checkpoint, tiny_model
+from tests.recipes.dino_helpers import pretrain_checkpoint, tiny_model
 from unetr_app.errors import UsageError
 from unetr_app.training.init import freeze_encoder, init_encoder
 

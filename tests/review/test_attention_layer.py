@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.dino.helpers import tiny_model, write_checkpoint
+from tests.recipes.dino_helpers import tiny_model, write_checkpoint
 from tests.review.conftest import make_review_folders
 from unetr_app.review.session import ReviewSession
 
