@@ -26,10 +26,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
+from pipelines.postprocess import run_labels, validation_cases
 from pipelines.scheduling import GpuPool, visible_gpus
 from unetr_app.config import DEFAULT_PROFILE, load_run_config, parse_overrides
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases
@@ -240,7 +240,7 @@ def _judge(run: RunResult, device: str, say) -> None:
     if not results.is_file():
         say(f"{describe_run(run)}: predicting its validation cases with the last checkpoint")
         seconds = [r.seconds for r in _predict_with_last(Path(run.run_dir), device) if r.seconds]
-        labels = _labels(Path(run.run_dir))
+        labels = run_labels(Path(run.run_dir))
         dice = {c.name: case_dice(c.prediction, c.reference, labels) for c in scored_cases(Path(run.run_dir))}
         atomic_write_text(results, json.dumps({"checkpoint": "last", "case_dice": dice, "seconds_per_scan": float(np.mean(seconds)) if seconds else None}, indent=2))
     data = json.loads(results.read_text(encoding="utf-8"))
@@ -260,18 +260,7 @@ def _predict_with_last(run_dir: Path, device: str) -> list:
 
 def scored_cases(run_dir: Path) -> list[ValidationCase]:
     """A run's last-checkpoint predictions paired with their references."""
-    pairs = []
-    for case in RunDir(run_dir).read_split()["validation"]:
-        name = source_for(case["image"]).name
-        predicted = nib.load(run_dir / SCORED_FOLDER / f"{name}.nii.gz")
-        spacing = tuple(float(s) for s in np.linalg.norm(predicted.affine[:3, :3], axis=0))
-        reference = read_volume(source_for(case["label"])).array.astype(np.uint8)
-        pairs.append(ValidationCase(name, np.asarray(predicted.dataobj).astype(np.uint8), reference, spacing))
-    return pairs
-
-
-def _labels(run_dir: Path) -> dict[str, int]:
-    return dict(RunDir(run_dir).read_config_dict()["task"]["labels"])
+    return validation_cases(run_dir, Path(run_dir) / SCORED_FOLDER)
 
 
 def nested_decisions(cases_by_fold: dict[int, list[ValidationCase]], labels: dict[str, int]) -> dict[int, Postprocessing]:
@@ -284,7 +273,7 @@ def _nested_postprocess(runs: list[RunResult], say) -> None:
     target = Path(runs[0].run_dir).parent / NESTED_FILE
     if not target.is_file():
         say(f"{describe_run(runs[0]).replace(f' fold {runs[0].fold}', '')}: post-processing each fold as decided on the other folds")
-        labels = _labels(Path(runs[0].run_dir))
+        labels = run_labels(Path(runs[0].run_dir))
         cases = {run.fold: scored_cases(Path(run.run_dir)) for run in runs}
         decisions = nested_decisions(cases, labels)
         record = {str(fold): {"decision": steps.to_dict(), "described": describe(steps),

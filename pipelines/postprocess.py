@@ -66,13 +66,14 @@ def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool 
     return records
 
 
-def validation_cases(run_dir: Path) -> list[ValidationCase]:
-    """A run's validation predictions paired with their references."""
+def validation_cases(run_dir: Path, predictions: Path | None = None) -> list[ValidationCase]:
+    """A run's validation predictions (default: RUN/validation/) paired with their references."""
     split = RunDir(run_dir).read_split()
+    predictions = predictions or RunDir(run_dir).validation
     pairs = []
     for case in split["validation"]:
         name = source_for(case["image"]).name
-        predicted = nib.load(RunDir(run_dir).validation / f"{name}.nii.gz")
+        predicted = nib.load(predictions / f"{name}.nii.gz")
         spacing = tuple(float(s) for s in np.linalg.norm(predicted.affine[:3, :3], axis=0))
         reference = read_volume(source_for(case["label"])).array.astype(np.uint8)
         pairs.append(ValidationCase(name, np.asarray(predicted.dataobj).astype(np.uint8), reference, spacing))
