@@ -11,7 +11,11 @@ import pytest
 from unetr_app.config import BudgetConfig, CONFIG_ROOT, load_run_config
 from unetr_app.data.dataset import split_cases
 from unetr_app.io.checkpoint import load_checkpoint
-from unetr_app.training.budget import budget_steps
+from types import SimpleNamespace
+
+from unetr_app.distributed import Shard
+from unetr_app.training.budget import budget_steps, replan
+from unetr_app.training.state import TrainState
 
 PROFILES = sorted(p.stem for p in (CONFIG_ROOT / "profiles").glob("*.yaml"))
 
@@ -56,6 +60,20 @@ def test_minutes_become_the_steps_that_fit_with_their_validations_and_checkpoint
     steps = budget_steps(BudgetConfig(minutes=1), 7, timing, {"validation": 5, "checkpoint": 5}, seconds_spent=6.0)
     assert steps == int((60 - 6 - 12) / 3.4) == 12
     assert budget_steps(BudgetConfig(minutes=1), 7, timing, {"validation": 0, "checkpoint": 10}) == int((60 - 2) / 1.2)
+
+
+def test_a_minutes_budget_is_planned_again_once_from_the_runs_own_pace():
+    # the probe said 0.1 s per step (1000 steps in 100 s); the first 100 steps took 20 s (0.2 s each)
+    timing = {"step": 0.1, "validation": 3.0, "checkpoint": 1.0, "seconds_before_training": 5.0}
+    state = TrainState(step=100, total_steps=1000, timing=timing, seconds=25.0)
+    trainer = SimpleNamespace(config=SimpleNamespace(training=SimpleNamespace(budget=BudgetConfig(minutes=100 / 60))),
+                              state=state, clock=SimpleNamespace(tick=lambda _: None), shard=Shard())
+    replan(trainer)
+    assert state.total_steps == 100 + int((100 - 25 - 4) / 0.2) == 455
+    assert timing["replanned_at_step"] == 100
+    state.step, state.seconds = 200, 45.0
+    replan(trainer)
+    assert state.total_steps == 455, "planned again only once: a resumed run keeps the plan"
 
 
 @pytest.mark.slow

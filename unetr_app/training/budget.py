@@ -4,8 +4,9 @@
 into steps by timing a few real steps, a validation and a checkpoint, then undoing them (the LR
 schedule needs the step count before the first real step); the plan and the timing are kept in
 the checkpoint, so a resumed run with the same budget ends where an uninterrupted one would.
-While training, a minutes budget also stops early (`out_of_time`) when the machine got slower
-than when it was timed.
+A few timed steps can be off by a factor of two either way (thread start-up, caches), so a tenth
+into the run the plan is redone once from the run's own pace (`replan`), and at every metrics line
+the run stops early (`out_of_time`) if the next line would pass the budget.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TIMING_STEPS = 3  # steps timed (after one warm-up step) to turn a minutes budget into steps
-LATE = 1.1  # a minutes budget stops when the next metrics line would pass this share of it
+REPLAN_SHARE = 0.1  # the share of the planned steps after which a minutes budget is planned again
 
 
 def budget_steps(budget: BudgetConfig, steps_per_epoch: int, timing: dict[str, float] | None = None,
@@ -58,6 +59,7 @@ def plan(trainer: Trainer, train_loader) -> int:
         return state.total_steps
     if budget.minutes is not None and not state.timing:
         state.timing = time_costs(trainer, train_loader)
+        state.timing["seconds_before_training"] = state.seconds
     intervals = {"validation": train.val_every_steps if trainer.val_loader is not None else 0,
                  "checkpoint": train.checkpoint_every_steps or train.line_every_steps}
     total = budget_steps(budget, len(train_loader), state.timing, intervals, state.seconds)
@@ -105,17 +107,38 @@ def _seconds(sync, work) -> float:
     return time.perf_counter() - clock
 
 
+def replan(trainer: Trainer) -> None:
+    """Once, REPLAN_SHARE into a minutes budget, fix the steps again from the seconds the run's own
+    steps took (validations and checkpoints included); kept in the checkpoint's timing, so a resumed
+    run does not plan a third time. Rank 0 decides for all."""
+    minutes, state = trainer.config.training.budget.minutes, trainer.state
+    timing = state.timing
+    if minutes is None or "seconds_before_training" not in timing or "replanned_at_step" in timing:
+        return
+    if state.step < max(REPLAN_SHARE * state.total_steps, 1):
+        return
+    trainer.clock.tick(state)
+    pace = (state.seconds - timing["seconds_before_training"]) / state.step
+    at_end = timing["validation"] + timing["checkpoint"]
+    total = distributed.broadcast_from_main(state.step + int((minutes * 60 - state.seconds - at_end) / pace), trainer.shard)
+    log.info("budget: %d optimizer steps at the run's pace of %.3f s per step (planned %d)", max(total, state.step), pace, state.total_steps)
+    state.total_steps = max(total, state.step)
+    timing["replanned_at_step"] = state.step
+
+
 def out_of_time(trainer: Trainer) -> bool:
     """A minutes budget is spent, whatever the plan said, when going on to the next metrics line (its
-    steps, a validation and a checkpoint at their timed cost) would pass 110% of it. Rank 0 decides
+    steps, a validation and a checkpoint at their timed cost) would pass it: a machine that slowed
+    down after the timing ends the run early rather than late. Rank 0 decides
     for all; the plan is then cut to the steps done, so a resume with it has nothing left to train."""
+    replan(trainer)
     minutes, state = trainer.config.training.budget.minutes, trainer.state
     if minutes is None or not state.timing:
         return False
     trainer.clock.tick(state)
     timing = state.timing
     next_line = trainer.config.training.line_every_steps * timing["step"] + timing["validation"] + timing["checkpoint"]
-    late = distributed.broadcast_from_main(state.seconds + next_line > LATE * minutes * 60, trainer.shard)
+    late = distributed.broadcast_from_main(state.seconds + next_line > minutes * 60, trainer.shard)
     if late:
         log.warning("stopping at step %d: %.0f s spent of a %.1f-minute budget", state.step, state.seconds, minutes)
         state.total_steps = state.step

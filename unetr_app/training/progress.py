@@ -36,7 +36,7 @@ class RichReporter:
         dice = f"  val Dice {line['val_dice']:.4f}" if "val_dice" in line else ""
         self.progress.console.print(f"step {line['step']:>6}  epoch {line['epoch']:>7.2f}  {parts}{dice}  ({line['seconds']:.0f} s)")
         best = f"{state.best_val_dice:.4f}" if state.best_val_dice >= 0 else "-"
-        self.progress.update(self.task, loss=f"{line.get('loss', float('nan')):.3f}", best=best)
+        self.progress.update(self.task, total=state.total_steps, loss=f"{line.get('loss', float('nan')):.3f}", best=best)
 
     def stop(self) -> None:
         self.progress.stop()

@@ -33,7 +33,7 @@ class TrainState:
     step: int = 0  # optimizer steps completed
     epoch: int = 0  # passes over the training cases completed (bookkeeping and data seeding)
     epoch_start_step: int = 0  # the step at which the current pass began
-    total_steps: int = 0  # the budget in steps, fixed before the first step
+    total_steps: int = 0  # the budget in steps, fixed before the first step (a minutes budget: again once, a tenth in)
     budget: dict[str, Any] = field(default_factory=dict)  # the budget total_steps was planned for
     timing: dict[str, float] = field(default_factory=dict)  # a minutes budget's timed seconds per step, validation, checkpoint
     best_val_dice: float = -1.0
