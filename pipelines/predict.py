@@ -57,8 +57,7 @@ class PredictRequest:
 
 def run_predict(request: PredictRequest) -> dict:
     """Predict every case; returns the merged report (on every process)."""
-    shard = distributed.start()
-    try:
+    with distributed.process_group() as shard:
         cases = find_cases(request.input)
         _check_output_dir(request, cases)
         device = distributed.device_for(shard, resolve_device(request.device))
@@ -87,8 +86,6 @@ def run_predict(request: PredictRequest) -> dict:
             report = build_report(everyone, predictor.loaded.labels, {**_run_info(predictor, shard, postprocessing), "quality_notes": kit.notes()})
             write_report(request.output_dir, report)
         return distributed.broadcast_from_main(report, shard)
-    finally:
-        distributed.stop(shard)
 
 
 def exit_code(report: dict) -> int:

@@ -43,11 +43,8 @@ def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None
         raise UsageError(f"--method {config.recipe.name}: that recipe trains on labels (use `unetr train`); "
                          f"self-supervised recipes: {', '.join(list_recipes(self_supervised=True))}")
     torch_device = resolve_device(device)
-    shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
-    try:
+    with distributed.process_group("nccl" if torch_device.type == "cuda" else "gloo") as shard:
         return _pretrain(config, Path(run_dir), folders, distributed.device_for(shard, torch_device), resume, reporter, shard)
-    finally:
-        distributed.stop(shard)
 
 
 def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict | None:

@@ -39,12 +39,9 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
     """Train `config` into `run_dir`; returns the summary written to `run_dir/summary.json` (None on ranks > 0).
     `add_reviewed`: a `unetr review` corrections folder whose accepted and corrected cases join the training cases."""
     torch_device = resolve_device(device)
-    shard = distributed.start("nccl" if torch_device.type == "cuda" else "gloo")
-    try:
+    with distributed.process_group("nccl" if torch_device.type == "cuda" else "gloo") as shard:
         reporter = tracking.track_run(config, Path(run_dir), reporter, tracker)  # TensorBoard events; MLflow with --tracker mlflow
         return _train(config, Path(run_dir), data_dir, distributed.device_for(shard, torch_device), resume, reporter, checkpoint_extras, shard, (fold, folds), init, add_reviewed)
-    finally:
-        distributed.stop(shard)
 
 
 def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None,

@@ -9,7 +9,9 @@ process runs on `cuda:LOCAL_RANK` when CUDA is chosen.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -63,6 +65,20 @@ def _attempt_store(world_size: int) -> dict[str, Any]:
 def stop(shard: Shard) -> None:
     if shard.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group(backend: str = "gloo") -> Iterator[Shard]:
+    """`start` ... `stop`, with a barrier on the way out of a run that did not fail: a process that
+    tears its group down while a peer still flushes the last collective's sends makes the peer's
+    gloo thread throw, and that peer dies of SIGABRT. After a failure there is no barrier (the
+    failed rank would never reach it) and torchrun stops the others."""
+    shard = start(backend)
+    try:
+        yield shard
+        barrier(shard)
+    finally:
+        stop(shard)
 
 
 def device_for(shard: Shard, device: torch.device) -> torch.device:
