@@ -38,10 +38,10 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.attention import attention as attention_pipeline  # noqa: E402
-from pipelines.attention import load_attention_network, to_input_grid  # noqa: E402
-from pipelines.pretrain import pretrain  # noqa: E402
-from pipelines.train import with_budget  # noqa: E402
+from unetr_app.pipelines.attention import attention as attention_pipeline  # noqa: E402
+from unetr_app.pipelines.attention import load_attention_network, to_input_grid  # noqa: E402
+from unetr_app.pipelines.pretrain import pretrain  # noqa: E402
+from unetr_app.pipelines.train import with_budget  # noqa: E402
 from unetr_app.config import BudgetConfig, load_run_config, validate_run_config  # noqa: E402
 from unetr_app.data.multicrop import preprocessing_after_load  # noqa: E402
 from unetr_app.data.phantom import write_phantom_dataset  # noqa: E402

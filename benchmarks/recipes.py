@@ -32,9 +32,9 @@ from pathlib import Path
 
 import torch
 
-from pipelines.evaluate import run_evaluate
-from pipelines.predict import PredictRequest, run_predict
-from pipelines.train import train
+from unetr_app.pipelines.evaluate import run_evaluate
+from unetr_app.pipelines.predict import PredictRequest, run_predict
+from unetr_app.pipelines.train import train
 from unetr_app.config import load_run_config
 from unetr_app.data.phantom import write_phantom_dataset
 

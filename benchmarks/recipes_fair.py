@@ -49,10 +49,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import pipelines.predict as predict_pipeline
-from pipelines.evaluate import run_evaluate
-from pipelines.predict import PredictRequest, run_predict
-from pipelines.train import train
+import unetr_app.pipelines.predict as predict_pipeline
+from unetr_app.pipelines.evaluate import run_evaluate
+from unetr_app.pipelines.predict import PredictRequest, run_predict
+from unetr_app.pipelines.train import train
 from unetr_app.config import load_run_config
 from unetr_app.data.phantom import write_phantom_dataset
 
@@ -331,7 +331,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("pipelines.predict").setLevel(logging.ERROR)  # no quality model beside benchmark runs: known
+    logging.getLogger("unetr_app.pipelines.predict").setLevel(logging.ERROR)  # no quality model beside benchmark runs: known
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     load_start = os.getloadavg()

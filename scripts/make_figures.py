@@ -31,7 +31,7 @@ BENCHMARK_FIGURES = {
 
 
 def review_figure(checkpoints: list[Path], data_dir: Path, case: str | None, out: Path, device: str) -> int:
-    from pipelines.predict import PredictRequest, run_predict
+    from unetr_app.pipelines.predict import PredictRequest, run_predict
     from unetr_app.errors import UnetrError
     from unetr_app.review.session import ReviewSession
     from unetr_app.review.viewer import screenshot_review

@@ -18,7 +18,7 @@ LAYERS = {
     "unetr_app.data": 1, "unetr_app.evaluation": 1, "unetr_app.planning": 1, "unetr_app.quality": 1,
     "unetr_app.training": 2, "unetr_app.inference": 2, "unetr_app.export": 2, "unetr_app.tracking": 2,
     "unetr_app.review": 4,
-    "pipelines": 5,
+    "unetr_app.pipelines": 5,
     "unetr_app.cli": 6, "unetr_app.__main__": 6,
 }
 
@@ -47,7 +47,7 @@ def module_name(path: Path) -> str:
     return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
 
 
-SOURCES = {module_name(p): p.read_text(encoding="utf-8") for p in sorted([*(ROOT / "unetr_app").rglob("*.py"), *(ROOT / "pipelines").rglob("*.py")])}
+SOURCES = {module_name(p): p.read_text(encoding="utf-8") for p in sorted((ROOT / "unetr_app").rglob("*.py"))}
 
 
 def upward_imports(sources: dict[str, str]) -> list[str]:
@@ -80,7 +80,7 @@ def test_no_module_imports_a_higher_layer():
 )
 def test_the_check_catches_an_upward_import_even_inside_a_function(module, statement):
     assert len(upward_imports({module: f"def f():\n    {statement}\n"})) == 1
-    assert upward_imports({"pipelines.fine": f"def f():\n    {statement}\n"}) == []
+    assert upward_imports({"unetr_app.pipelines.fine": f"def f():\n    {statement}\n"}) == []
 
 
 def test_the_registry_is_the_bottom_floor():

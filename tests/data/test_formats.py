@@ -63,7 +63,7 @@ def _sitk_copy(path: Path) -> sitk.Image:
 
 
 def _first_line_loss(data_dir: Path, run_dir: Path, tiny_profile: Path) -> float:
-    from pipelines.train import train
+    from unetr_app.pipelines.train import train
 
     overrides = {"training": {"budget": {"steps": 2}, "log_every_steps": 2, "val_fraction": 0.34, "cache_rate": 0.0}}
     config = load_run_config("spleen", profile=str(tiny_profile), overrides=overrides)

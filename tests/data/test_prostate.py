@@ -70,7 +70,7 @@ def test_a_case_with_a_wrong_channel_count_is_named_in_data_check(as_channel_fil
 
 
 def test_train_predict_evaluate(prostate, as_channel_files, tmp_path):
-    from pipelines.train import train
+    from unetr_app.pipelines.train import train
 
     overrides = {
         "model": {"params": {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_heads": 2}},
@@ -152,7 +152,7 @@ def test_data_check_names_swapped_channels_in_dataset_json(prostate, tmp_path):
 
 
 def test_folds_and_their_post_processing_work_on_channel_files(as_channel_files, tmp_path):
-    from pipelines.train import train
+    from unetr_app.pipelines.train import train
 
     overrides = {
         "model": {"params": {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_heads": 2}},

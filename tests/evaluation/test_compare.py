@@ -108,7 +108,7 @@ def test_compare_resumes_after_a_kill_and_leaves_finished_runs_alone(cli, phanto
 
 
 def test_runs_are_spread_over_the_visible_gpus(monkeypatch):
-    from pipelines import scheduling as compare
+    from unetr_app.pipelines import scheduling as compare
 
     monkeypatch.setattr(compare.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(compare.torch.cuda, "device_count", lambda: 2)
@@ -138,7 +138,7 @@ def test_bad_comparison_options_are_one_line_errors_before_any_work(cli, phantom
 
 
 def test_seeds_and_equal_time_runs_are_paired_across_models(tmp_path):
-    from pipelines.compare import CompareRequest, describe_run, plan_runs, train_command
+    from unetr_app.pipelines.compare import CompareRequest, describe_run, plan_runs, train_command
 
     request = CompareRequest(task="spleen", models=("unetr", "configs/models/my_unet.yaml"), out=tmp_path, folds=2, steps=40, minutes=1.5,
                              seeds=2, reference="my_unet", overrides=("optimizer.lr=3e-4",))

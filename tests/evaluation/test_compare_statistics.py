@@ -131,7 +131,7 @@ def _cube(shape, corner, size) -> np.ndarray:
 
 
 def test_each_fold_gets_the_post_processing_its_own_cases_did_not_choose():
-    from pipelines.compare import describe, nested_decisions
+    from unetr_app.pipelines.compare import describe, nested_decisions
 
     shape, spacing = (24, 24, 24), (1.0, 1.0, 1.0)
     big = _cube(shape, (2, 2, 2), 8)  # 512 mm3

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.train import load_or_make_split
+from unetr_app.pipelines.train import load_or_make_split
 from unetr_app.config import load_run_config
 from unetr_app.data.splits import load_or_make_splits, make_folds
 from unetr_app.data.dataset import labelled_cases

@@ -91,7 +91,7 @@ def test_a_bare_state_dict_needs_a_model_and_must_fill_it(cli, tmp_path, phantom
 
 
 def test_a_bare_state_dict_for_a_multi_channel_task_is_built_with_its_channels(tmp_path):
-    from pipelines.predict import PredictRequest, _fallback
+    from unetr_app.pipelines.predict import PredictRequest, _fallback
 
     described = _fallback(PredictRequest(input=tmp_path, output_dir=tmp_path / "out", checkpoint=tmp_path / "w.pth", task="prostate", profile="cpu-prostate"))
     assert described["in_channels"] == described["model"]["kwargs"]["in_channels"] == 2  # not the 1 a missing key defaulted to

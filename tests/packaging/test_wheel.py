@@ -18,7 +18,7 @@ import pytest
 from unetr_app.io.checkpoint import checkpoint_files, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
-SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "unetr_app", "pipelines", "configs", "data_manifests")
+SOURCES = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "unetr_app", "configs", "data_manifests")
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +73,11 @@ def test_installed_wheel_runs_every_step_from_any_folder(installed, tmp_path):
     work = tmp_path / "somewhere"
     work.mkdir()
     env = _user_env(installed)
-    where = _run([str(installed / "python"), "-c", "import unetr_app, pipelines; print(unetr_app.__file__, pipelines.__file__)"], work, env)
+    where = _run([str(installed / "python"), "-c", "import unetr_app.pipelines as p; print(p.__file__)"], work, env)
     assert str(installed.parent) in where and str(REPO) not in where, where
+    # one top-level package: nothing named `pipelines` (or anything else) to shadow another project's
+    top = _run([str(installed / "python"), "-c", "import importlib.metadata as m; print(m.distribution('unetr').read_text('top_level.txt'))"], work, env)
+    assert top.split() == ["unetr_app"], top
     assert _run(["unetr", "--version"], work, env).strip() == "unetr 0.1.0"
 
     _run(["unetr", "data", "synth", "data/Task09_Spleen", "--cases", "4", "--test-cases", "1", "--seed", "3"], work, env)

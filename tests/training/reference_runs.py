@@ -40,8 +40,8 @@ def _merge(base: dict, extra: dict) -> dict:
 
 def run_recipe(recipe: str, phantom_dir: Path, work: Path) -> list[dict]:
     """The metrics lines' loss parts (and validation Dice) of one fixed-seed run."""
-    from pipelines.pretrain import pretrain
-    from pipelines.train import train
+    from unetr_app.pipelines.pretrain import pretrain
+    from unetr_app.pipelines.train import train
     from unetr_app.config import load_run_config
     from tests.recipes.recipe_helpers import write_teacher
 

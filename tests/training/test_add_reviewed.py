@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from pipelines.train import load_or_make_split
+from unetr_app.pipelines.train import load_or_make_split
 from unetr_app.config import load_run_config
 from unetr_app.errors import UsageError
 from unetr_app.io.run_dir import RunDir

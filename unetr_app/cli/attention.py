@@ -21,7 +21,7 @@ def attention(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Last-block attention of a ViT per head, on the scan's own grid (NIfTI per head + PNG montage)."""
-    from pipelines.attention import attention as attention_pipeline
+    from unetr_app.pipelines.attention import attention as attention_pipeline
 
     written = attention_pipeline(checkpoint, scan, output_dir, overwrite=overwrite, key=key)
     kind = "the class token's attention" if written["class_token"] else "the mean attention each patch receives"

@@ -35,7 +35,7 @@ def compare(
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.compare import CompareRequest, run_compare
+    from unetr_app.pipelines.compare import CompareRequest, run_compare
 
     console = Console()
     if not console.is_terminal:  # logs and pipes get the whole table, not an 80-column squeeze
@@ -63,7 +63,7 @@ def compare(
     console.print(table)
     failed = [r for r in result["runs"] if r.status == "failed"]
     if failed:
-        from pipelines.compare import describe_run
+        from unetr_app.pipelines.compare import describe_run
 
         console.print(f"[red]{len(failed)} runs failed[/red]: " + "; ".join(describe_run(r) for r in failed))
         raise typer.Exit(1)

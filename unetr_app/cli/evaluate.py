@@ -26,7 +26,7 @@ def evaluate(
     With the qc.csv of `unetr predict` beside the masks, its predicted Dice and risk are judged against
     the measured Dice (quality_judgement.png); with saved probabilities, the calibration error before
     and after temperature scaling."""
-    from pipelines.evaluate import run_evaluate
+    from unetr_app.pipelines.evaluate import run_evaluate
 
     summary = run_evaluate(pred_dir, label_dir, out or pred_dir, tolerance_mm=tolerance_mm, labels_json=labels_json,
                            checkpoint=checkpoint, failure_dice=failure_dice)

@@ -17,7 +17,7 @@ def export(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Export a trained model for other tools: a MONAI bundle, TorchScript, ONNX or MONAI weights."""
-    from pipelines.export import run_export
+    from unetr_app.pipelines.export import run_export
 
     report = run_export(run, out_dir, fmt, overwrite=overwrite)
     for check in report["checks"]:

@@ -24,7 +24,7 @@ def plan(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Fingerprint a dataset and plan spacing, normalisation, window, batch and network from it (nnU-Net's rules)."""
-    from pipelines.plan import plan_dataset
+    from unetr_app.pipelines.plan import plan_dataset
 
     with Progress(console=console, transient=True) as bar:
         job = bar.add_task(f"fingerprinting {data_dir}", total=None)

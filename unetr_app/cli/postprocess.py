@@ -19,7 +19,7 @@ def postprocess(
     from rich.console import Console
     from rich.table import Table
 
-    from pipelines.postprocess import run_postprocess
+    from unetr_app.pipelines.postprocess import run_postprocess
     from unetr_app.evaluation.postprocess import DEFAULT_MIN_VOLUMES_MM3
     from unetr_app.io.run_dir import RunDir
 

@@ -34,7 +34,7 @@ def predict(
     postprocess: Annotated[bool, typer.Option("--postprocess/--no-postprocess", help="apply the postprocessing.json decided on validation (found beside the checkpoint)")] = True,
 ) -> None:
     """Segment every scan; masks land on each input's exact grid. Exit 1 if any case failed."""
-    from pipelines.predict import PredictRequest, exit_code, run_predict
+    from unetr_app.pipelines.predict import PredictRequest, exit_code, run_predict
 
     request = PredictRequest(
         input=input,

@@ -33,8 +33,8 @@ def pretrain(
 
     Under `torchrun --nproc-per-node N -m unetr_app pretrain ...` it trains with DistributedDataParallel.
     """
-    from pipelines.pretrain import pretrain as pretrain_pipeline
-    from pipelines.train import with_budget
+    from unetr_app.pipelines.pretrain import pretrain as pretrain_pipeline
+    from unetr_app.pipelines.train import with_budget
     from unetr_app.config import load_run_config, parse_overrides
     from unetr_app.errors import UsageError
     from unetr_app.io.run_dir import start_or_resume

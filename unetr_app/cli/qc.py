@@ -17,7 +17,7 @@ def qc(
     """Fit qc_model.json (Dice from the quality signals), qc_reference.json and temperature.json on validation cases."""
     import numpy as np
 
-    from pipelines.quality import run_fit_quality
+    from unetr_app.pipelines.quality import run_fit_quality
 
     result = run_fit_quality(folder, device, mirrors)
     cases = result["cases"]

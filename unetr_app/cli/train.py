@@ -41,7 +41,7 @@ def train(
 
     Under `torchrun --nproc-per-node N -m unetr_app train ...` it trains with DistributedDataParallel.
     """
-    from pipelines.train import train as train_pipeline, with_budget
+    from unetr_app.pipelines.train import train as train_pipeline, with_budget
     from unetr_app.config import load_run_config, parse_overrides
     from unetr_app.io.run_dir import start_or_resume
     from unetr_app.training.progress import RichReporter
@@ -57,7 +57,7 @@ def train(
             overrides.setdefault("recipe", {}).setdefault("params", {})["teacher"] = str(teacher)
         planned, task_name = None, task
         if profile == "auto":  # the plan for this dataset and device (unetr plan), made now if there is none
-            from pipelines.plan import auto_profile
+            from unetr_app.pipelines.plan import auto_profile
 
             planned, planned_task = auto_profile(data_dir, device, announce=console.print)
             task_name = task or planned_task

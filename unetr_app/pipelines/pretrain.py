@@ -19,7 +19,7 @@ import logging
 import time
 from pathlib import Path
 
-from pipelines.train import prepare_run_dir
+from unetr_app.pipelines.train import prepare_run_dir
 from unetr_app import distributed
 from unetr_app.config import RunConfig
 from unetr_app.data.multicrop import find_scans, preprocess_scans

@@ -30,7 +30,7 @@ from unetr_app.quality.model import QC_MODEL_NAME, fit_quality_model
 from unetr_app.quality.reference import REFERENCE_NAME, compute_reference, write_reference
 from unetr_app.quality.signals import dice
 
-from pipelines.postprocess import find_runs
+from unetr_app.pipelines.postprocess import find_runs
 
 log = logging.getLogger(__name__)
 VOXELS_PER_CASE = 50_000  # validation voxels per case for the temperature fit

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.postprocess import run_labels, validation_cases
-from pipelines.scheduling import GpuPool, visible_gpus
+from unetr_app.pipelines.postprocess import run_labels, validation_cases
+from unetr_app.pipelines.scheduling import GpuPool, visible_gpus
 from unetr_app.config import DEFAULT_PROFILE, load_run_config, parse_overrides
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases
 from unetr_app.data.manifest import load_manifest

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.postprocess import finished_fold_runs, run_postprocess
+from unetr_app.pipelines.postprocess import finished_fold_runs, run_postprocess
 from unetr_app import distributed, tracking
 from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
