@@ -69,6 +69,12 @@ class TrackedReporter:
         for reporter in self.reporters:
             reporter.step_done()
 
+    def note(self, text: str) -> None:
+        """A line for the person watching (reporters only; trackers keep metrics)."""
+        for reporter in self.reporters:
+            if hasattr(reporter, "note"):
+                reporter.note(text)
+
     def line_done(self, line: dict, state) -> None:
         self._call("line_done", line, state)
 

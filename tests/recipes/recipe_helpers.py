@@ -23,7 +23,7 @@ def write_teacher(path: Path, config=None) -> Path:
     config = config or tiny_config()
     torch.manual_seed(0)
     model = create_model(config.model.name, **config.model_kwargs())
-    save_checkpoint(path, {**config.checkpoint_description(), "state_dict": model.state_dict()})
+    save_checkpoint(path, {**config.checkpoint_description(), "state_dict": model.state_dict(), "best_val_dice": 0.5, "best_step": 1})
     return path
 
 

@@ -110,6 +110,19 @@ def test_missing_and_unreadable_teachers_are_named(tmp_path):
     assert "junk.pt" in one_line(err) and "not a readable" in one_line(err)
 
 
+def test_a_teacher_that_never_validated_is_refused(tmp_path):
+    from unetr_app.io.checkpoint import save_checkpoint
+    from unetr_app.models import create_model
+
+    config = tiny_config()
+    model = create_model(config.model.name, **config.model_kwargs())
+    unvalidated = tmp_path / "unvalidated.pt"
+    save_checkpoint(unvalidated, {**config.checkpoint_description(), "state_dict": model.state_dict(), "best_val_dice": -1.0})
+    with pytest.raises(UsageError) as err:
+        distill(unvalidated)
+    assert "unvalidated" in one_line(err) and "validation Dice is missing" in one_line(err) and "val_fraction" in one_line(err)
+
+
 def test_teacher_with_other_spacing_or_labels_is_refused_naming_both_values(tmp_path):
     coarse = write_teacher(tmp_path / "coarse.pt", tiny_config(preprocessing={"spacing": [6.0, 6.0, 6.0]}))
     with pytest.raises(UsageError) as err:

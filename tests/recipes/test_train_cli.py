@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import nibabel as nib
 import numpy as np
@@ -48,6 +49,10 @@ def test_distilled_student_records_its_teacher_and_predicts_plainly(cli, tmp_pat
     student = tmp_path / "student"
     result = train(cli, phantom_dir, tiny_profile, student, "--recipe", "distill", "--teacher", teacher_run, *STUDENT)
     assert result.exit_code == 0, result.output
+    # before the student trains, the teacher's own validation Dice, read from its run
+    summary = json.loads((teacher_run / "summary.json").read_text(encoding="utf-8"))
+    said = " ".join(result.output.split())
+    assert "teacher segresnet_small" in said and f"validation Dice {summary['best_val_dice']:.4f} at step {summary['best_step']}" in said
 
     assert hashlib.sha256(teacher_file.read_bytes()).hexdigest() == before, "the teacher's checkpoint is untouched"
     checkpoint = load_checkpoint(student / "checkpoints" / "last.pt")

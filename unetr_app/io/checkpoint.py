@@ -353,6 +353,8 @@ class LoadedModel:
     key_report: KeyReport | None = None  # set when the weights came from a bare state dict
     in_channels: int = 1
     fingerprint: dict | None = None  # the training data's intensities (data.fingerprint), when recorded
+    best_val_dice: float | None = None  # the run's best validation Dice, when it validated
+    best_step: int | None = None
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", fallback: dict[str, Any] | None = None) -> LoadedModel:
@@ -384,7 +386,14 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", fallback: d
         key_report=report,
         in_channels=int(data.get("in_channels", 1)),
         fingerprint=data.get("fingerprint"),
+        best_val_dice=_validated(data.get("best_val_dice")),
+        best_step=data.get("best_step"),
     )
+
+
+def _validated(dice: Any) -> float | None:
+    """A recorded best validation Dice; runs that never validated record -1 (or nothing)."""
+    return float(dice) if isinstance(dice, (int, float)) and dice >= 0 else None
 
 
 def _build(path: Path, data: dict, strict: bool) -> tuple[nn.Module, KeyReport | None]:

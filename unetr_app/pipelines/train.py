@@ -47,9 +47,11 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
 def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None,
            add_reviewed=None) -> dict | None:
     recipe = recipe_class(config.recipe.name)  # an unknown recipe or a bad teacher fails before any data is read
-    recipe.check(config)
+    note = recipe.check(config)
     dataset, run = find_dataset_dir(config.task, data_dir), RunDir(run_dir)
     if shard.is_main:
+        if note:
+            reporter.note(note)
         prepare_run_dir(run, resume)
         main_train_cases, _ = load_or_make_split(run, dataset, config, *fold, add_reviewed=add_reviewed)
         run.write_config(config)

@@ -31,6 +31,9 @@ class RichReporter:
     def step_done(self) -> None:
         self.progress.advance(self.task)
 
+    def note(self, text: str) -> None:
+        self.console.print(text)
+
     def line_done(self, line: dict, state) -> None:
         parts = "  ".join(f"{k} {v:.4f}" for k, v in line.items() if k not in NOT_PARTS and isinstance(v, float))
         dice = f"  val Dice {line['val_dice']:.4f}" if "val_dice" in line else ""
@@ -47,5 +50,6 @@ class SilentReporter:
 
     def start(self, **_): ...
     def step_done(self): ...
+    def note(self, text): ...
     def line_done(self, line, state): ...
     def stop(self): ...

@@ -83,6 +83,11 @@ class FrozenTeacher:
         self.name = loaded.name
         self.path = loaded.path
         self.sha256 = sha256
+        self.val_dice, self.best_step = loaded.best_val_dice, loaded.best_step
+
+    def describe(self) -> str:
+        """The line printed before a student trains: what it distils from and how good that is."""
+        return f"teacher {self.name} ({self.path}): validation Dice {self.val_dice:.4f} at step {self.best_step}"
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor) -> torch.Tensor:
@@ -109,6 +114,11 @@ def load_teacher(path: str | Path | None, config: Any, device: str | torch.devic
     except CheckpointError as err:
         raise CheckpointError(f"--teacher: {err}") from None
     check_compatible(loaded, config)
+    if loaded.best_val_dice is None:
+        raise UsageError(
+            f"--teacher {checkpoint}: its validation Dice is missing (the run never validated), so nothing says the "
+            f"teacher is stronger than the student; train the teacher with validation (training.val_fraction > 0)"
+        )
     return FrozenTeacher(loaded, file_sha256(checkpoint))
 
 

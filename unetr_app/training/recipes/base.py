@@ -107,10 +107,12 @@ class Recipe(nn.Module):
         return {}
 
     @classmethod
-    def check(cls, config: Any) -> None:
+    def check(cls, config: Any) -> str | None:
         """Refuse, before the run folder is touched, what would make the recipe fail when built
-        (bad params; a recipe may refuse more, e.g. a bad teacher)."""
+        (bad params; a recipe may refuse more, e.g. a bad teacher). Returns a line for the user
+        about what it checked (e.g. the teacher's validation Dice), or None."""
         cls.parse_params(config.recipe.params)
+        return None
 
     @classmethod
     def unlabelled_loader(cls, config: Any, samples: list[dict], shard: Any):

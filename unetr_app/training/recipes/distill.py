@@ -88,8 +88,8 @@ class Distill(Recipe):
         return {"distillation": True, "prediction_head": cls.parse_params(params).prediction_head}
 
     @classmethod
-    def check(cls, config: Any) -> None:
-        load_teacher(cls.parse_params(config.recipe.params).teacher, config)
+    def check(cls, config: Any) -> str:
+        return load_teacher(cls.parse_params(config.recipe.params).teacher, config).describe()
 
     def __init__(self, model, config, **params: Any) -> None:
         super().__init__(model, config, **params)
