@@ -4,13 +4,15 @@ people share (NAME.safetensors) hold no pickle at all."""
 from __future__ import annotations
 
 import json
+import os
 import struct
+from pathlib import Path
 
 import pytest
 import torch
 
 from unetr_app.errors import CheckpointError
-from unetr_app.io.checkpoint import FORMAT, load_checkpoint, load_model, read_state_dict, save_checkpoint
+from unetr_app.io.checkpoint import FORMAT, can_resume_from, load_checkpoint, load_model, read_state_dict, save_checkpoint
 
 TINY = {"task": "segmentation", "spatial_dims": 3, "in_channels": 1, "out_channels": 2, "img_size": [32, 32, 32],
         "feature_size": 4, "hidden_size": 32, "mlp_dim": 64, "num_heads": 2}
@@ -117,6 +119,66 @@ def test_a_sidecar_from_another_save_is_detected(tmp_path):
     (tmp_path / "last.pt").write_bytes(stale)  # as if killed between writing the weights and the sidecar
     with pytest.raises(CheckpointError, match="another save"):
         load_checkpoint(tmp_path / "last.pt")
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing after the failing call runs, no `except Exception` catches it."""
+
+
+def _kill_when_renaming(monkeypatch, name):
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if Path(dst).name == name:
+            raise _Killed
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _state_dict_of(epoch):
+    return {"w": torch.full((2,), float(epoch))}
+
+
+def test_a_run_killed_between_the_two_renames_resumes_from_the_save_before(tmp_path, monkeypatch):
+    last = tmp_path / "last.pt"
+    for epoch in (1, 2):
+        save_checkpoint(last, _minimal(state_dict=_state_dict_of(epoch), training_state={"epoch": epoch}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.safetensors"], "no previous pair is kept once a save completes"
+
+    _kill_when_renaming(monkeypatch, "last.safetensors")  # the new sidecar is in place, its weights are not
+    with pytest.raises(_Killed):
+        save_checkpoint(last, _minimal(state_dict=_state_dict_of(3), training_state={"epoch": 3}))
+    monkeypatch.undo()
+    data = load_checkpoint(last)
+    assert data["training_state"] == {"epoch": 2}, "the newest complete save, not a mix of two"
+    torch.testing.assert_close(data["state_dict"]["w"], _state_dict_of(2)["w"])
+    assert can_resume_from(last)  # and puts the previous pair back in place
+
+    _kill_when_renaming(monkeypatch, "last.safetensors")  # the resumed run is killed in its first save too
+    with pytest.raises(_Killed):
+        save_checkpoint(last, _minimal(state_dict=_state_dict_of(3), training_state={"epoch": 3}))
+    monkeypatch.undo()
+    assert can_resume_from(last) and load_checkpoint(last)["training_state"] == {"epoch": 2}
+    for tmp in tmp_path.glob(".*"):  # what a restarted run's stale-temporary sweep removes
+        tmp.unlink()
+
+    save_checkpoint(last, _minimal(state_dict=_state_dict_of(3), training_state={"epoch": 3}))
+    assert load_checkpoint(last)["training_state"] == {"epoch": 3}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.safetensors"]
+
+
+def test_a_first_save_killed_before_its_weights_means_starting_again(tmp_path, monkeypatch):
+    last = tmp_path / "last.pt"
+    _kill_when_renaming(monkeypatch, "last.safetensors")
+    with pytest.raises(_Killed):
+        save_checkpoint(last, _minimal(training_state={"epoch": 1}))
+    monkeypatch.undo()
+    assert last.is_file() and not (tmp_path / "last.safetensors").exists()
+    assert not can_resume_from(last)
+    with pytest.raises(CheckpointError, match="missing beside it"):
+        load_checkpoint(last)
+    assert not can_resume_from(tmp_path / "never_saved.pt")
 
 
 def test_roundtrip_and_format_checks(tmp_path):

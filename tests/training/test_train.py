@@ -176,6 +176,18 @@ def test_resume_extends_a_finished_run(cli, tmp_path, phantom_dir, tiny_profile)
     assert metrics(run)[2]["lr"] > 0, "the extension continues at a positive LR"
 
 
+def test_a_run_killed_in_its_first_save_starts_again_on_resume(cli, tmp_path, phantom_dir, tiny_profile):
+    run = tmp_path / "run"
+    assert cli(*train_args(phantom_dir, tiny_profile, run, "--steps", 2)).exit_code == 0
+    (run / "checkpoints" / "last.safetensors").unlink()  # killed after the sidecar's rename, before the weights'
+    stale = run / "checkpoints" / ".last.tmp-99999.safetensors"
+    stale.write_bytes(b"half a checkpoint")
+    result = cli("train", "--out", run, "--resume", "--data-dir", phantom_dir, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == 2
+    assert not stale.exists(), "what the killed run was writing is removed"
+
+
 def test_resume_refuses_options_it_would_ignore(cli, tmp_path, phantom_dir, tiny_profile):
     run = tmp_path / "run"
     assert cli(*train_args(phantom_dir, tiny_profile, run, "--steps", 2)).exit_code == 0

@@ -16,6 +16,7 @@ A checkpoint saved as `NAME.pt` is written as up to two files beside each other:
     NAME.pt            only when there is more (last.pt: the training state: optimizer, scheduler,
                        scaler, rng, history, seconds), a torch file read with `weights_only=True`,
                        holding {format, format_version, save_id, weights: "NAME.safetensors", ...}
+    NAME.previous.*    only while a pair is being replaced (or after a kill did so): the pair before
 
 The .safetensors file alone is the model people share. Format-1 checkpoints (one torch file with
 `state_dict` and everything else) still load, and so do bare state dicts (MONAI's, e.g.) through
@@ -25,8 +26,10 @@ The .safetensors file alone is the model people share. Format-1 checkpoints (one
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
+import shutil
 import uuid
 import zipfile
 from dataclasses import dataclass, field
@@ -38,7 +41,7 @@ from torch import nn
 
 from unetr_app.config import InferenceConfig, PreprocessingConfig
 from unetr_app.errors import CheckpointError
-from unetr_app.io.atomic import atomic_path
+from unetr_app.io.atomic import atomic_path, temporary_name
 from unetr_app.io.run_dir import BEST_CHECKPOINT, CHECKPOINTS_FOLDER, LAST_CHECKPOINT
 
 FORMAT = "unetr-checkpoint"
@@ -46,6 +49,9 @@ FORMAT_VERSION = 2
 REQUIRED_KEYS = ("model", "state_dict", "preprocessing", "inference", "labels")
 WEIGHTS_SUFFIX = ".safetensors"
 SIDECAR_SUFFIX = ".pt"
+PREVIOUS = ".previous"  # NAME.previous.*: the pair kept while NAME is replaced
+
+log = logging.getLogger(__name__)
 CHECKPOINT_NAMES = (Path(BEST_CHECKPOINT).stem, Path(LAST_CHECKPOINT).stem)  # a run folder means its best, else its last
 WRAPPER_KEYS = ("state_dict", "model", "net", "network", "model_state_dict")  # how other tools nest weights
 
@@ -58,9 +64,10 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
 
     Where an entry goes is decided by its type (`split_by_type`), never by trying to serialise it.
     Both files are written in full to temporaries before either replaces the previous save, so a
-    write that fails (a full disk) leaves the previous pair as it was, loadable; the sidecar names
-    the weights' `save_id`, so a kill between the two renames is detected on load instead of mixing
-    two saves. A failed write is a `CheckpointError` naming the file and the cause."""
+    write that fails (a full disk) leaves the previous pair as it was, loadable. The sidecar names
+    the weights' `save_id`; while the two renames happen, the previous pair stays hard-linked as
+    NAME.previous.*, so a run killed between them loads the previous save (never a mix of two) and
+    resumes from it. A failed write is a `CheckpointError` naming the file and the cause."""
     weights_path, sidecar_path = checkpoint_files(path)
     state_dict, description, tensors_and_state = split_by_type(checkpoint)
     save_id = uuid.uuid4().hex
@@ -74,13 +81,71 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
                            "weights": weights_path.name, **tensors_and_state}
                 with atomic_path(sidecar_path) as sidecar_tmp:
                     torch.save(sidecar, sidecar_tmp)
+                    _keep_previous(weights_path, sidecar_path)
     except OSError as err:
         raise CheckpointError(
             f"{Path(path)}: could not write the checkpoint ({err.strerror or err}); the previous one there is unchanged "
             "and loadable. Free space on that disk, then continue with `unetr train --resume --out RUN_DIR`"
         ) from None
+    for file in previous_files(path):  # the new pair is complete: the previous one is no longer needed
+        file.unlink(missing_ok=True)
     if not tensors_and_state:  # an older sidecar or format-1 file of the same name would now describe other weights
         sidecar_path.unlink(missing_ok=True)
+
+
+def _keep_previous(weights_path: Path, sidecar_path: Path) -> None:
+    """Hard-link the current pair (if there is one) as NAME.previous.*, weights first."""
+    if weights_path.is_file() and sidecar_path.is_file():
+        _link_pair((weights_path, sidecar_path), previous_files(sidecar_path))
+
+
+def _link_pair(sources: tuple[Path, Path], targets: tuple[Path, Path]) -> None:
+    """Make each target the same file as its source (a copy where the file system has no hard
+    links), one atomic rename each, in order."""
+    for source, target in zip(sources, targets):
+        if target.is_file() and os.path.samefile(source, target):
+            continue  # rename() between two links of one file does nothing and would leave the temporary
+        tmp = temporary_name(target)
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copy2(source, tmp)
+        os.replace(tmp, target)
+
+
+def previous_files(path: str | Path) -> tuple[Path, Path]:
+    """(NAME.previous.safetensors, NAME.previous.pt): the pair kept while NAME is being replaced."""
+    weights, sidecar = checkpoint_files(path)
+    return (weights.with_name(weights.name[: -len(WEIGHTS_SUFFIX)] + PREVIOUS + WEIGHTS_SUFFIX),
+            sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)] + PREVIOUS + SIDECAR_SUFFIX))
+
+
+def can_resume_from(path: str | Path) -> bool:
+    """Whether a checkpoint saved as `path` exists to resume from, made whole first if a kill tore
+    its last save: the previous pair is put back in its place, so the resumed run's next save keeps
+    a good previous pair. Not when its only save was killed before its weights were written: that
+    is said once, and the run starts again from step 0."""
+    weights, sidecar = checkpoint_files(path)
+    previous = previous_files(path)
+    if sidecar.is_file() and not weights.is_file() and not all(f.is_file() for f in previous):
+        log.warning("%s: its first save was killed before its weights were written; training starts again from step 0", sidecar)
+        return False
+    if all(f.is_file() for f in previous) and not _is_whole(weights, sidecar):
+        log.warning("%s: its last save was torn by a kill; resuming from the save before it", sidecar)
+        _link_pair(previous, (weights, sidecar))
+    return sidecar.is_file() or weights.is_file()
+
+
+def _is_whole(weights: Path, sidecar: Path) -> bool:
+    """Both files of a pair exist and name one save."""
+    if not (weights.is_file() and sidecar.is_file()):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="pt", device="cpu") as handle:
+        weights_id = (handle.metadata() or {}).get("save_id")
+    return weights_id == torch.load(sidecar, map_location="cpu", weights_only=True, mmap=True).get("save_id")
 
 
 def build_checkpoint(description: dict[str, Any], model: nn.Module | dict[str, torch.Tensor], **entries: Any) -> dict[str, Any]:
@@ -151,8 +216,8 @@ def _umask() -> int:
 
 
 def remove_checkpoint(path: str | Path) -> None:
-    """Delete a checkpoint saved as `path` (both its files; either may be absent)."""
-    for file in checkpoint_files(path):
+    """Delete a checkpoint saved as `path` (both its files and any previous pair; any may be absent)."""
+    for file in (*checkpoint_files(path), *previous_files(path)):
         file.unlink(missing_ok=True)
 
 
@@ -203,20 +268,36 @@ def _read_checkpoint(path: Path) -> dict[str, Any] | None:
         return None
     _check_version(path, data.get("format_version", 0))
     if "weights" in data:  # a format-2 sidecar: the weights and their metadata live beside it
-        weights_path = path.with_name(str(data["weights"]))
-        if Path(str(data["weights"])).name != str(data["weights"]) or not weights_path.is_file():
-            raise CheckpointError(f"{path}: its weights file {data['weights']!r} is missing beside it")
-        state_dict, metadata = read_safetensors(weights_path)
-        if metadata.get("save_id") != data.get("save_id"):
-            raise CheckpointError(
-                f"{path}: belongs to another save than {weights_path.name} (a run killed while saving?); "
-                f"use {weights_path.name} alone for the weights"
-            )
-        merged = _from_weights_file(weights_path, state_dict, metadata)
-        merged.update({k: v for k, v in data.items() if k not in ("weights", "save_id")})
-        return merged
+        return _read_pair(path, data)
     _check_required(path, data)
     return data
+
+
+def _read_pair(path: Path, data: dict, weights_path: Path | None = None) -> dict[str, Any]:
+    """A sidecar joined with its weights; a pair torn by a kill while saving gives the previous save
+    (`weights_path` given: that previous pair itself, with no further fallback)."""
+    named = Path(str(data["weights"]))
+    if named.name != str(data["weights"]):
+        raise CheckpointError(f"{path}: its weights file {data['weights']!r} is not a file name beside it")
+    weights_path = weights_path or path.with_name(named.name)
+    torn = None
+    if not weights_path.is_file():
+        torn = f"{path}: its weights file {data['weights']!r} is missing beside it"
+    else:
+        state_dict, metadata = read_safetensors(weights_path)
+        if metadata.get("save_id") != data.get("save_id"):
+            torn = (f"{path}: belongs to another save than {weights_path.name} (a run killed while saving?); "
+                    f"use {weights_path.name} alone for the weights")
+    if torn:
+        previous_weights, previous_sidecar = previous_files(path)
+        if weights_path == previous_weights or not previous_sidecar.is_file() or not previous_weights.is_file():
+            raise CheckpointError(torn)
+        log.warning("%s was torn by a kill while saving; reading the save before it (%s)", path, previous_sidecar.name)
+        previous = _torch_load(previous_sidecar)
+        return _read_pair(previous_sidecar, previous, previous_weights)
+    merged = _from_weights_file(weights_path, state_dict, metadata)
+    merged.update({k: v for k, v in data.items() if k not in ("weights", "save_id")})
+    return merged
 
 
 def _from_weights_file(path: Path, state_dict: dict, metadata: dict[str, str]) -> dict[str, Any] | None:

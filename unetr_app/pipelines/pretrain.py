@@ -25,6 +25,7 @@ from unetr_app.config import RunConfig
 from unetr_app.data.multicrop import find_scans, preprocess_scans
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
+from unetr_app.io.checkpoint import can_resume_from
 from unetr_app.io.run_dir import RunDir
 from unetr_app.models import create_model
 from unetr_app.training.recipes import list_recipes, recipe_class
@@ -65,7 +66,7 @@ def _pretrain(config, run_dir, folders, device, resume, reporter, shard) -> dict
     seed_everything(config.training.seed)
     model = create_model(config.model.name, **config.model_kwargs())
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard)
-    if resume and run.last.is_file():
+    if resume and can_resume_from(run.last):
         trainer.restore(run.last)
     loader = recipe.unlabelled_loader(config, samples, shard)
     state = trainer.fit(loader, None)

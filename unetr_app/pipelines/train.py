@@ -20,6 +20,8 @@ from unetr_app.data.manifest import load_manifest
 from unetr_app.data.splits import cases_for_fold
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
+from unetr_app.io.atomic import remove_stale_temporaries
+from unetr_app.io.checkpoint import can_resume_from
 from unetr_app.io.run_dir import RunDir
 from unetr_app.models import create_model
 from unetr_app.quality.reviewed import reviewed_cases
@@ -63,7 +65,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     seed_everything(config.training.seed)
     model_kwargs = model_arguments(config)
     model = create_model(config.model.name, **model_kwargs)
-    restoring = resume and run.last.is_file()
+    restoring = resume and can_resume_from(run.last)
     initialised = prepare_encoder(model, run_dir, config.model.name, init, restoring, main=shard.is_main)
     extras = {"fingerprint": fingerprint, **(checkpoint_extras or {})}
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras, model_kwargs=model_kwargs)
@@ -109,6 +111,8 @@ def prepare_run_dir(run: RunDir, resume: bool) -> None:
     if run.last.exists() and not resume:
         raise UsageError(f"{run.path} already holds a run; continue it with --resume, or choose another --out")
     run.prepare()
+    for folder in (run.path, run.checkpoints):  # what a killed run was writing (a checkpoint can be GBs)
+        remove_stale_temporaries(folder)
 
 
 def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig, fold: int | str | None = None, folds: int | None = None,
