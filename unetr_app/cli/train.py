@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -27,6 +28,7 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="run folder; default runs/<task>-<model>-<profile>-<time>")] = None,
     resume: ResumeOption = False,
     teacher: Annotated[Path | None, typer.Option("--teacher", help="teacher run folder or .pt checkpoint for --recipe distill (sets recipe.params.teacher)")] = None,
+    unlabelled: Annotated[list[Path] | None, typer.Option("--unlabelled", help="with --recipe distill: a folder of scans without labels, distilled on too (repeatable; sets recipe.params.unlabelled)")] = None,
     init_from: Annotated[Path | None, typer.Option("--init-from", help="start the encoder from a pretraining/training run, checkpoint or MONAI UNETR/Swin UNETR state dict")] = None,
     init_key: Annotated[str, typer.Option("--init-key", help="with --init-from a pretraining run: teacher or student weights")] = "teacher",
     freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="train only the decoder")] = False,
@@ -43,11 +45,15 @@ def train(
     """
     from unetr_app.pipelines.train import train as train_pipeline, with_budget
     from unetr_app.config import load_run_config, parse_overrides
+    from unetr_app.errors import UsageError
     from unetr_app.io.run_dir import start_or_resume
     from unetr_app.training.progress import RichReporter
 
     budget = budget_from(steps, minutes, epochs)
     teacher_set = [f"recipe.params.teacher={teacher}"] if teacher is not None else []
+    unlabelled_folders = [str(folder) for folder in unlabelled or []]
+    # JSON is YAML: the folder list survives parse_overrides whatever the paths hold
+    unlabelled_set = [f"recipe.params.unlabelled={json.dumps(unlabelled_folders)}"] if unlabelled_folders else []
 
     def new_config():
         overrides = parse_overrides(set_ or [])
@@ -55,6 +61,8 @@ def train(
             overrides.setdefault("recipe", {})["name"] = recipe
         if teacher is not None:
             overrides.setdefault("recipe", {}).setdefault("params", {})["teacher"] = str(teacher)
+        if unlabelled_folders:
+            overrides.setdefault("recipe", {}).setdefault("params", {})["unlabelled"] = unlabelled_folders
         planned, task_name = None, task
         if profile == "auto":  # the plan for this dataset and device (unetr plan), made now if there is none
             from unetr_app.pipelines.plan import auto_profile
@@ -67,11 +75,14 @@ def train(
     options = {"--task": (task, lambda c: c.task.name), "--model": (model, lambda c: c.model.name),
                "--profile": (profile and Path(profile).stem, lambda c: "auto" if profile == "auto" and c.profile.startswith("auto-") else c.profile),
                "--recipe": (recipe, lambda c: c.recipe.name)}
-    start = start_or_resume(out, resume=resume, new_config=new_config, options=options, overrides=[*(set_ or []), *teacher_set],
+    start = start_or_resume(out, resume=resume, new_config=new_config, options=options, overrides=[*(set_ or []), *teacher_set, *unlabelled_set],
                             run_name=lambda c: f"{c.task.name}-{c.model.name}-{c.profile}")
     if resume and not start.resumed:
         console.print(f"no run to resume in {out}; starting a new one")
     config, run = start.config, start.run
+    if unlabelled_folders and config.recipe.name != "distill":
+        raise UsageError(f"--unlabelled: only the distill recipe trains on unlabelled scans, not {config.recipe.name!r}; "
+                         "add --recipe distill --teacher RUN, or drop --unlabelled")
     out = run.path
     config = with_budget(config, budget, checkpoint_every)
     console.print(f"training {config.model.name} on {config.task.name} with the {config.recipe.name} recipe ({config.profile}) into {out}")

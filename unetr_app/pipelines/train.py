@@ -48,9 +48,9 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
 
 def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None,
            add_reviewed=None) -> dict | None:
-    recipe = recipe_class(config.recipe.name)  # an unknown recipe or a bad teacher fails before any data is read
-    note = recipe.check(config)
+    recipe = recipe_class(config.recipe.name)  # an unknown recipe fails before the dataset is looked for
     dataset, run = find_dataset_dir(config.task, data_dir), RunDir(run_dir)
+    note = recipe.check(config, dataset)  # a bad teacher or unlabelled folder fails before the run folder is touched
     if shard.is_main:
         if note:
             reporter.note(note)

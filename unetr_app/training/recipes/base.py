@@ -8,6 +8,7 @@ folder is touched, and an error names the key), the `create_model` arguments its
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -107,9 +108,10 @@ class Recipe(nn.Module):
         return {}
 
     @classmethod
-    def check(cls, config: Any) -> str | None:
+    def check(cls, config: Any, dataset: Path | None = None) -> str | None:
         """Refuse, before the run folder is touched, what would make the recipe fail when built
-        (bad params; a recipe may refuse more, e.g. a bad teacher). Returns a line for the user
+        (bad params; a recipe may refuse more, e.g. a bad teacher, or with `dataset`, the labelled
+        dataset's folder, unlabelled scans that are labelled ones). Returns a line for the user
         about what it checked (e.g. the teacher's validation Dice), or None."""
         cls.parse_params(config.recipe.params)
         return None
