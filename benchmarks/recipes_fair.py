@@ -15,6 +15,8 @@ every arm: the arms are paired by seed).
     soft              distill       per-voxel T^2 KL, alpha 0.5, T 3
     hard              distill       DiceCE on the teacher's masks, alpha 0.5
     channel           distill       channel-wise (Shu et al.), alpha 0.5, T 4
+    soft_unlabelled   distill       soft, alpha 0.5, T 3, and the same term on `--unlabelled-scans`
+                                    other phantom scans without labels (another phantom seed)
     byot              self_distill  Be Your Own Teacher, equal head weights (the paper's sum)
     deep_supervision  self_distill  labels only on every head, equal weights (BYOT's control)
     nnunet            self_distill  labels only, weights 1/2^i with the coarsest 0
@@ -67,12 +69,12 @@ ARMS = {
     "soft": ("distill", {"mode": "soft", "alpha": 0.5, "temperature": 3.0}),
     "hard": ("distill", {"mode": "hard", "alpha": 0.5}),
     "channel": ("distill", {"mode": "channel", "alpha": 0.5, "temperature": 4.0}),
+    "soft_unlabelled": ("distill", {"mode": "soft", "alpha": 0.5, "temperature": 3.0, "unlabelled": "pool"}),
     "byot": ("self_distill", {"mode": "byot", "weights": "equal"}),
     "deep_supervision": ("self_distill", {"mode": "deep_supervision", "weights": "equal"}),
     "nnunet": ("self_distill", {"mode": "deep_supervision", "weights": "nnunet"}),
 }
 HEADS = ("average", "main", "distillation")
-NOT_RUN = {"soft_unlabelled": "needs `--unlabelled` (teacher targets on unlabelled scans), not built yet"}
 
 
 # --- one run ---------------------------------------------------------------------------------------
@@ -209,6 +211,19 @@ def dataset(work: Path, args) -> tuple[Path, dict]:
     return data, split
 
 
+def unlabelled_pool(work: Path, args) -> Path:
+    """`--unlabelled-scans` phantom scans of another seed than the labelled ones, named apart from them."""
+    pool = work / "unlabelled"
+    if len(list(pool.glob("*.nii.gz"))) != args.unlabelled_scans:
+        shutil.rmtree(pool, ignore_errors=True)
+        source = write_phantom_dataset(work / "unlabelled_source", cases=1, test_cases=args.unlabelled_scans, seed=2027)
+        pool.mkdir(parents=True)
+        for index, scan in enumerate(sorted((source / "imagesTs").glob("*.nii.gz"))):
+            shutil.move(scan, pool / f"unlabelled_{index}.nii.gz")
+        shutil.rmtree(source)
+    return pool
+
+
 def run_benchmark(args, work: Path) -> dict:
     data, split = dataset(work, args)
     student = QUICK_STUDENT if args.quick else STUDENT
@@ -222,6 +237,8 @@ def run_benchmark(args, work: Path) -> dict:
         recipe, params = ARMS[arm]
         if recipe == "distill":
             params = {**params, "teacher": str(teacher_dir)}
+        if "unlabelled" in params:
+            params = {**params, "unlabelled": [str(unlabelled_pool(work, args))]}
         heads = HEADS if recipe == "distill" and params["alpha"] > 0 else (None,)
         runs[arm] = []
         for seed in args.seeds:
@@ -269,7 +286,6 @@ def summarise(args, student: dict, teacher: dict, runs: dict[str, list[dict]]) -
                     "minus_plain": paired_bootstrap(teacher_dice[None, :] - plain),
                     "steps": args.teacher_steps},
         "plain_plateau": plateau([run["curve"] for run in runs["plain"]]) if runs["plain"][0]["curve"] else None,
-        "not_run": NOT_RUN,
         "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
         "arms": arms,
     }
@@ -312,6 +328,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-cases", type=int, default=4)
     parser.add_argument("--val-cases", type=int, default=2, help="labelled cases for the curves only")
     parser.add_argument("--held-out", type=int, default=16)
+    parser.add_argument("--unlabelled-scans", type=int, default=16, help="scans without labels for soft_unlabelled")
     parser.add_argument("--crops", type=int, default=2, help="random ROI crops per step")
     parser.add_argument("--curve-points", type=int, default=8, help="validations per run")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -322,6 +339,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.steps, args.teacher_steps = args.seeds[:1], 4, 4
         args.val_cases, args.held_out, args.crops, args.curve_points = 1, 2, 1, 2
+        args.unlabelled_scans = 2
     suffix = "_quick" if args.quick else ""
     args.work = args.work or Path("runs") / f"recipes_fair{suffix}"
     args.out = args.out or RESULTS / f"recipes_fair{suffix}.json"
