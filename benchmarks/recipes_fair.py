@@ -45,6 +45,7 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -230,8 +231,10 @@ def run_benchmark(args, work: Path) -> dict:
     plain_config = run_config(student, "supervised", {}, args.seeds[0], args.steps, args)
     student = {"name": plain_config.model.name, "params": dict(plain_config.model.params), "profile": PROFILE}
     teacher_dir = work / "teacher"
-    teacher = run_once(teacher_dir, run_config(TEACHER, "supervised", {}, 0, args.teacher_steps, args), data, split, (None,))
-    print(f"teacher: test Dice {statistics.fmean(teacher['dice_per_case']['checkpoint'].values()):.3f}", flush=True)
+    teacher = None
+    if any(ARMS[arm][0] == "distill" for arm in args.arms):  # the teacher costs as much as an arm: only when asked for
+        teacher = run_once(teacher_dir, run_config(TEACHER, "supervised", {}, 0, args.teacher_steps, args), data, split, (None,))
+        print(f"teacher: test Dice {statistics.fmean(teacher['dice_per_case']['checkpoint'].values()):.3f}", flush=True)
     runs: dict[str, list[dict]] = {}
     for arm in ["plain", *[a for a in args.arms if a != "plain"]]:
         recipe, params = ARMS[arm]
@@ -250,8 +253,8 @@ def run_benchmark(args, work: Path) -> dict:
     return summarise(args, student, teacher, runs)
 
 
-def summarise(args, student: dict, teacher: dict, runs: dict[str, list[dict]]) -> dict:
-    cases = sorted(teacher["dice_per_case"]["checkpoint"])
+def summarise(args, student: dict, teacher: dict | None, runs: dict[str, list[dict]]) -> dict:
+    cases = sorted(runs["plain"][0]["dice_per_case"]["checkpoint"])
     plain = per_seed_matrix(runs["plain"], "checkpoint", cases)
     arms = {}
     for arm, rows in runs.items():
@@ -264,13 +267,16 @@ def summarise(args, student: dict, teacher: dict, runs: dict[str, list[dict]]) -
             arms[arm]["heads"][head] = entry
         arms[arm]["curves"] = [run["curve"] for run in rows]
         arms[arm]["seconds_per_step"] = statistics.fmean(run["seconds_per_step"] for run in rows)
-    teacher_dice = np.array([teacher["dice_per_case"]["checkpoint"][c] for c in cases])
+    if teacher is not None:
+        teacher_dice = np.array([teacher["dice_per_case"]["checkpoint"][c] for c in cases])
+        teacher = {**TEACHER, "test_dice_mean": float(teacher_dice.mean()), "curve": teacher["curve"],
+                   "minus_plain": paired_bootstrap(teacher_dice[None, :] - plain), "steps": args.teacher_steps}
     return {
         "benchmark": "recipes_fair: few-label phantom, paired seeds, bootstrap intervals against plain",
         "quick": bool(args.quick),
         "note": "QUICK MODE: a check of the whole path with a tiny student and a few steps; its numbers measure nothing"
         if args.quick else "the full design",
-        "command": "python benchmarks/recipes_fair.py" + (" --quick" if args.quick else ""),
+        "command": "python benchmarks/recipes_fair.py " + " ".join(sys.argv[1:]),
         "design": {
             "train_cases": args.train_cases, "val_cases_for_curves": args.val_cases, "held_out_cases": args.held_out,
             "seeds": args.seeds, "student_steps": args.steps, "teacher_steps": args.teacher_steps,
@@ -282,9 +288,7 @@ def summarise(args, student: dict, teacher: dict, runs: dict[str, list[dict]]) -
                        "from the same generator, so their arms start from other weights than plain's",
         },
         "student": student,
-        "teacher": {**TEACHER, "test_dice_mean": float(teacher_dice.mean()), "curve": teacher["curve"],
-                    "minus_plain": paired_bootstrap(teacher_dice[None, :] - plain),
-                    "steps": args.teacher_steps},
+        "teacher": teacher,  # None: no distillation arm was run
         "plain_plateau": plateau([run["curve"] for run in runs["plain"]]) if runs["plain"][0]["curve"] else None,
         "device": f"cpu ({platform.machine()}, {torch.get_num_threads()} threads, {os.cpu_count()} cores)",
         "arms": arms,
@@ -305,7 +309,7 @@ def plot(result: dict, path: Path) -> None:
         steps = [s for s, _ in curves[0]]
         mean = [statistics.fmean(c[i][1] for c in curves) for i in range(len(steps))]
         ax.plot(steps, mean, marker="o", ms=3, label=arm, lw=2.2 if arm == "plain" else 1.2)
-    teacher = result["teacher"]["curve"]
+    teacher = (result["teacher"] or {}).get("curve")
     if teacher:
         ax.plot([s for s, _ in teacher], [d for _, d in teacher], "k--", lw=1, label="teacher (CNN)")
     ax.set_xlabel("optimizer step")
