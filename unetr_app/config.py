@@ -225,6 +225,7 @@ class OptimizerConfig(Strict):
     lr: float = Field(gt=0)
     weight_decay: float = Field(0.0, ge=0, description="for the encoder (body); never on norms, biases, embeddings, tokens")
     head_weight_decay: float | None = Field(None, ge=0, description="for the decoder/head; null: same as weight_decay")
+    encoder_lr_scale: float = Field(1.0, gt=0, le=1, description="the encoder (body) trains at lr times this: below 1 when it starts from pretraining (--init-from), so the decoder's LR does not wash it out")
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float | None = Field(None, gt=0, description="null: the optimizer's default")
     momentum: float = Field(0.99, ge=0, lt=1, description="sgd only")

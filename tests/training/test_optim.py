@@ -13,7 +13,7 @@ from unetr_app.config import LossConfig, OptimizerConfig, ScheduleConfig, load_r
 from unetr_app.errors import ConfigError
 from unetr_app.models import create_model
 from unetr_app.training.losses import build_loss
-from unetr_app.training.optim import Schedule, build_optimizer, parameter_groups
+from unetr_app.training.optim import Schedule, build_optimizer, parameter_groups, remember_initial_lr
 from unetr_app.training.recipes import build_recipe
 
 
@@ -92,6 +92,21 @@ def test_weight_decay_groups_of_a_cnn():
     assert all(p.endswith(("bias", "weight")) for p in groups["body_no_decay"][0])
     batch_norms = {n for n, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm3d)}
     assert {f"{n}.weight" for n in batch_norms} <= groups["body_no_decay"][0]
+
+
+def test_encoder_lr_scale_slows_only_the_encoder_through_the_whole_schedule():
+    model = create_model("unetr", img_size=[32, 32, 32], feature_size=8, hidden_size=64, mlp_dim=128, num_heads=2)
+    config = OptimizerConfig(lr=1e-3, encoder_lr_scale=0.1)
+    optimizer = build_optimizer(parameter_groups(model, config), config)
+    remember_initial_lr(optimizer)
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs == pytest.approx({"body": 1e-4, "body_no_decay": 1e-4, "head": 1e-3, "head_no_decay": 1e-3})
+    s = schedule("warmup_cosine", 100, warmup_fraction=0.1)
+    s.apply(optimizer, 55)  # mid-cosine: every group at its own LR times the same factor
+    lrs = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert lrs["body"] == pytest.approx(1e-4 * s.factor(55)) and lrs["head"] == pytest.approx(1e-3 * s.factor(55))
+    with pytest.raises(ValueError, match="encoder_lr_scale"):
+        OptimizerConfig(lr=1e-3, encoder_lr_scale=0.0)
 
 
 @pytest.mark.parametrize(("name", "kind"), [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD), ("adafactor", torch.optim.Adafactor)])

@@ -29,7 +29,7 @@ def train(
     resume: ResumeOption = False,
     teacher: Annotated[Path | None, typer.Option("--teacher", help="teacher run folder or .pt checkpoint for --recipe distill (sets recipe.params.teacher)")] = None,
     unlabelled: Annotated[list[Path] | None, typer.Option("--unlabelled", help="with --recipe distill: a folder of scans without labels, distilled on too (repeatable; sets recipe.params.unlabelled)")] = None,
-    init_from: Annotated[Path | None, typer.Option("--init-from", help="start the encoder from a pretraining/training run, checkpoint or MONAI UNETR/Swin UNETR state dict")] = None,
+    init_from: Annotated[Path | None, typer.Option("--init-from", help="start the encoder from a pretraining/training run, checkpoint or MONAI UNETR/Swin UNETR state dict; slow its LR with --set optimizer.encoder_lr_scale=0.1")] = None,
     init_key: Annotated[str, typer.Option("--init-key", help="with --init-from a pretraining run: teacher or student weights")] = "teacher",
     freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="train only the decoder")] = False,
     device: DeviceOption = "auto",

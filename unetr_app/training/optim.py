@@ -2,7 +2,8 @@
 
 Weight decay follows timm and the Scaling-ViT recipe: never on norms, biases (any parameter of one
 dimension), position embeddings or tokens (cls/dist/mask); `optimizer.weight_decay` on the encoder
-(the body) and `optimizer.head_weight_decay` on everything else (the decoder and head). A
+(the body) and `optimizer.head_weight_decay` on everything else (the decoder and head); the body
+trains at `optimizer.lr * optimizer.encoder_lr_scale` (fine-tuning a pretrained encoder). A
 classifier's head is its `head*` modules; a model with neither (a plain CNN) counts its last layer
 with parameters as the head.
 
@@ -46,8 +47,8 @@ def head_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 
 def parameter_groups(model: nn.Module, config: OptimizerConfig, extra: Iterable[tuple[str, nn.Parameter]] = ()) -> list[dict]:
-    """Four groups (body/head x decay/no decay); `extra` trainable parameters outside the model
-    (e.g. a recipe's projection head) join the head. Empty groups are dropped."""
+    """Four groups (body/head x decay/no decay), each with its own LR; `extra` trainable parameters
+    outside the model (e.g. a recipe's projection head) join the head. Empty groups are dropped."""
     heads = head_prefixes(model)
     head_decay = config.weight_decay if config.head_weight_decay is None else config.head_weight_decay
     groups = {key: [] for key in ("body", "body_no_decay", "head", "head_no_decay")}
@@ -57,7 +58,8 @@ def parameter_groups(model: nn.Module, config: OptimizerConfig, extra: Iterable[
         key = ("head" if in_head else "body") + ("_no_decay" if no_weight_decay(name, param) else "")
         groups[key].append(param)
     decay = {"body": config.weight_decay, "head": head_decay, "body_no_decay": 0.0, "head_no_decay": 0.0}
-    return [{"name": key, "params": params, "weight_decay": decay[key]} for key, params in groups.items() if params]
+    lr = {key: config.lr * (config.encoder_lr_scale if key.startswith("body") else 1.0) for key in groups}
+    return [{"name": key, "params": params, "weight_decay": decay[key], "lr": lr[key]} for key, params in groups.items() if params]
 
 
 def build_optimizer(groups: list[dict], config: OptimizerConfig) -> torch.optim.Optimizer:
