@@ -20,6 +20,15 @@ every arm: the arms are paired by seed).
     byot              self_distill  Be Your Own Teacher, equal head weights (the paper's sum)
     deep_supervision  self_distill  labels only on every head, equal weights (BYOT's control)
     nnunet            self_distill  labels only, weights 1/2^i with the coarsest 0
+    dino              supervised    plain's recipe and budget from the encoder of a DINO run (the
+                                    teacher's): profile cpu-dino on the student's own model, over the
+                                    labelled cases' scans and `--unlabelled-scans` other scans, never
+                                    a held-out one; the whole network at the same LR
+    dino_slow_encoder supervised    the same start, the encoder at 0.1 of the LR
+                                    (optimizer.encoder_lr_scale)
+
+The DINO run is made once (`--pretrain-steps`, default the shipped cpu-dino budget) and its collapse
+monitors (teacher entropy over ln K, teacher-student KL, batch-mean entropy over ln K) go to the JSON.
 
 Distillation arms are scored with each prediction head (average of the logits, main,
 distillation). Scores: spleen Dice from `unetr predict` + `unetr evaluate` on each held-out scan's
@@ -55,9 +64,12 @@ import torch
 import unetr_app.pipelines.predict as predict_pipeline
 from unetr_app.pipelines.evaluate import run_evaluate
 from unetr_app.pipelines.predict import PredictRequest, run_predict
+from unetr_app.pipelines.pretrain import pretrain
 from unetr_app.pipelines.train import train
 from unetr_app.config import load_run_config
 from unetr_app.data.phantom import write_phantom_dataset
+from unetr_app.training.init import EncoderInit
+from unetr_app.training.objectives import dino_phase
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROFILE = "cpu-recipes"  # the student (patch-8 DeiT + UNETR decoder), the teacher's size, data and augmentation
@@ -75,13 +87,17 @@ ARMS = {
     "deep_supervision": ("self_distill", {"mode": "deep_supervision", "weights": "equal"}),
     "nnunet": ("self_distill", {"mode": "deep_supervision", "weights": "nnunet"}),
 }
+DINO_ARMS = {"dino": 1.0, "dino_slow_encoder": 0.1}  # arm: the encoder's LR scale when fine-tuning from DINO
+ARMS.update({arm: ("supervised", {}) for arm in DINO_ARMS})
+PRETRAIN_PROFILE = "cpu-dino"
+MONITORS = ("teacher_entropy_ratio", "teacher_student_kl", "batch_entropy_ratio")
 HEADS = ("average", "main", "distillation")
 
 
 # --- one run ---------------------------------------------------------------------------------------
 
 
-def run_config(model: dict, recipe: str, params: dict, seed: int, steps: int, args) -> object:
+def run_config(model: dict, recipe: str, params: dict, seed: int, steps: int, args, encoder_lr_scale: float = 1.0) -> object:
     overrides = {
         **({"model": {"params": model["params"]}} if model["params"] else {}),
         "training": {
@@ -89,7 +105,7 @@ def run_config(model: dict, recipe: str, params: dict, seed: int, steps: int, ar
             "val_every_steps": max(1, steps // args.curve_points), "log_every_steps": max(1, steps // args.curve_points),
             "checkpoint_every_steps": max(1, steps // args.curve_points),
         },
-        "optimizer": {"lr": args.lr},
+        "optimizer": {"lr": args.lr, "encoder_lr_scale": encoder_lr_scale},
         "recipe": {"name": recipe, "params": params},
         "inference": {"overlap": 0.25, "sw_batch_size": 4},
     }
@@ -142,7 +158,7 @@ def score(run_dir: Path, data: Path, head: str | None = None) -> dict[str, float
     return per_case
 
 
-def run_once(run_dir: Path, config, data: Path, split: dict, heads: tuple[str | None, ...]) -> dict:
+def run_once(run_dir: Path, config, data: Path, split: dict, heads: tuple[str | None, ...], init: EncoderInit | None = None) -> dict:
     """Train and score one run; a finished run (result.json) is read back, an unfinished one redone."""
     done = run_dir / "result.json"
     if done.is_file():
@@ -152,7 +168,7 @@ def run_once(run_dir: Path, config, data: Path, split: dict, heads: tuple[str | 
     run_dir.mkdir(parents=True)
     (run_dir / "split.json").write_text(json.dumps(split))
     started = time.perf_counter()
-    summary = train(config, run_dir, data, "cpu")
+    summary = train(config, run_dir, data, "cpu", init=init)
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     dice = {head or "checkpoint": score(run_dir, data, head) for head in heads}
@@ -225,6 +241,34 @@ def unlabelled_pool(work: Path, args) -> Path:
     return pool
 
 
+def pretrain_dino(work: Path, student: dict, split: dict, args) -> dict:
+    """The DINO run every dino arm starts from (made once, read back after a kill) and its monitors."""
+    run_dir = work / "dino_pretrain"
+    done = run_dir / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    shutil.rmtree(run_dir, ignore_errors=True)
+    overrides = {"model": {"params": student["params"]}}
+    if args.pretrain_steps is not None:
+        overrides["training"] = {"budget": {"steps": args.pretrain_steps}}
+    config = load_run_config("spleen", model=student["name"], profile=PRETRAIN_PROFILE, overrides=overrides)
+    scans = [Path(case["image"]) for case in split["train"]] + [unlabelled_pool(work, args)]
+    summary = pretrain(config, run_dir, scans, "cpu")
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    monitored = [line for line in lines if all(name in line for name in MONITORS)]
+    result = {
+        "profile": PRETRAIN_PROFILE, "steps": summary["steps"], "train_seconds": summary["seconds"], "score_seconds": 0.0,
+        "scans": summary["scans"],
+        "final_loss": summary["final_loss"], "ln_K": float(np.log(config.recipe.params["out_dim"])),
+        "monitors": [[line["step"], *(round(float(line[name]), 4) for name in MONITORS)] for line in monitored],
+        "monitor_names": ["step", *MONITORS],
+        "phase_at_end": (dino_phase(monitored[-1]["teacher_entropy_ratio"], monitored[-1]["batch_entropy_ratio"]) or "learning")
+        if monitored else None,
+    }
+    done.write_text(json.dumps(result, indent=2))
+    return result
+
+
 def run_benchmark(args, work: Path) -> dict:
     data, split = dataset(work, args)
     student = QUICK_STUDENT if args.quick else STUDENT
@@ -235,9 +279,15 @@ def run_benchmark(args, work: Path) -> dict:
     if any(ARMS[arm][0] == "distill" for arm in args.arms):  # the teacher costs as much as an arm: only when asked for
         teacher = run_once(teacher_dir, run_config(TEACHER, "supervised", {}, 0, args.teacher_steps, args), data, split, (None,))
         print(f"teacher: test Dice {statistics.fmean(teacher['dice_per_case']['checkpoint'].values()):.3f}", flush=True)
+    dino = None
+    if any(arm in DINO_ARMS for arm in args.arms):
+        dino = pretrain_dino(work, student, split, args)
+        print(f"DINO: {dino['steps']} steps in {dino['train_seconds']:.0f} s, phase at the end: {dino['phase_at_end']}; "
+              f"monitors {dino['monitors'][-1] if dino['monitors'] else None}", flush=True)
     runs: dict[str, list[dict]] = {}
     for arm in ["plain", *[a for a in args.arms if a != "plain"]]:
         recipe, params = ARMS[arm]
+        init = EncoderInit(work / "dino_pretrain", "teacher") if arm in DINO_ARMS else None
         if recipe == "distill":
             params = {**params, "teacher": str(teacher_dir)}
         if "unlabelled" in params:
@@ -245,12 +295,15 @@ def run_benchmark(args, work: Path) -> dict:
         heads = HEADS if recipe == "distill" and params["alpha"] > 0 else (None,)
         runs[arm] = []
         for seed in args.seeds:
-            config = run_config(QUICK_STUDENT if args.quick else STUDENT, recipe, params, seed, args.steps, args)
-            runs[arm].append(run_once(work / f"{arm}-{seed}", config, data, split, heads))
+            config = run_config(QUICK_STUDENT if args.quick else STUDENT, recipe, params, seed, args.steps, args,
+                                encoder_lr_scale=DINO_ARMS.get(arm, 1.0))
+            runs[arm].append(run_once(work / f"{arm}-{seed}", config, data, split, heads, init))
             scores = runs[arm][-1]["dice_per_case"]
             line = "  ".join(f"{h} {statistics.fmean(d.values()):.3f}" for h, d in scores.items())
             print(f"seed {seed} {arm:>16}: Dice {line}  ({runs[arm][-1]['train_seconds']:.0f} s)", flush=True)
-    return summarise(args, student, teacher, runs)
+    result = summarise(args, student, teacher, runs)
+    result["dino_pretrain"] = dino  # None: no dino arm was run
+    return result
 
 
 def summarise(args, student: dict, teacher: dict | None, runs: dict[str, list[dict]]) -> dict:
@@ -332,7 +385,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--train-cases", type=int, default=4)
     parser.add_argument("--val-cases", type=int, default=2, help="labelled cases for the curves only")
     parser.add_argument("--held-out", type=int, default=16)
-    parser.add_argument("--unlabelled-scans", type=int, default=16, help="scans without labels for soft_unlabelled")
+    parser.add_argument("--unlabelled-scans", type=int, default=16, help="scans without labels for soft_unlabelled and DINO")
+    parser.add_argument("--pretrain-steps", type=int, default=None, help="DINO steps (default: the cpu-dino profile's budget)")
     parser.add_argument("--crops", type=int, default=2, help="random ROI crops per step")
     parser.add_argument("--curve-points", type=int, default=8, help="validations per run")
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -343,7 +397,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.seeds, args.steps, args.teacher_steps = args.seeds[:1], 4, 4
         args.val_cases, args.held_out, args.crops, args.curve_points = 1, 2, 1, 2
-        args.unlabelled_scans = 2
+        args.unlabelled_scans, args.pretrain_steps = 2, 4
     suffix = "_quick" if args.quick else ""
     args.work = args.work or Path("runs") / f"recipes_fair{suffix}"
     args.out = args.out or RESULTS / f"recipes_fair{suffix}.json"
