@@ -16,9 +16,9 @@ console = Console()
 
 def pretrain(
     images: Annotated[list[Path] | None, typer.Argument(help="folders (or files) of scans, any format predict reads; labels are not needed")] = None,
-    method: Annotated[str, typer.Option("--method", help="self-supervised recipe (recipe.name), e.g. dino")] = "dino",
+    method: Annotated[str, typer.Option("--method", help="self-supervised recipe (recipe.name): dino, or masked (masked image modelling)")] = "dino",
     model: Annotated[str | None, typer.Option("--model", help="registered model name; default: the profile's")] = None,
-    profile: Annotated[str, typer.Option("--profile", help="configs/profiles NAME or a .yaml path")] = "cpu-dino",
+    profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME or a .yaml path  [default: cpu-METHOD]")] = None,
     task: Annotated[str, typer.Option("--task", help="task config whose orientation/spacing/window the profile completes")] = DEFAULT_TASK,
     steps: StepsOption = None,
     minutes: MinutesOption = None,
@@ -39,6 +39,7 @@ def pretrain(
     from unetr_app.errors import UsageError
     from unetr_app.io.run_dir import start_or_resume
     from unetr_app.training.progress import RichReporter
+    from unetr_app.training.recipes import recipe_class
 
     budget = budget_from(steps, minutes, epochs)
 
@@ -47,7 +48,8 @@ def pretrain(
             raise UsageError("give at least one folder of scans (IMAGES_DIR)")
         overrides = parse_overrides(set_ or [])
         overrides.setdefault("recipe", {})["name"] = method
-        return load_run_config(task, model, profile, overrides)
+        recipe_class(method)  # an unknown --method is named (with a suggestion) before any profile is looked for
+        return load_run_config(task, model, profile or f"cpu-{method}", overrides)
 
     start = start_or_resume(out, resume=resume, new_config=new_config, run_name=lambda c: f"pretrain-{method}-{c.model.name}")
     config, run = with_budget(start.config, budget, checkpoint_every), start.run

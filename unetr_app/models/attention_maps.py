@@ -115,9 +115,12 @@ def resize_position_embedding(pos: torch.Tensor, grid: Sequence[int], new_grid: 
     return resized.flatten(2).transpose(1, 2)
 
 
-def encode_tokens(encoder: TokenEncoder, x: torch.Tensor, extra_prefix: torch.Tensor | None = None):
+def encode_tokens(encoder: TokenEncoder, x: torch.Tensor, extra_prefix: torch.Tensor | None = None,
+                  mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None):
     """(B, C, *size) -> (normed tokens (B, P + N, D), patch grid). `size` only has to be a multiple of
-    the patch size; `extra_prefix` (1, K, D) tokens (DINO's class token) go before the patches."""
+    the patch size; `extra_prefix` (1, K, D) tokens (DINO's class token) go before the patches;
+    where `mask` (B, N) is True the patch's embedding is replaced by `mask_token` (1, 1, D) before
+    the position embedding is added (SimMIM)."""
     module = encoder.module
     size = tuple(x.shape[2:])
     if any(s % p for s, p in zip(size, encoder.patch_size)):
@@ -126,6 +129,8 @@ def encode_tokens(encoder: TokenEncoder, x: torch.Tensor, extra_prefix: torch.Te
     patches = embedding.patch_embeddings(x)  # (B, D, *grid)
     grid = tuple(patches.shape[2:])
     tokens = patches.flatten(2).transpose(1, 2)  # (B, N, D)
+    if mask is not None:
+        tokens = torch.where(mask.unsqueeze(-1), mask_token.to(tokens.dtype), tokens)
     tokens = embedding.dropout(tokens + resize_position_embedding(embedding.position_embeddings, encoder.grid, grid))
     prefix = [module.prefix_tokens(x.shape[0])] if encoder.num_prefix_tokens else []
     if extra_prefix is not None:

@@ -15,6 +15,13 @@ Distillation for dense prediction:
 Deep supervision (nnU-Net): `deep_supervision_weights` gives head i (0 = full resolution) the
 weight 1/2^i, the coarsest optionally 0, normalised to sum 1.
 
+Masked image modelling (SimMIM, Xie et al., CVPR 2022; MAE, He et al., CVPR 2022): `patchify` cuts
+(B, C, *size) into the ViT's patches (B, N, C * prod(patch)), in the patch embedding's token order;
+`random_token_mask` masks round(ratio * N) tokens per sample; `masked_reconstruction_loss` is the
+mean L1 (SimMIM) or squared (MAE) error over the voxels of masked patches only, against the raw
+patch or, with `normalise_target`, each patch standardised by its own mean and std (MAE's target).
+A reconstruction target cannot collapse: predicting a constant costs the patches' variance.
+
 DINO collapse monitors (Caron et al. 2021; its authors' advice for runs stuck at ln K): from the
 teacher's centred, sharpened distribution p_t and the student's log-probabilities,
     teacher_entropy_ratio   mean H(p_t) / ln K: near 1 in the uniform phase, 0 for one-hot targets
@@ -64,6 +71,39 @@ def channel_distillation(student: torch.Tensor, teacher: torch.Tensor, temperatu
 
 
 # --- deep supervision --------------------------------------------------------------------------
+
+
+def patchify(x: torch.Tensor, patch: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, *size) -> (B, N, C * prod(patch)): patches in row-major grid order (a patch-embedding
+    convolution's flattened output), each flattened channel-first."""
+    batch, channels, *size = x.shape
+    grid = [s // p for s, p in zip(size, patch)]
+    if any(g * p != s for g, p, s in zip(grid, patch, size)):
+        raise ValueError(f"size {tuple(size)} is not a multiple of the patch {tuple(patch)}")
+    dims = len(patch)
+    x = x.reshape(batch, channels, *[n for pair in zip(grid, patch) for n in pair])
+    order = [0, *(2 + 2 * i for i in range(dims)), 1, *(3 + 2 * i for i in range(dims))]
+    return x.permute(order).reshape(batch, math.prod(grid), channels * math.prod(patch))
+
+
+def random_token_mask(batch: int, tokens: int, ratio: float, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B, N) bool: exactly round(ratio * N) masked tokens per sample (at least 1, at most N - 1)."""
+    masked = min(max(round(ratio * tokens), 1), tokens - 1)
+    order = torch.rand(batch, tokens, device=device, generator=generator).argsort(dim=1)
+    mask = torch.zeros(batch, tokens, dtype=torch.bool, device=device)
+    return mask.scatter(1, order[:, :masked], True)
+
+
+def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                               kind: str = "l1", normalise_target: bool = False, eps: float = 1e-6) -> torch.Tensor:
+    """prediction, target (B, N, P); mask (B, N) bool: the mean error over the masked patches' voxels."""
+    prediction, target = prediction.float(), target.float()
+    if normalise_target:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, unbiased=False, keepdim=True)
+        target = (target - mean) / (var + eps).sqrt()
+    error = (prediction - target).abs() if kind == "l1" else (prediction - target) ** 2
+    per_patch = error.mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
 
 def deep_supervision_weights(heads: int, coarsest_zero: bool = True) -> list[float]:

@@ -162,7 +162,7 @@ def model_arguments(config: Any, recipe: type[Recipe] | None = None) -> dict[str
 
 def _import_recipes() -> None:
     # each module registers its recipes on import
-    from unetr_app.training.recipes import dino, distill, self_distill, supervised  # noqa: F401
+    from unetr_app.training.recipes import dino, distill, masked, self_distill, supervised  # noqa: F401
 
 
 RECIPES: Registry[type[Recipe]] = Registry("recipe", loader=_import_recipes)
