@@ -26,9 +26,11 @@ every arm: the arms are paired by seed).
                                     a held-out one; the whole network at the same LR
     dino_slow_encoder supervised    the same start, the encoder at 0.1 of the LR
                                     (optimizer.encoder_lr_scale)
+    masked, masked_slow_encoder     the same from a masked-image-modelling run (profile cpu-masked)
 
-The DINO run is made once (`--pretrain-steps`, default the shipped cpu-dino budget) and its collapse
-monitors (teacher entropy over ln K, teacher-student KL, batch-mean entropy over ln K) go to the JSON.
+Each pretraining run is made once (`--pretrain-steps`, default the shipped profile's budget); its
+loss curve and, for DINO, the collapse monitors (teacher entropy over ln K, teacher-student KL,
+batch-mean entropy over ln K) go to the JSON.
 
 Distillation arms are scored with each prediction head (average of the logits, main,
 distillation). Scores: spleen Dice from `unetr predict` + `unetr evaluate` on each held-out scan's
@@ -87,9 +89,11 @@ ARMS = {
     "deep_supervision": ("self_distill", {"mode": "deep_supervision", "weights": "equal"}),
     "nnunet": ("self_distill", {"mode": "deep_supervision", "weights": "nnunet"}),
 }
-DINO_ARMS = {"dino": 1.0, "dino_slow_encoder": 0.1}  # arm: the encoder's LR scale when fine-tuning from DINO
-ARMS.update({arm: ("supervised", {}) for arm in DINO_ARMS})
-PRETRAIN_PROFILE = "cpu-dino"
+# arms fine-tuned from a pretraining run: (its method, the encoder's LR scale)
+PRETRAINED_ARMS = {"dino": ("dino", 1.0), "dino_slow_encoder": ("dino", 0.1), "masked": ("masked", 1.0),
+                   "masked_slow_encoder": ("masked", 0.1)}
+ARMS.update({arm: ("supervised", {}) for arm in PRETRAINED_ARMS})
+PRETRAIN_PROFILES = {"dino": "cpu-dino", "masked": "cpu-masked"}
 MONITORS = ("teacher_entropy_ratio", "teacher_student_kl", "batch_entropy_ratio")
 HEADS = ("average", "main", "distillation")
 
@@ -241,9 +245,10 @@ def unlabelled_pool(work: Path, args) -> Path:
     return pool
 
 
-def pretrain_dino(work: Path, student: dict, split: dict, args) -> dict:
-    """The DINO run every dino arm starts from (made once, read back after a kill) and its monitors."""
-    run_dir = work / "dino_pretrain"
+def pretrain_encoder(work: Path, method: str, student: dict, split: dict, args) -> dict:
+    """The pretraining run (`method`: dino or masked) its arms start from, made once (read back
+    after a kill), on the labelled cases' scans and the unlabelled pool, never a held-out scan."""
+    run_dir = work / f"{method}_pretrain"
     done = run_dir / "result.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -251,20 +256,22 @@ def pretrain_dino(work: Path, student: dict, split: dict, args) -> dict:
     overrides = {"model": {"params": student["params"]}}
     if args.pretrain_steps is not None:
         overrides["training"] = {"budget": {"steps": args.pretrain_steps}}
-    config = load_run_config("spleen", model=student["name"], profile=PRETRAIN_PROFILE, overrides=overrides)
+    config = load_run_config("spleen", model=student["name"], profile=PRETRAIN_PROFILES[method], overrides=overrides)
     scans = [Path(case["image"]) for case in split["train"]] + [unlabelled_pool(work, args)]
     summary = pretrain(config, run_dir, scans, "cpu")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    monitored = [line for line in lines if all(name in line for name in MONITORS)]
-    result = {
-        "profile": PRETRAIN_PROFILE, "steps": summary["steps"], "train_seconds": summary["seconds"], "score_seconds": 0.0,
-        "scans": summary["scans"],
-        "final_loss": summary["final_loss"], "ln_K": float(np.log(config.recipe.params["out_dim"])),
-        "monitors": [[line["step"], *(round(float(line[name]), 4) for name in MONITORS)] for line in monitored],
-        "monitor_names": ["step", *MONITORS],
-        "phase_at_end": (dino_phase(monitored[-1]["teacher_entropy_ratio"], monitored[-1]["batch_entropy_ratio"]) or "learning")
-        if monitored else None,
-    }
+    result = {"method": method, "profile": PRETRAIN_PROFILES[method], "steps": summary["steps"],
+              "train_seconds": summary["seconds"], "score_seconds": 0.0, "scans": summary["scans"],
+              "final_loss": summary["final_loss"], "loss_curve": [[line["step"], round(line["loss"], 4)] for line in lines if "loss" in line]}
+    if method == "dino":
+        monitored = [line for line in lines if all(name in line for name in MONITORS)]
+        last = monitored[-1] if monitored else None
+        result.update({
+            "ln_K": float(np.log(config.recipe.params["out_dim"])),
+            "monitor_names": ["step", *MONITORS],
+            "monitors": [[line["step"], *(round(float(line[name]), 4) for name in MONITORS)] for line in monitored],
+            "phase_at_end": (dino_phase(last["teacher_entropy_ratio"], last["batch_entropy_ratio"]) or "learning") if last else None,
+        })
     done.write_text(json.dumps(result, indent=2))
     return result
 
@@ -279,15 +286,17 @@ def run_benchmark(args, work: Path) -> dict:
     if any(ARMS[arm][0] == "distill" for arm in args.arms):  # the teacher costs as much as an arm: only when asked for
         teacher = run_once(teacher_dir, run_config(TEACHER, "supervised", {}, 0, args.teacher_steps, args), data, split, (None,))
         print(f"teacher: test Dice {statistics.fmean(teacher['dice_per_case']['checkpoint'].values()):.3f}", flush=True)
-    dino = None
-    if any(arm in DINO_ARMS for arm in args.arms):
-        dino = pretrain_dino(work, student, split, args)
-        print(f"DINO: {dino['steps']} steps in {dino['train_seconds']:.0f} s, phase at the end: {dino['phase_at_end']}; "
-              f"monitors {dino['monitors'][-1] if dino['monitors'] else None}", flush=True)
+    pretrained = {}
+    for method in sorted({PRETRAINED_ARMS[arm][0] for arm in args.arms if arm in PRETRAINED_ARMS}):
+        pretrained[method] = pretrain_encoder(work, method, student, split, args)
+        run = pretrained[method]
+        print(f"{method}: {run['steps']} steps in {run['train_seconds']:.0f} s, final loss {run['final_loss']:.4f}"
+              + (f", phase at the end {run['phase_at_end']}, monitors {run['monitors'][-1]}" if method == "dino" else ""), flush=True)
     runs: dict[str, list[dict]] = {}
     for arm in ["plain", *[a for a in args.arms if a != "plain"]]:
         recipe, params = ARMS[arm]
-        init = EncoderInit(work / "dino_pretrain", "teacher") if arm in DINO_ARMS else None
+        method, encoder_lr_scale = PRETRAINED_ARMS.get(arm, (None, 1.0))
+        init = EncoderInit(work / f"{method}_pretrain", "teacher") if method else None
         if recipe == "distill":
             params = {**params, "teacher": str(teacher_dir)}
         if "unlabelled" in params:
@@ -296,13 +305,13 @@ def run_benchmark(args, work: Path) -> dict:
         runs[arm] = []
         for seed in args.seeds:
             config = run_config(QUICK_STUDENT if args.quick else STUDENT, recipe, params, seed, args.steps, args,
-                                encoder_lr_scale=DINO_ARMS.get(arm, 1.0))
+                                encoder_lr_scale=encoder_lr_scale)
             runs[arm].append(run_once(work / f"{arm}-{seed}", config, data, split, heads, init))
             scores = runs[arm][-1]["dice_per_case"]
             line = "  ".join(f"{h} {statistics.fmean(d.values()):.3f}" for h, d in scores.items())
             print(f"seed {seed} {arm:>16}: Dice {line}  ({runs[arm][-1]['train_seconds']:.0f} s)", flush=True)
     result = summarise(args, student, teacher, runs)
-    result["dino_pretrain"] = dino  # None: no dino arm was run
+    result["pretraining"] = pretrained  # by method; empty: no pretrained arm was run
     return result
 
 
