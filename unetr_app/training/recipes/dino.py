@@ -239,7 +239,8 @@ def phase_warning(step: int, total_steps: int, monitors: dict[str, float]) -> st
     if phase == "uniform":
         return (f"{where}: the teacher is still uniform (entropy {entropy:.2f} of ln K, teacher-student KL "
                 f"{monitors['teacher_student_kl']:.3f}); lower recipe.params.teacher_temp and teacher_temp_final "
-                f"(e.g. 0.02), set freeze_last_layer (e.g. 0.1) or a smaller bottleneck_dim")
+                f"(e.g. 0.02), set freeze_last_layer (e.g. 0.1) or a smaller bottleneck_dim; with few scans, "
+                f"`--method masked` cannot collapse")
     if phase == "collapsed":
         return (f"{where}: the teacher has collapsed onto one prototype (batch-mean entropy {spread:.2f} of ln K); "
                 f"raise recipe.params.teacher_temp or lower center_momentum (a faster centre)")
