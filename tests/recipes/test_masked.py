@@ -120,6 +120,13 @@ def test_masked_recipe_bad_params_and_method_are_one_line_errors(cli, tmp_path, 
     assert "Traceback" not in result.output
 
 
+def test_train_refuses_a_self_supervised_recipe_in_one_line(cli, tmp_path, phantom_dir, tiny_profile):
+    result = cli("train", "--data-dir", phantom_dir, "--profile", tiny_profile, "--device", "cpu", "--steps", "1",
+                 "--recipe", "masked", "--out", tmp_path / "r")
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code != 0 and len(errors) == 1 and "unetr pretrain" in errors[0] and "Traceback" not in result.output
+
+
 def test_a_masked_pretraining_run_resumes_exactly(cli, tmp_path, phantom_dir, pretrained_masked):
     first = cli("pretrain", phantom_dir / "imagesTr", "--method", "masked", "--profile", TINY_MASKED, "--device", "cpu",
                 "--out", tmp_path / "split", "--steps", "1")

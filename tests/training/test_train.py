@@ -94,7 +94,8 @@ NARROW_DEIT = ["--model", "deit_tiny_distilled_patch16", "--set", "model.params.
                "--set", "model.params.num_heads=2", "--set", "model.params.feature_size=4"]
 RECIPE_MODEL_ARGS = {"self_distill": NARROW_DEIT, "distill": NARROW_DEIT}
 # pretraining reads unlabelled scans through `unetr pretrain`; its exact resume has its own test
-OWN_RESUME_TEST = {"dino": "exact resume tested in tests/training/test_pretrain.py::test_resume_continues_exactly"}
+OWN_RESUME_TEST = {"dino": "exact resume tested in tests/training/test_pretrain.py::test_resume_continues_exactly",
+                   "masked": "exact resume tested in tests/recipes/test_masked.py::test_a_masked_pretraining_run_resumes_exactly"}
 
 
 def _resumable_recipes():

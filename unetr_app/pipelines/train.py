@@ -49,6 +49,9 @@ def train(config: RunConfig, run_dir: Path, data_dir: Path | None = None, device
 def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extras, shard, fold=(None, None), init=None,
            add_reviewed=None) -> dict | None:
     recipe = recipe_class(config.recipe.name)  # an unknown recipe fails before the dataset is looked for
+    if recipe.self_supervised:
+        raise UsageError(f"--recipe {config.recipe.name}: a self-supervised recipe trains on unlabelled scans; "
+                         f"use `unetr pretrain SCANS... --method {config.recipe.name}`, then `unetr train --init-from RUN`")
     dataset, run = find_dataset_dir(config.task, data_dir), RunDir(run_dir)
     note = recipe.check(config, dataset)  # a bad teacher or unlabelled folder fails before the run folder is touched
     if shard.is_main:
