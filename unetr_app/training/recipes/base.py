@@ -32,6 +32,13 @@ def one_of(value: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
+def fraction_range(value: tuple[float, float]) -> tuple[float, float]:
+    """A Params validator's check of a [low, high] share of a volume."""
+    if not 0 < value[0] <= value[1] <= 1:
+        raise ValueError(f"must be [low, high] with 0 < low <= high <= 1, got {list(value)}")
+    return value
+
+
 def validate_params(recipe: str, schema: type[RecipeParams], params: dict[str, Any] | None) -> RecipeParams:
     """`recipe.params` as the recipe's typed Params; the first problem is a ConfigError naming the key."""
     try:

@@ -45,7 +45,7 @@ from torch import nn
 
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
 from unetr_app.training.objectives import dino_monitors, dino_phase
-from unetr_app.training.recipes.base import Recipe, RecipeParams, register_recipe, validate_params
+from unetr_app.training.recipes.base import Recipe, RecipeParams, fraction_range, register_recipe, validate_params
 from unetr_app.training.recipes.dino_network import build_dino_network
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,7 @@ class DinoParams(RecipeParams):
     @field_validator("global_scale", "local_scale")
     @classmethod
     def _scale_range(cls, value):
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError(f"must be [low, high] with 0 < low <= high <= 1, got {list(value)}")
-        return value
+        return fraction_range(value)
 
 
 def dino_params(params: dict[str, Any] | None) -> DinoParams:

@@ -25,7 +25,7 @@ from torch import nn
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
 from unetr_app.models.attention_maps import TokenEncoder, encode_tokens, find_token_encoder
 from unetr_app.training.objectives import masked_reconstruction_loss, patchify, random_token_mask
-from unetr_app.training.recipes.base import Recipe, RecipeParams, one_of, register_recipe
+from unetr_app.training.recipes.base import Recipe, RecipeParams, fraction_range, one_of, register_recipe
 
 
 class MaskedParams(RecipeParams):
@@ -44,9 +44,7 @@ class MaskedParams(RecipeParams):
     @field_validator("crop_scale")
     @classmethod
     def _scale_range(cls, value):
-        if not 0 < value[0] <= value[1] <= 1:
-            raise ValueError(f"must be [low, high] with 0 < low <= high <= 1, got {list(value)}")
-        return value
+        return fraction_range(value)
 
 
 class MaskedImageNetwork(nn.Module):
