@@ -79,6 +79,7 @@ def _register_commands() -> None:
     from unetr_app.cli.models import models_app; app.add_typer(models_app, name="models")  # noqa: E702
     from unetr_app.cli import compare, postprocess; app.command("compare")(compare.compare); app.command("postprocess")(postprocess.postprocess)  # noqa: E702
     from unetr_app.cli import attention; app.command("attention")(attention.attention)  # noqa: E702
+    from unetr_app.cli import probe; app.command("probe")(probe.probe)  # noqa: E702
     from unetr_app.cli import qc; app.command("qc")(qc.qc)  # noqa: E702
     from unetr_app.cli import pretrain; app.command("pretrain")(pretrain.pretrain)  # noqa: E702
     from unetr_app.cli import plan; app.command("plan")(plan.plan)  # noqa: E702
