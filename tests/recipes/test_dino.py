@@ -218,3 +218,32 @@ def test_a_collapsed_run_is_named_and_a_learning_one_is_not():
     collapsed = phase_warning(20, 100, {"teacher_entropy_ratio": 0.1, "teacher_student_kl": 0.5, "batch_entropy_ratio": 0.01})
     assert "collapsed onto one prototype" in collapsed and "center_momentum" in collapsed
     assert phase_warning(20, 100, {"teacher_entropy_ratio": 0.6, "teacher_student_kl": 0.5, "batch_entropy_ratio": 0.7}) is None
+
+
+def test_koleo_hand_values():
+    from unetr_app.training.objectives import koleo_loss
+
+    # unit vectors at 0, 90 and 180 degrees: every nearest neighbour is sqrt(2) away
+    points = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    assert koleo_loss(points).item() == pytest.approx(-math.log(math.sqrt(2)), abs=1e-6)
+    # scale does not matter (normalised first); a near-duplicate is penalised hard
+    assert koleo_loss(5 * points).item() == pytest.approx(-math.log(math.sqrt(2)), abs=1e-6)
+    close = torch.tensor([[1.0, 0.0], [1.0, 1e-3], [-1.0, 0.0]])
+    assert koleo_loss(close).item() > 4.0
+    assert koleo_loss(points[:1]).item() == 0.0
+
+
+def test_koleo_weight_adds_the_term_on_each_global_views_class_tokens_and_trains_the_encoder():
+    plain, koleo = tiny_recipe()(tiny_batch()), tiny_recipe(koleo_weight=0.5)
+    seen = []
+    koleo.model.register_forward_hook(lambda m, args, out: seen.append(out[1].detach()))
+    parts = koleo(tiny_batch())
+    assert "koleo" not in plain and parts["koleo"].item() != 0
+    # the class tokens of global views 0 and 1 for the 2 scans come first, view-major
+    from unetr_app.training.objectives import koleo_loss
+
+    expected = (koleo_loss(seen[0][0:2]) + koleo_loss(seen[0][2:4])) / 2
+    assert parts["koleo"].item() == pytest.approx(expected.item(), rel=1e-5)
+    koleo.zero_grad()
+    parts["koleo"].backward()
+    assert koleo.model.encoder.patch_embedding.patch_embeddings.weight.grad.abs().sum() > 0

@@ -29,6 +29,9 @@ teacher's centred, sharpened distribution p_t and the student's log-probabilitie
                             i.e. the loss minus the teacher's entropy: near 0 when nothing is learnt
     batch_entropy_ratio     H(mean over the batch of p_t) / ln K: near 0 when every scan maps to
                             one prototype (collapse), near 1 when the batch spreads over them
+
+Against every scan sharing one embedding, DINOv2's KoLeo term (`koleo_loss`): minus the mean log
+distance of each normalised embedding to its nearest neighbour in the batch.
 """
 
 from __future__ import annotations
@@ -155,6 +158,18 @@ def dino_monitors(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor) 
             "teacher_student_kl": teacher_student_kl(teacher_probs, student_log_probs),
             "batch_entropy_ratio": batch_entropy_ratio(teacher_probs),
         }
+
+
+def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The Kozachenko-Leonenko entropy estimator as a loss (Sablayrolles et al. 2019; DINOv2):
+    embeddings (B, D), L2-normalised -> -mean_i log(min_{j != i} |x_i - x_j| + eps). It falls as the
+    batch's embeddings spread apart; 0 for a batch of one."""
+    if embeddings.shape[0] < 2:
+        return embeddings.sum() * 0.0
+    x = F.normalize(embeddings.float(), dim=-1)
+    distances = torch.cdist(x, x)
+    distances = distances + torch.eye(len(x), device=x.device, dtype=x.dtype) * 4.0  # unit vectors are at most 2 apart
+    return -torch.log(distances.min(dim=1).values + eps).mean()
 
 
 def dino_phase(entropy_ratio: float, batch_ratio: float) -> str | None:

@@ -21,6 +21,9 @@ The teacher runs in eval mode: no dropout and no stochastic depth (a student's `
 where its model has one, applies to the student alone). Gradient clipping is the trainer's
 (`training.grad_clip`, DINO uses 3.0).
 
+`koleo_weight` adds DINOv2's KoLeo term (Oquab et al. 2023) on the student's class tokens before the
+head, per global view across the batch's scans: it pushes apart scans whose embeddings coincide.
+
 Collapse monitors (`unetr_app.training.objectives.dino_monitors`) are loss parts, so they reach
 metrics.jsonl: `teacher_entropy_ratio` (near 1: the uniform phase), `teacher_student_kl` (near 0:
 nothing learnt) and `batch_entropy_ratio` (near 0: every scan on one prototype). A fifth into the
@@ -44,7 +47,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
-from unetr_app.training.objectives import dino_monitors, dino_phase
+from unetr_app.training.objectives import dino_monitors, dino_phase, koleo_loss
 from unetr_app.training.recipes.base import Recipe, RecipeParams, fraction_range, register_recipe, validate_params
 from unetr_app.training.recipes.dino_network import build_dino_network
 
@@ -64,6 +67,8 @@ class DinoParams(RecipeParams):
     center_momentum: float = Field(0.9, ge=0, lt=1)
     momentum: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at step 0 (cosine to 1)")
     freeze_last_layer: float = Field(0.0, ge=0, le=1, description="fraction of the run the head's last layer is frozen")
+    koleo_weight: float = Field(0.0, ge=0, description="weight of DINOv2's KoLeo term on the student's class tokens "
+                                "(per global view, across the batch's scans; DINOv2 uses 0.1)")
     global_crops: int = Field(2, ge=1)
     local_crops: int = Field(8, ge=0)
     global_size: tuple[int, int, int] | None = Field(None, description="null: preprocessing.roi_size")
@@ -193,17 +198,23 @@ class Dino(Recipe):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch_size, n_global = batch["global_crops"].shape[:2]
         global_views, local_views = _views(batch["global_crops"]), _views(batch["local_crops"])
-        student = self.model(global_views, local_views).reshape(-1, batch_size, self.dino.out_dim)
+        student, embeddings = self.model(global_views, local_views, with_embeddings=True)
+        student = student.reshape(-1, batch_size, self.dino.out_dim)
         with torch.no_grad():
             teacher = self.teacher(global_views).reshape(n_global, batch_size, self.dino.out_dim)
         temp = teacher_temperature(self.step, self.total_steps, self.dino)
         loss = dino_loss(student, teacher, self.center, self.dino.student_temp, temp)
+        parts = {}
+        if self.dino.koleo_weight > 0:  # DINOv2: each global view's class tokens spread over the batch
+            per_view = embeddings[: n_global * batch_size].reshape(n_global, batch_size, -1)
+            parts["koleo"] = torch.stack([koleo_loss(view) for view in per_view]).mean()
+            loss = loss + self.dino.koleo_weight * parts["koleo"]
         probs = F.softmax((teacher - self.center) / temp, dim=-1)
         monitors = dino_monitors(probs, F.log_softmax(student.detach() / self.dino.student_temp, dim=-1))
         self.monitors = {name: float(value) for name, value in monitors.items()}
         if self.training:
             self.center.copy_(updated_center(self.center, teacher, self.dino.center_momentum))
-        return {"loss": loss, "output": student[0], **monitors}
+        return {"loss": loss, "output": student[0], **parts, **monitors}
 
     def after_step(self, step: int, total_steps: int) -> None:
         self.steps_planned.fill_(max(total_steps, 1))

@@ -59,9 +59,12 @@ class DinoNetwork(nn.Module):
         tokens, _ = encode_tokens(self.token_encoder(), x, extra_prefix=self.cls_token)
         return tokens[:, 0]
 
-    def forward(self, *views: torch.Tensor) -> torch.Tensor:
-        """Each argument holds all crops of one size, view-major (V*B, C, *size); returns (sum V*B, K)."""
-        return self.head(torch.cat([self.embed(v) for v in views if v.shape[0]], dim=0))
+    def forward(self, *views: torch.Tensor, with_embeddings: bool = False):
+        """Each argument holds all crops of one size, view-major (V*B, C, *size); returns (sum V*B, K)
+        logits, and with `with_embeddings` also the class token outputs (sum V*B, D) before the head."""
+        embeddings = torch.cat([self.embed(v) for v in views if v.shape[0]], dim=0)
+        logits = self.head(embeddings)
+        return (logits, embeddings) if with_embeddings else logits
 
 
 def build_dino_network(segmentation_model: nn.Module, out_dim: int, hidden_dim: int, bottleneck_dim: int,
