@@ -14,12 +14,12 @@ from unetr_app.training.recipes import build_recipe, list_recipes
 from unetr_app.training.recipes.dino import (
     DinoParams,
     dino_loss,
-    phase_warning,
     ema_update,
     teacher_momentum,
     teacher_temperature,
     updated_center,
 )
+from unetr_app.training.objectives import phase_warning
 from unetr_app.training.recipes.dino_network import DinoHead
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}

@@ -29,6 +29,7 @@ teacher's centred, sharpened distribution p_t and the student's log-probabilitie
                             i.e. the loss minus the teacher's entropy: near 0 when nothing is learnt
     batch_entropy_ratio     H(mean over the batch of p_t) / ln K: near 0 when every scan maps to
                             one prototype (collapse), near 1 when the batch spreads over them
+`dino_phase` names the phase those say; `phase_warning` is the one line a run logs about it.
 
 Against every scan sharing one embedding, DINOv2's KoLeo term (`koleo_loss`): minus the mean log
 distance of each normalised embedding to its nearest neighbour in the batch.
@@ -178,4 +179,20 @@ def dino_phase(entropy_ratio: float, batch_ratio: float) -> str | None:
         return "uniform"
     if batch_ratio < COLLAPSED_BATCH_ENTROPY_RATIO:
         return "collapsed"
+    return None
+
+
+def phase_warning(step: int, total_steps: int, monitors: dict[str, float]) -> str | None:
+    """One line for a run still uniform, or collapsed onto one prototype, with what to change."""
+    entropy, spread = monitors["teacher_entropy_ratio"], monitors["batch_entropy_ratio"]
+    phase = dino_phase(entropy, spread)
+    where = f"dino: step {step} of {total_steps}"
+    if phase == "uniform":
+        return (f"{where}: the teacher is still uniform (entropy {entropy:.2f} of ln K, teacher-student KL "
+                f"{monitors['teacher_student_kl']:.3f}); lower recipe.params.teacher_temp and teacher_temp_final "
+                f"(e.g. 0.02), set freeze_last_layer (e.g. 0.1) or a smaller bottleneck_dim; with few scans, "
+                f"`--method masked` cannot collapse")
+    if phase == "collapsed":
+        return (f"{where}: the teacher has collapsed onto one prototype (batch-mean entropy {spread:.2f} of ln K); "
+                f"raise recipe.params.teacher_temp or lower center_momentum (a faster centre)")
     return None

@@ -47,7 +47,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
-from unetr_app.training.objectives import dino_monitors, dino_phase, koleo_loss
+from unetr_app.training.objectives import dino_monitors, koleo_loss, phase_warning
 from unetr_app.training.recipes.base import Recipe, RecipeParams, fraction_range, register_recipe, validate_params
 from unetr_app.training.recipes.dino_network import build_dino_network
 
@@ -238,22 +238,6 @@ class Dino(Recipe):
         self.center.copy_(state["center"])
         self.steps_done.fill_(int(state["step"]))
         self.steps_planned.fill_(int(state["total_steps"]))
-
-
-def phase_warning(step: int, total_steps: int, monitors: dict[str, float]) -> str | None:
-    """One line for a run still uniform, or collapsed onto one prototype, with what to change."""
-    entropy, spread = monitors["teacher_entropy_ratio"], monitors["batch_entropy_ratio"]
-    phase = dino_phase(entropy, spread)
-    where = f"dino: step {step} of {total_steps}"
-    if phase == "uniform":
-        return (f"{where}: the teacher is still uniform (entropy {entropy:.2f} of ln K, teacher-student KL "
-                f"{monitors['teacher_student_kl']:.3f}); lower recipe.params.teacher_temp and teacher_temp_final "
-                f"(e.g. 0.02), set freeze_last_layer (e.g. 0.1) or a smaller bottleneck_dim; with few scans, "
-                f"`--method masked` cannot collapse")
-    if phase == "collapsed":
-        return (f"{where}: the teacher has collapsed onto one prototype (batch-mean entropy {spread:.2f} of ln K); "
-                f"raise recipe.params.teacher_temp or lower center_momentum (a faster centre)")
-    return None
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
