@@ -233,13 +233,13 @@ def test_koleo_hand_values():
     assert koleo_loss(points[:1]).item() == 0.0
 
 
-def test_koleo_weight_adds_the_term_on_each_global_views_class_tokens_and_trains_the_encoder():
+def test_koleo_weight_adds_the_term_on_each_global_views_bottleneck_and_trains_the_encoder():
     plain, koleo = tiny_recipe()(tiny_batch()), tiny_recipe(koleo_weight=0.5)
     seen = []
     koleo.model.register_forward_hook(lambda m, args, out: seen.append(out[1].detach()))
     parts = koleo(tiny_batch())
     assert "koleo" not in plain and parts["koleo"].item() != 0
-    # the class tokens of global views 0 and 1 for the 2 scans come first, view-major
+    # the bottlenecks of global views 0 and 1 for the 2 scans come first, view-major
     from unetr_app.training.objectives import koleo_loss
 
     expected = (koleo_loss(seen[0][0:2]) + koleo_loss(seen[0][2:4])) / 2

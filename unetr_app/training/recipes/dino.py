@@ -21,8 +21,10 @@ The teacher runs in eval mode: no dropout and no stochastic depth (a student's `
 where its model has one, applies to the student alone). Gradient clipping is the trainer's
 (`training.grad_clip`, DINO uses 3.0).
 
-`koleo_weight` adds DINOv2's KoLeo term (Oquab et al. 2023) on the student's class tokens before the
-head, per global view across the batch's scans: it pushes apart scans whose embeddings coincide.
+`koleo_weight` adds DINOv2's KoLeo term (Oquab et al. 2023), per global view across the batch's
+scans, on the student head's normalised bottleneck, the vectors compared with the prototypes. DINOv2
+puts it on the backbone's class token; on few similar scans the head then maps the spread class
+tokens back onto one direction, and the targets stay uniform (measured: docs/pretraining.md).
 
 Collapse monitors (`unetr_app.training.objectives.dino_monitors`) are loss parts, so they reach
 metrics.jsonl: `teacher_entropy_ratio` (near 1: the uniform phase), `teacher_student_kl` (near 0:
@@ -67,8 +69,8 @@ class DinoParams(RecipeParams):
     center_momentum: float = Field(0.9, ge=0, lt=1)
     momentum: float = Field(0.996, ge=0, le=1, description="teacher EMA momentum at step 0 (cosine to 1)")
     freeze_last_layer: float = Field(0.0, ge=0, le=1, description="fraction of the run the head's last layer is frozen")
-    koleo_weight: float = Field(0.0, ge=0, description="weight of DINOv2's KoLeo term on the student's class tokens "
-                                "(per global view, across the batch's scans; DINOv2 uses 0.1)")
+    koleo_weight: float = Field(0.0, ge=0, description="weight of DINOv2's KoLeo term on the student head's "
+                                "bottleneck (per global view, across the batch's scans)")
     global_crops: int = Field(2, ge=1)
     local_crops: int = Field(8, ge=0)
     global_size: tuple[int, int, int] | None = Field(None, description="null: preprocessing.roi_size")
@@ -198,15 +200,15 @@ class Dino(Recipe):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch_size, n_global = batch["global_crops"].shape[:2]
         global_views, local_views = _views(batch["global_crops"]), _views(batch["local_crops"])
-        student, embeddings = self.model(global_views, local_views, with_embeddings=True)
+        student, bottleneck = self.model(global_views, local_views, with_bottleneck=True)
         student = student.reshape(-1, batch_size, self.dino.out_dim)
         with torch.no_grad():
             teacher = self.teacher(global_views).reshape(n_global, batch_size, self.dino.out_dim)
         temp = teacher_temperature(self.step, self.total_steps, self.dino)
         loss = dino_loss(student, teacher, self.center, self.dino.student_temp, temp)
         parts = {}
-        if self.dino.koleo_weight > 0:  # DINOv2: each global view's class tokens spread over the batch
-            per_view = embeddings[: n_global * batch_size].reshape(n_global, batch_size, -1)
+        if self.dino.koleo_weight > 0:  # each global view's scans spread apart where the prototypes see them
+            per_view = bottleneck[: n_global * batch_size].reshape(n_global, batch_size, -1)
             parts["koleo"] = torch.stack([koleo_loss(view) for view in per_view]).mean()
             loss = loss + self.dino.koleo_weight * parts["koleo"]
         probs = F.softmax((teacher - self.center) / temp, dim=-1)

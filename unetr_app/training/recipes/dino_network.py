@@ -32,8 +32,12 @@ class DinoHead(nn.Module):
             magnitude.fill_(1.0)
         magnitude.requires_grad_(False)
 
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, in_dim) -> the unit vectors the prototypes are compared with (N, bottleneck_dim)."""
+        return F.normalize(self.mlp(x), dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        return self.last_layer(self.bottleneck(x))
 
 
 class DinoNetwork(nn.Module):
@@ -59,12 +63,12 @@ class DinoNetwork(nn.Module):
         tokens, _ = encode_tokens(self.token_encoder(), x, extra_prefix=self.cls_token)
         return tokens[:, 0]
 
-    def forward(self, *views: torch.Tensor, with_embeddings: bool = False):
+    def forward(self, *views: torch.Tensor, with_bottleneck: bool = False):
         """Each argument holds all crops of one size, view-major (V*B, C, *size); returns (sum V*B, K)
-        logits, and with `with_embeddings` also the class token outputs (sum V*B, D) before the head."""
-        embeddings = torch.cat([self.embed(v) for v in views if v.shape[0]], dim=0)
-        logits = self.head(embeddings)
-        return (logits, embeddings) if with_embeddings else logits
+        logits, and with `with_bottleneck` also the head's L2-normalised bottleneck (sum V*B, bottleneck)."""
+        bottleneck = self.head.bottleneck(torch.cat([self.embed(v) for v in views if v.shape[0]], dim=0))
+        logits = self.head.last_layer(bottleneck)
+        return (logits, bottleneck) if with_bottleneck else logits
 
 
 def build_dino_network(segmentation_model: nn.Module, out_dim: int, hidden_dim: int, bottleneck_dim: int,
