@@ -10,9 +10,15 @@ the head's normalised bottleneck, the std across scans of each logit over the te
 the teacher entropy over ln K. Prints one line per run; the numbers go into
 benchmarks/results/recipes_fair_dino_monitors.json ("final_teacher_state").
 """
-import json, sys
+from __future__ import annotations
+
+import json
+import sys
 from pathlib import Path
-import torch, torch.nn.functional as F
+
+import torch
+import torch.nn.functional as F
+
 from unetr_app.config import PreprocessingConfig
 from unetr_app.data.multicrop import preprocess_scans, find_scans
 from unetr_app.io.checkpoint import load_checkpoint
@@ -20,34 +26,41 @@ from unetr_app.models import create_model
 from unetr_app.training.init import run_checkpoint
 from unetr_app.training.recipes.dino_network import build_dino_network
 
-def spread(x):
-    x = F.normalize(x, dim=-1); c = x @ x.T; n = len(x)
-    off = c[~torch.eye(n, dtype=bool)]
-    return round(float(off.mean()), 4)
+SCAN_FOLDERS = (Path("runs/recipes_fair/Task09_Spleen/imagesTr"), Path("runs/recipes_fair/unlabelled"))
 
-out = {}
-for run in sys.argv[1:]:
+
+def mean_cosine_between(x: torch.Tensor) -> float:
+    x = F.normalize(x, dim=-1)
+    return round(float((x @ x.T)[~torch.eye(len(x), dtype=torch.bool)].mean()), 4)
+
+
+def teacher_state(run: str) -> dict:
     path = Path("runs/recipes_fair") / run
     data = load_checkpoint(run_checkpoint(path))
     params = data["config"]["recipe"]["params"]
     model = create_model(data["model"]["name"], **data["model"]["kwargs"])
     net = build_dino_network(model, params["out_dim"], params["hidden_dim"], params["bottleneck_dim"])
-    net.load_state_dict(data["recipe"]["extra_state"]["teacher"]); net.eval()
+    net.load_state_dict(data["recipe"]["extra_state"]["teacher"])
+    net.eval()
     center = data["recipe"]["extra_state"]["center"]
-    scans = json.loads((path / "scans.json").read_text())
-    sources = find_scans([Path("runs/recipes_fair/Task09_Spleen/imagesTr"), Path("runs/recipes_fair/unlabelled")])
+    sources = find_scans(list(SCAN_FOLDERS))
     samples = preprocess_scans(sources, PreprocessingConfig.model_validate(data["preprocessing"]))
     crops = torch.stack([F.interpolate(s["image"][None], size=(48, 48, 48), mode="trilinear")[0] for s in samples])
     with torch.no_grad():
         emb = net.embed(crops)
-        bottleneck = F.normalize(net.head.mlp(emb), dim=-1)
+        bottleneck = net.head.bottleneck(emb)
         logits = net.head.last_layer(bottleneck)
     centred = (logits - center) / params["teacher_temp_final"]
     probs = centred.softmax(-1)
     ent = float((-(probs * probs.clamp_min(1e-12).log()).sum(-1)).mean() / torch.log(torch.tensor(float(params["out_dim"]))))
-    out[run] = {"scans": len(samples), "backbone_cosine_between_scans": spread(emb),
-                "bottleneck_cosine_between_scans": spread(bottleneck),
-                "logit_std_across_scans_over_temp": round(float((logits / params["teacher_temp_final"]).std(0).mean()), 4),
-                "logit_std_across_prototypes_over_temp": round(float((logits / params["teacher_temp_final"]).std(1).mean()), 4),
-                "teacher_entropy_ratio_whole_scan": round(ent, 4)}
-    print(run, out[run], flush=True)
+    scaled = logits / params["teacher_temp_final"]
+    return {"scans": len(samples), "backbone_cosine_between_scans": mean_cosine_between(emb),
+            "bottleneck_cosine_between_scans": mean_cosine_between(bottleneck),
+            "logit_std_across_scans_over_temp": round(float(scaled.std(0).mean()), 4),
+            "logit_std_across_prototypes_over_temp": round(float(scaled.std(1).mean()), 4),
+            "teacher_entropy_ratio_whole_scan": round(ent, 4)}
+
+
+if __name__ == "__main__":
+    for name in sys.argv[1:]:
+        print(name, json.dumps(teacher_state(name)), flush=True)
