@@ -9,7 +9,7 @@ scored on its 16 held-out scans. Beside every run, the same probe on the same ar
 random weights (the run's seed) and on the patch voxels themselves.
 
     masked_pretrain, dino_pretrain*   the pretraining runs (their teacher's / network's encoder)
-    plain-S, masked-S, ...            supervised runs: what an encoder trained on labels holds
+    plain-S, masked-S, masked_slow_encoder-S   supervised runs: what an encoder trained on labels holds
 
 Writes benchmarks/results/token_probe.json: per run, held-out R^2 and AUROC (patches mostly
 inside the spleen) for each feature set, and the seconds it took.
@@ -32,8 +32,8 @@ sys.path.insert(0, str(ROOT))
 from unetr_app.pipelines.probe import token_probe  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-DEFAULT_RUNS = ["masked_pretrain", "dino_pretrain_temp004", "dino_pretrain_temp002",
-                *(f"{arm}-{seed}" for arm in ("plain", "masked") for seed in range(5))]
+DEFAULT_RUNS = ["masked_pretrain", "dino_pretrain_temp004", "dino_pretrain_temp002", "dino_pretrain_koleo05_bottleneck",
+                *(f"{arm}-{seed}" for arm in ("plain", "masked", "masked_slow_encoder") for seed in range(5))]
 
 
 def held_out_cases(data: Path) -> list[dict]:
