@@ -27,6 +27,8 @@ every arm: the arms are paired by seed).
     dino_slow_encoder supervised    the same start, the encoder at 0.1 of the LR
                                     (optimizer.encoder_lr_scale)
     masked, masked_slow_encoder     the same from a masked-image-modelling run (profile cpu-masked)
+    masked_frozen_encoder           the masked run's encoder frozen: only the decoder trains
+    random_frozen_encoder           plain's random encoder frozen: the frozen arm's reference
 
 Each pretraining run is made once (`--pretrain-steps`, default the shipped profile's budget); its
 loss curve and, for DINO, the collapse monitors (teacher entropy over ln K, teacher-student KL,
@@ -89,10 +91,12 @@ ARMS = {
     "deep_supervision": ("self_distill", {"mode": "deep_supervision", "weights": "equal"}),
     "nnunet": ("self_distill", {"mode": "deep_supervision", "weights": "nnunet"}),
 }
-# arms fine-tuned from a pretraining run: (its method, the encoder's LR scale)
-PRETRAINED_ARMS = {"dino": ("dino", 1.0), "dino_slow_encoder": ("dino", 0.1), "masked": ("masked", 1.0),
-                   "masked_slow_encoder": ("masked", 0.1)}
-ARMS.update({arm: ("supervised", {}) for arm in PRETRAINED_ARMS})
+# arms that start from a pretraining run or freeze the encoder: (the pretraining method or None for
+# random weights, the encoder's LR scale, whether the encoder is frozen)
+ENCODER_ARMS = {"dino": ("dino", 1.0, False), "dino_slow_encoder": ("dino", 0.1, False), "masked": ("masked", 1.0, False),
+                "masked_slow_encoder": ("masked", 0.1, False), "masked_frozen_encoder": ("masked", 1.0, True),
+                "random_frozen_encoder": (None, 1.0, True)}
+ARMS.update({arm: ("supervised", {}) for arm in ENCODER_ARMS})
 PRETRAIN_PROFILES = {"dino": "cpu-dino", "masked": "cpu-masked"}
 MONITORS = ("teacher_entropy_ratio", "teacher_student_kl", "batch_entropy_ratio")
 HEADS = ("average", "main", "distillation")
@@ -287,7 +291,7 @@ def run_benchmark(args, work: Path) -> dict:
         teacher = run_once(teacher_dir, run_config(TEACHER, "supervised", {}, 0, args.teacher_steps, args), data, split, (None,))
         print(f"teacher: test Dice {statistics.fmean(teacher['dice_per_case']['checkpoint'].values()):.3f}", flush=True)
     pretrained = {}
-    for method in sorted({PRETRAINED_ARMS[arm][0] for arm in args.arms if arm in PRETRAINED_ARMS}):
+    for method in sorted({ENCODER_ARMS[arm][0] for arm in args.arms if arm in ENCODER_ARMS} - {None}):
         pretrained[method] = pretrain_encoder(work, method, student, split, args)
         run = pretrained[method]
         print(f"{method}: {run['steps']} steps in {run['train_seconds']:.0f} s, final loss {run['final_loss']:.4f}"
@@ -295,8 +299,8 @@ def run_benchmark(args, work: Path) -> dict:
     runs: dict[str, list[dict]] = {}
     for arm in ["plain", *[a for a in args.arms if a != "plain"]]:
         recipe, params = ARMS[arm]
-        method, encoder_lr_scale = PRETRAINED_ARMS.get(arm, (None, 1.0))
-        init = EncoderInit(work / f"{method}_pretrain", "teacher") if method else None
+        method, encoder_lr_scale, frozen = ENCODER_ARMS.get(arm, (None, 1.0, False))
+        init = EncoderInit(work / f"{method}_pretrain" if method else None, "teacher", frozen) if method or frozen else None
         if recipe == "distill":
             params = {**params, "teacher": str(teacher_dir)}
         if "unlabelled" in params:
