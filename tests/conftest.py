@@ -13,6 +13,7 @@ from unetr_app.data.phantom import write_phantom_dataset
 
 TESTS = Path(__file__).resolve().parent
 TINY_PROFILE = TESTS / "configs" / "tiny.yaml"
+TINY_MASKED = TESTS / "configs" / "tiny-masked.yaml"
 
 # Tests share 2 cores with each other's subprocesses; more threads only adds contention.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -27,6 +28,22 @@ def phantom_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_profile() -> Path:
     return TINY_PROFILE
+
+
+@pytest.fixture(scope="session")
+def pretrained_masked(tmp_path_factory, phantom_dir) -> Path:
+    """A 2-step masked-image pretraining run of the tiny UNETR on the phantom (read-only)."""
+    out = tmp_path_factory.mktemp("masked") / "run"
+    result = CliRunner().invoke(_app(), [str(a) for a in ("pretrain", phantom_dir / "imagesTr", "--method", "masked",
+                                                          "--profile", TINY_MASKED, "--device", "cpu", "--out", out)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _app():
+    from unetr_app.cli.app import app
+
+    return app
 
 
 @pytest.fixture

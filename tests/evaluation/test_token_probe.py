@@ -11,8 +11,6 @@ import torch
 
 from unetr_app.evaluation.token_probe import auroc, fit_ridge, patch_occupancy, probe_scores, r2_score
 
-TINY_MASKED = "tests/configs/tiny-masked.yaml"
-
 
 def test_patch_occupancy_hand_values_in_token_order():
     mask = torch.zeros(1, 1, 4, 4)
@@ -72,24 +70,11 @@ def _block_case(folder, name: str, seed: int, side: int = 64, block: int = 16) -
     return {"case": name, "image": str(image), "label": str(label)}
 
 
-@pytest.fixture(scope="module")
-def masked_run(tmp_path_factory, phantom_dir):
-    from typer.testing import CliRunner
-
-    from unetr_app.cli.app import app
-
-    out = tmp_path_factory.mktemp("probe") / "run"
-    result = CliRunner().invoke(app, [str(a) for a in ("pretrain", phantom_dir / "imagesTr", "--method", "masked",
-                                                       "--profile", TINY_MASKED, "--device", "cpu", "--out", out)])
-    assert result.exit_code == 0, result.output
-    return out
-
-
-def test_token_probe_pairs_each_token_with_its_own_patch(tmp_path, masked_run):
+def test_token_probe_pairs_each_token_with_its_own_patch(tmp_path, pretrained_masked):
     from unetr_app.pipelines.probe import token_probe
 
     cases = [_block_case(tmp_path, f"case{i}", seed=i) for i in range(4)]
-    result = token_probe(masked_run, cases[:2], cases[2:])
+    result = token_probe(pretrained_masked, cases[:2], cases[2:])
     voxels = result["features"]["voxels"]
     # 64^3 voxels = 8 windows of 32^3 = 64 patches of 16^3 per case, every one inside the scan
     assert voxels["fit_tokens"] == 128 and voxels["test_tokens"] == 128
@@ -99,9 +84,9 @@ def test_token_probe_pairs_each_token_with_its_own_patch(tmp_path, masked_run):
         assert result["features"][feature]["test_tokens"] == 128 and result["features"][feature]["auroc"] is not None
 
 
-def test_probe_cli_scores_held_out_cases_and_refuses_bad_input(cli, tmp_path, phantom_dir, masked_run):
+def test_probe_cli_scores_held_out_cases_and_refuses_bad_input(cli, tmp_path, phantom_dir, pretrained_masked):
     out = tmp_path / "probe.json"
-    result = cli("probe", masked_run, phantom_dir, "--out", out)
+    result = cli("probe", pretrained_masked, phantom_dir, "--out", out)
     assert result.exit_code == 0, result.output
     assert "held-out R2" in result.output and "random weights" in result.output
     scores = json.loads(out.read_text(encoding="utf-8"))
@@ -111,7 +96,7 @@ def test_probe_cli_scores_held_out_cases_and_refuses_bad_input(cli, tmp_path, ph
     for args, expected in (((), "exists; pass --overwrite"), (("--label", "liver"), "--label 'liver'"),
                            (("--fit-fraction", "1.5"), "--fit-fraction must be between 0 and 1"),
                            (("--init-key", "nope"), "--init-key must be one of")):
-        again = cli("probe", masked_run, phantom_dir, "--out", out, *(["--overwrite"] if args else []), *args)
+        again = cli("probe", pretrained_masked, phantom_dir, "--out", out, *(["--overwrite"] if args else []), *args)
         assert again.exit_code != 0 and expected in again.output, again.output
         assert len([line for line in again.output.strip().splitlines() if line.startswith("error:")]) == 1
 

@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import TINY_MASKED
 from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.models import create_model
 from unetr_app.models.attention_maps import find_token_encoder
 from unetr_app.training.objectives import masked_reconstruction_loss, patchify, random_token_mask
 from unetr_app.training.recipes.masked import MaskedImageNetwork
-
-TINY_MASKED = Path(__file__).resolve().parents[1] / "configs" / "tiny-masked.yaml"
 
 
 @pytest.mark.parametrize("size,patch", [((4, 6), (2, 3)), ((4, 4, 8), (2, 2, 4))])
@@ -78,19 +76,6 @@ def test_the_network_cannot_see_the_voxels_it_must_reconstruct():
         assert reference.shape == (1, 8, 16**3)
         assert torch.allclose(network(changed_masked, mask), reference, atol=1e-5), "masked content must not leak"
         assert not torch.allclose(network(changed_visible, mask), reference, atol=1e-3)
-
-
-@pytest.fixture(scope="module")
-def pretrained_masked(tmp_path_factory, phantom_dir):
-    from typer.testing import CliRunner
-
-    from unetr_app.cli.app import app
-
-    out = tmp_path_factory.mktemp("masked") / "run"
-    result = CliRunner().invoke(app, [str(a) for a in ("pretrain", phantom_dir / "imagesTr", "--method", "masked",
-                                                       "--profile", TINY_MASKED, "--device", "cpu", "--out", out)])
-    assert result.exit_code == 0, result.output
-    return out
 
 
 def test_pretraining_with_the_masked_objective_and_fine_tuning_from_it(cli, tmp_path, phantom_dir, tiny_profile, pretrained_masked):
