@@ -24,6 +24,7 @@ from unetr_app.data.multicrop import preprocess_scans, find_scans
 from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.models import create_model
 from unetr_app.training.init import run_checkpoint
+from unetr_app.training.objectives import teacher_entropy_ratio
 from unetr_app.training.recipes.dino_network import build_dino_network
 
 SCAN_FOLDERS = (Path("runs/recipes_fair/Task09_Spleen/imagesTr"), Path("runs/recipes_fair/unlabelled"))
@@ -50,9 +51,7 @@ def teacher_state(run: str) -> dict:
         emb = net.embed(crops)
         bottleneck = net.head.bottleneck(emb)
         logits = net.head.last_layer(bottleneck)
-    centred = (logits - center) / params["teacher_temp_final"]
-    probs = centred.softmax(-1)
-    ent = float((-(probs * probs.clamp_min(1e-12).log()).sum(-1)).mean() / torch.log(torch.tensor(float(params["out_dim"]))))
+    ent = float(teacher_entropy_ratio(((logits - center) / params["teacher_temp_final"]).softmax(-1)))
     scaled = logits / params["teacher_temp_final"]
     return {"scans": len(samples), "backbone_cosine_between_scans": mean_cosine_between(emb),
             "bottleneck_cosine_between_scans": mean_cosine_between(bottleneck),

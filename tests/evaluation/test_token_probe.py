@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from unetr_app.evaluation.token_probe import auroc, fit_ridge, patch_occupancy, probe_scores, r2_score
+from unetr_app.evaluation.metrics import auroc
+from unetr_app.evaluation.token_probe import fit_ridge, patch_occupancy, probe_scores, r2_score
 
 
 def test_patch_occupancy_hand_values_in_token_order():

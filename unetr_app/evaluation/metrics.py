@@ -2,6 +2,7 @@
 
 MONAI computes them; this module only fixes what MONAI leaves as NaN: two empty masks agree
 perfectly (Dice 1, distance 0, surface Dice 1), and a distance to an empty mask is undefined (None).
+`auroc` is MONAI's ROC AUC, None where only one kind of case is present.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import warnings
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance, compute_surface_dice
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_roc_auc, compute_surface_dice
 
 
 def label_metrics(
@@ -52,3 +53,11 @@ def case_metrics(
 def _number(value: torch.Tensor) -> float | None:
     number = float(value.reshape(-1)[0])
     return None if math.isnan(number) or math.isinf(number) else number
+
+
+def auroc(scores, positive) -> float | None:
+    """P(score of a positive > score of a negative), ties counted half; None without both kinds."""
+    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    if positive.all() or not positive.any():
+        return None
+    return float(compute_roc_auc(torch.from_numpy(scores), torch.from_numpy(positive.astype(np.int64))))

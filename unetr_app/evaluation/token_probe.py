@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import mannwhitneyu
+
+from unetr_app.evaluation.metrics import auroc
 
 MAJORITY = 0.5
 PENALTIES = tuple(10.0 ** k for k in range(-3, 6))
@@ -102,14 +103,6 @@ def r2_score(predicted: np.ndarray, measured: np.ndarray, reference_mean: float)
     predicted, measured = np.asarray(predicted, np.float64), np.asarray(measured, np.float64)
     total = float(((measured - reference_mean) ** 2).sum())
     return 1.0 - float(((measured - predicted) ** 2).sum()) / total if total > 0 else math.nan
-
-
-def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties counted half; None without both kinds."""
-    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
-    if positive.all() or not positive.any():
-        return None
-    return float(mannwhitneyu(scores[positive], scores[~positive]).statistic / (positive.sum() * (~positive).sum()))
 
 
 def probe_scores(fit_features: np.ndarray, fit_occupancy: np.ndarray, test_features: np.ndarray,

@@ -11,9 +11,10 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import mannwhitneyu, spearmanr
+from scipy.stats import spearmanr
 
 from unetr_app.errors import InputError
+from unetr_app.evaluation.metrics import auroc
 
 FAILURE_DICE = 0.5
 
@@ -40,10 +41,7 @@ def aurc(risk, measured) -> float:
 def failure_auroc(risk, measured, threshold: float = FAILURE_DICE) -> float | None:
     """P(risk of a failure (Dice < threshold) > risk of a success); None without both kinds."""
     risk, measured = np.asarray(risk, float), np.asarray(measured, float)
-    failed = measured < threshold
-    if failed.all() or not failed.any():
-        return None
-    return float(mannwhitneyu(risk[failed], risk[~failed]).statistic / (failed.sum() * (~failed).sum()))
+    return auroc(risk, measured < threshold)
 
 
 def judge(predicted, risk, measured, failure_dice: float = FAILURE_DICE) -> dict:
