@@ -48,11 +48,9 @@ def _app():
 
 @pytest.fixture
 def cli():
-    from unetr_app.cli.app import app
-
     runner = CliRunner()
 
     def invoke(*args: str, env: dict | None = None):
-        return runner.invoke(app, [str(a) for a in args], env=env, catch_exceptions=False)
+        return runner.invoke(_app(), [str(a) for a in args], env=env, catch_exceptions=False)
 
     return invoke
