@@ -1,20 +1,27 @@
-"""Dice reached for a given wall-clock training time: `unetr train --profile cpu-demo --minutes M`
-against a plain MONAI-tutorial UNETR loop (2 x 2 x 3 mm, 64^3 crops, AdamW 3e-4), on the same
-phantom training cases, scored on the test scans (imagesTs) on their original grids.
+"""Dice reached for a given wall-clock training time: `unetr train` (a named profile, `ours`, or the
+plan made from the data, `auto`) against a plain MONAI-tutorial UNETR loop (2 x 2 x 3 mm, 64^3 crops,
+AdamW 3e-4), on the same phantom training cases, scored on the test scans (imagesTs) on their
+original grids.
 
-    python benchmarks/time_to_dice.py --minutes 2 5 10            # a quiet machine: ~35 minutes
+    python benchmarks/time_to_dice.py --minutes 2 5 10            # cpu-demo vs the tutorial, a quiet machine: ~35 minutes
+    python benchmarks/time_to_dice.py --arms auto,tutorial --minutes 8 --cases 41 --test-cases 20 \
+        --phantoms 21:thick 22:fine 23:thick --out benchmarks/results/time_to_dice_contest.json
+                                                                    # the plan against the tutorial on unseen phantoms
     python benchmarks/time_to_dice.py --smoke                       # seconds: checks the machinery only
 
-Each contestant trains from scratch once per budget, with `minutes` of training-loop time (data
-caching and start-up excluded for both; the total wall time of each is recorded too). The tutorial
-model is judged the tutorial's way: sliding window at its spacing, argmax, `Invertd` back to the
-scan's grid. Writes benchmarks/results/time_to_dice.json and .png. Wall-clock numbers mean little on
-a shared machine: run it alone.
+Each contestant trains from scratch once per phantom and budget, with `minutes` of training-loop time
+(data caching and start-up excluded for both; the total wall time of each is recorded too). The
+tutorial model is judged the tutorial's way: sliding window at its spacing, argmax, `Invertd` back to
+the scan's grid. A phantom is `SEED:GRID` (`unetr data synth --seed SEED --grid GRID`); the profiles
+were tuned on seed 11 of the thick grid. Finished arms are read back from the JSON, so a killed run
+resumes. Writes the JSON and a PNG beside it. Wall-clock numbers mean little on a shared machine: run
+it alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -25,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from monai import transforms as mt
 from monai.data import CacheDataset, DataLoader, Dataset, decollate_batch
 from monai.inferers import sliding_window_inference
@@ -109,61 +117,95 @@ def score_tutorial(model, test_cases, roi) -> list[float]:
 
 
 def train_and_score_ours(data: Path, minutes: float, work: Path, profile: str, overrides: list[str]) -> dict:
-    """`unetr train --minutes M --fold all`, then `unetr predict` + `unetr evaluate` on imagesTs."""
-    run, env = work / f"ours_{minutes:g}min", {**os.environ, "PYTHONPATH": str(ROOT)}
-    started = time.perf_counter()
+    """`unetr train --minutes M --fold all` (`profile` auto: `unetr plan` first), scored on imagesTs."""
+    return train_and_score(data, work / f"{Path(profile).stem}_{minutes:g}min", profile, ["--minutes", str(minutes), "--fold", "all"], overrides)
+
+
+def train_and_score(data: Path, run: Path, profile: str, budget: list[str], overrides: list[str] = (), threads: int | None = None) -> dict:
+    """`unetr train` with `budget` options (`profile` auto: `unetr plan` first), then `unetr predict` +
+    `unetr evaluate` on imagesTs: mean and per-case test Dice, the run's summary and, for auto, the plan."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     cli = [sys.executable, "-m", "unetr_app"]
+    started = time.perf_counter()
+    if profile == "auto":
+        subprocess.run([*cli, "plan", str(data), "--device", "cpu"], check=True, env=env, stdout=subprocess.DEVNULL)
     sets = [arg for item in overrides for arg in ("--set", item)]
-    subprocess.run([*cli, "train", "--profile", profile, "--data-dir", str(data), "--fold", "all", "--minutes", str(minutes), "--out", str(run), *sets], check=True, env=env)
+    subprocess.run([*cli, "train", "--profile", profile, "--data-dir", str(data), *budget, "--out", str(run), "--device", "cpu", *sets],
+                   check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     subprocess.run([*cli, "predict", str(data / "imagesTs"), str(run / "test"), "-c", str(run), "-q", "--no-postprocess"], check=True, env=env)
     subprocess.run([*cli, "evaluate", str(run / "test"), str(data / "labelsTs")], check=True, env=env, stdout=subprocess.DEVNULL)
     rows = json.loads((run / "test" / "evaluation_summary.json").read_text())
-    summary = json.loads((run / "summary.json").read_text())
-    return {"dice": rows["mean"]["spleen"]["dice"], "wall_seconds": wall, "summary": summary}
+    with open(run / "test" / "evaluation.csv", newline="") as table:
+        per_case = [float(r["dice"]) for r in csv.DictReader(table) if r.get("label") in (None, "spleen") and r.get("dice")]
+    result = {"dice": rows["mean"]["spleen"]["dice"], "per_case": per_case, "wall_seconds": round(wall, 1),
+              "summary": json.loads((run / "summary.json").read_text())}
+    if profile == "auto":
+        plans = yaml.safe_load((data / "plans.yaml").read_text())["targets"]["cpu"]
+        result["plan"] = {key: plans[key] for key in ("spacing", "traded", "warnings")} | {"unetr": plans["unetr"]}
+    return result
+
+
+def phantom_data(work: Path, seed: int, grid: str, cases: int, test_cases: int) -> Path:
+    return write_phantom_dataset(work / f"seed{seed}-{grid}" / "Task09_Spleen", cases=cases, test_cases=test_cases, seed=seed, grid=grid)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[2.0, 5.0, 10.0])
-    parser.add_argument("--data-dir", type=Path, default=None, help="default: a fresh phantom (33 training, 8 test cases)")
-    parser.add_argument("--seed", type=int, default=3, help="phantom seed (the profile was tuned on another)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="a dataset instead of phantoms")
+    parser.add_argument("--phantoms", nargs="+", default=["3:thick"], metavar="SEED:GRID",
+                        help="phantoms to contest on (the profiles were tuned on 11:thick)")
     parser.add_argument("--cases", type=int, default=33, help="phantom training cases")
     parser.add_argument("--test-cases", type=int, default=8, help="phantom test cases (imagesTs)")
-    parser.add_argument("--profile", default=None, help="our contestant's profile (default: cpu-demo)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for our contestant (tuning)")
-    parser.add_argument("--arms", default="ours,tutorial", help="which contestants to train (tuning runs one)")
+    parser.add_argument("--profile", default=None, help="the `ours` arm's profile (default: cpu-demo)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for ours/auto (tuning)")
+    parser.add_argument("--arms", default="ours,tutorial", help="contestants: ours (a named profile), auto (the plan), tutorial")
     parser.add_argument("--smoke", action="store_true", help="tiny data, tiny models, a few seconds per budget")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "time_to_dice.json")
     args = parser.parse_args()
     minutes = [0.1] if args.smoke else args.minutes
     profile = args.profile or (str(ROOT / "tests" / "configs" / "tiny.yaml") if args.smoke else "cpu-demo")
-    arms = set(args.arms.split(","))
+    arms = args.arms.split(",")
     roi = (32, 32, 32) if args.smoke else TUTORIAL["roi"]
-    with tempfile.TemporaryDirectory(prefix="time-to-dice-") as tmp:
-        work = Path(tmp)
-        data = args.data_dir or write_phantom_dataset(work / "Task09_Spleen", cases=4 if args.smoke else args.cases, test_cases=1 if args.smoke else args.test_cases, seed=args.seed)
-        train_cases, test_cases = pairs(data, "imagesTr", "labelsTr"), pairs(data, "imagesTs", "labelsTs")
-        results = []
-        for budget in minutes:
-            row = {"minutes": budget}
-            if "ours" in arms:
-                row["ours"] = train_and_score_ours(data, budget, work, profile, args.overrides)
-            if "tutorial" in arms:
-                model, info = train_tutorial(train_cases, budget, roi, small=args.smoke)
-                row["tutorial"] = {"dice": float(np.mean(score_tutorial(model, test_cases, roi))), **info}
-            if len(row) == 3:
-                row["ratio"] = row["ours"]["dice"] / max(row["tutorial"]["dice"], 1e-6)
-            results.append(row)
-            print(f"{budget:g} min: " + ", ".join(f"{arm} Dice {row[arm]['dice']:.3f}" for arm in ("ours", "tutorial") if arm in row), flush=True)
-    report = {"benchmark": "time_to_dice", "smoke": args.smoke, "command": " ".join(sys.argv), "threads": torch.get_num_threads(),
-              "seed": args.seed, "profile": profile, "overrides": args.overrides,
-              "test_cases": len(test_cases), "tutorial": {k: list(v) if isinstance(v, tuple) else v for k, v in TUTORIAL.items()}, "results": results}
     out = args.out.with_name(args.out.stem + "_smoke.json") if args.smoke else args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    previous = json.loads(out.read_text()) if out.exists() and not args.smoke else {}
+    results = [row for row in previous.get("results", []) if "phantom" in row]
+    report = {"benchmark": "time_to_dice", "smoke": args.smoke, "command": " ".join(sys.argv), "threads": torch.get_num_threads(),
+              "profile": profile, "overrides": args.overrides, "train_cases": args.cases, "test_cases": args.test_cases,
+              "tuned_on": "11:thick", "tutorial": {k: list(v) if isinstance(v, tuple) else v for k, v in TUTORIAL.items()}, "results": results}
+    phantoms = ["data-dir"] if args.data_dir else args.phantoms
+    with tempfile.TemporaryDirectory(prefix="time-to-dice-") as tmp:
+        for phantom in phantoms:
+            data = None
+            for budget in minutes:
+                row = next((r for r in results if r["phantom"] == phantom and r["minutes"] == budget), None)
+                if row is None:
+                    row = {"phantom": phantom, "minutes": budget}
+                    results.append(row)
+                for arm in (a for a in arms if a not in row):
+                    if data is None:
+                        seed, _, grid = phantom.partition(":")
+                        data = args.data_dir or phantom_data(Path(tmp), int(seed), grid or "thick", 4 if args.smoke else args.cases,
+                                                             1 if args.smoke else args.test_cases)
+                    if arm == "tutorial":
+                        train_cases, test_cases = pairs(data, "imagesTr", "labelsTr"), pairs(data, "imagesTs", "labelsTs")
+                        model, info = train_tutorial(train_cases, budget, roi, small=args.smoke)
+                        row[arm] = {"dice": float(np.mean(scores := score_tutorial(model, test_cases, roi))), "per_case": scores, **info}
+                    else:
+                        row[arm] = train_and_score_ours(data, budget, Path(tmp) / phantom.replace(":", "-"),
+                                                        "auto" if arm == "auto" else profile, args.overrides)
+                    if "tutorial" in row:
+                        row.update({f"{a}_minus_tutorial": row[a]["dice"] - row["tutorial"]["dice"] for a in ("ours", "auto") if a in row})
+                    print(f"{phantom} {budget:g} min: " + ", ".join(f"{a} Dice {row[a]['dice']:.3f}" for a in ("ours", "auto", "tutorial") if a in row), flush=True)
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(json.dumps(report, indent=2) + "\n")
     out.write_text(json.dumps(report, indent=2) + "\n")
     _plot(results, out.with_suffix(".png"), Path(profile).stem)
     print(f"wrote {out}")
+
+
+LABELS = {"ours": "unetr train --profile {profile}", "auto": "unetr plan + train --profile auto", "tutorial": "MONAI tutorial UNETR loop"}
 
 
 def _plot(results, path: Path, profile: str = "cpu-demo") -> None:
@@ -172,14 +214,18 @@ def _plot(results, path: Path, profile: str = "cpu-demo") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for arm, marker, label in (("ours", "o-", "unetr train --profile cpu-demo"), ("tutorial", "s-", "MONAI tutorial UNETR loop")):
-        points = [(r["minutes"], r[arm]["dice"]) for r in results if arm in r]
-        if points:
-            ax.plot(*zip(*points), marker, label=label.replace("cpu-demo", profile))
-    ax.set(xlabel="training minutes (wall clock)", ylabel="test Dice (original grids)", ylim=(0, 1), title="Dice for the same training time")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    phantoms = list(dict.fromkeys(r["phantom"] for r in results))
+    fig, axes = plt.subplots(1, len(phantoms), figsize=(4.5 * len(phantoms) + 1.5, 4), squeeze=False)
+    for ax, phantom in zip(axes[0], phantoms):
+        rows = [r for r in results if r["phantom"] == phantom]
+        for arm, marker in (("ours", "o-"), ("auto", "D-"), ("tutorial", "s-")):
+            points = sorted((r["minutes"], r[arm]["dice"]) for r in rows if arm in r)
+            if points:
+                ax.plot(*zip(*points), marker, label=LABELS[arm].format(profile=profile))
+        ax.set(xlabel="training minutes (wall clock)", ylabel="test Dice (original grids)", ylim=(0, 1), title=f"phantom {phantom}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Dice for the same training time")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

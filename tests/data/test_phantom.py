@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from unetr_app.data.phantom import ORIENTATIONS, make_phantom_case, save_nifti
+from unetr_app.data.phantom import GRIDS, ORIENTATIONS, make_phantom_case, save_nifti
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -88,6 +88,7 @@ def test_synth_writes_msd_layout(cli, tmp_path):
     out = tmp_path / "Task09_Spleen"
     result = cli("data", "synth", out, "--cases", 3, "--test-cases", 1, "--seed", 5)
     assert result.exit_code == 0, result.output
+    assert "thick grid" in json.loads((out / "dataset.json").read_text(encoding="utf-8"))["description"]
     description = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert description["numTraining"] == 3 and description["labels"] == {"0": "background", "1": "spleen"}
     for entry in description["training"]:
@@ -96,3 +97,17 @@ def test_synth_writes_msd_layout(cli, tmp_path):
         np.testing.assert_allclose(image.affine, label.affine)
     assert sorted(p.name for p in (out / "imagesTs").iterdir()) == ["spleen_4.nii.gz"]
     assert (out / "labelsTs" / "spleen_4.nii.gz").is_file()
+
+
+def test_fine_grid_is_sub_millimetre_in_plane_with_thin_slices_and_the_same_anatomy_in_mm():
+    thick, fine = make_phantom_case(5), make_phantom_case(5, grid="fine")
+    in_plane, slices = GRIDS["fine"]
+    spacing = np.linalg.norm(fine.affine[:3, :3], axis=0)
+    assert in_plane[0] <= min(spacing[:2]) <= max(spacing[:2]) <= in_plane[1] and spacing[2] in slices
+    volume = lambda case: case.label.sum() * np.prod(np.linalg.norm(case.affine[:3, :3], axis=0)) / 1000  # noqa: E731
+    assert volume(fine) > 40 and np.prod(fine.image.shape) > 4 * np.prod(thick.image.shape)
+
+
+def test_an_unknown_grid_names_the_choices():
+    with pytest.raises(ValueError, match="thick, fine"):
+        make_phantom_case(0, grid="coarse")

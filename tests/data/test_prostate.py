@@ -166,3 +166,13 @@ def test_folds_and_their_post_processing_work_on_channel_files(as_channel_files,
     assert isinstance(split["validation"][0]["image"], list)  # cases are lists of channel files
     decision = json.loads((tmp_path / "exp" / "postprocessing.json").read_text(encoding="utf-8"))
     assert decision["validation_cases"] == 6  # every case validated once, read from its channel files
+
+
+def test_the_fine_grid_is_a_clinical_t2s_0_8_by_0_8_by_4_mm_over_the_thick_grids_field_of_view():
+    from unetr_app.data.phantom_prostate import make_prostate_case
+
+    image, label, fine = make_prostate_case(3, grid="fine")
+    np.testing.assert_allclose(sorted(np.linalg.norm(fine[:3, :3], axis=0)), [0.8, 0.8, 4.0])
+    assert image.shape[:3] == label.shape and image.shape[-1] == 2 and {1, 2} <= set(np.unique(label))
+    extent = lambda shape, affine: sorted(np.array(shape[:3]) * np.linalg.norm(affine[:3, :3], axis=0))[1:]  # noqa: E731
+    np.testing.assert_allclose(extent(label.shape, fine), [96, 96], atol=1)

@@ -26,6 +26,7 @@ def synth(
     cases: Annotated[int | None, typer.Option("--cases", min=2, help="labelled training cases [default: the real dataset's]")] = None,
     test_cases: Annotated[int | None, typer.Option("--test-cases", min=0, help="test cases [default: the real dataset's]")] = None,
     seed: Annotated[int, typer.Option("--seed", help="random seed; the same seed gives the same files")] = 0,
+    grid: Annotated[str, typer.Option("--grid", help="acquisition grid: thick (the default every profile was tuned on) or fine (sub-millimetre in-plane)")] = "thick",
 ) -> None:
     """Write a phantom in the Medical Segmentation Decathlon layout: CT-like spleen, or 2-channel MRI-like prostate."""
     import importlib
@@ -35,6 +36,8 @@ def synth(
 
     if task not in PHANTOMS:
         raise UsageError(f"--task {task!r}: no phantom for it; choose one of {', '.join(PHANTOMS)}")
+    if grid not in ("thick", "fine"):
+        raise UsageError(f"--grid {grid!r}: choose thick or fine")
     counts = load_manifest(read_yaml(find_config("tasks", task)).get("manifest", task)).counts
     cases = counts.training if cases is None else cases
     test_cases = counts.test if test_cases is None else test_cases
@@ -42,7 +45,7 @@ def synth(
     write = getattr(importlib.import_module(module), function)
     with Progress(console=console, transient=True) as bar:
         job = bar.add_task(f"writing {task} phantom cases", total=cases + test_cases)
-        write(out_dir, cases, test_cases, seed, progress=lambda: bar.advance(job))
+        write(out_dir, cases, test_cases, seed, progress=lambda: bar.advance(job), grid=grid)
     console.print(f"wrote {cases} training and {test_cases} test {task} cases to {out_dir}")
 
 

@@ -20,6 +20,10 @@ from unetr_app.data.phantom import ORIENTATIONS, _Canvas, _orient, _rotation, wr
 
 LABELS = {"background": 0, "peripheral_zone": 1, "transition_zone": 2}
 CHANNELS = {"T2": "MRI", "ADC": "MRI"}
+FIELD_OF_VIEW = 96.0  # mm in-plane
+# Acquisition grids: (in-plane spacing in mm, slice thicknesses in mm). "thick" is the embedded
+# default; "fine" is the sub-millimetre in-plane, 4 mm-slice grid of a clinical T2 (0.8 x 0.8 x 4 mm).
+GRIDS = {"thick": (2.0, (3.0, 3.6, 4.0)), "fine": (0.8, (4.0,))}
 # tissue -> (T2 signal, ADC in 1e-6 mm^2/s)
 TISSUE = {
     "air": (0.0, 0.0),
@@ -32,11 +36,14 @@ TISSUE = {
 }
 
 
-def make_prostate_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(image (x, y, z, 2) int16, label (x, y, z) uint8, affine) in the file's voxel order."""
+def make_prostate_case(seed: int, grid: str = "thick") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image (x, y, z, 2) int16, label (x, y, z) uint8, affine) in the file's voxel order, on one of `GRIDS`."""
+    if grid not in GRIDS:
+        raise ValueError(f"phantom grid {grid!r}: choose one of {', '.join(GRIDS)}")
+    in_plane, slices = GRIDS[grid]
     rng = np.random.default_rng(seed)
-    spacing = np.array([2.0, 2.0, rng.choice([3.0, 3.6, 4.0])])
-    shape = (48, 48, int(round(72 / spacing[2])))
+    spacing = np.array([in_plane, in_plane, rng.choice(slices)])
+    shape = (int(round(FIELD_OF_VIEW / in_plane)),) * 2 + (int(round(72 / spacing[2])),)
     t2 = _Canvas(shape, spacing, rng)
     adc = np.zeros(shape, np.float32)
 
@@ -69,20 +76,21 @@ def make_prostate_case(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _acquire(signal: np.ndarray, spacing: np.ndarray, rng: np.random.Generator, gain: float) -> np.ndarray:
     """Blur, a smooth multiplicative bias field, per-case gain and Rician-like noise (never negative)."""
     blurred = gaussian_filter(signal, sigma=(1.0 / spacing[0], 1.0 / spacing[1], 0.4), mode="nearest")
-    bias = np.exp(gaussian_filter(rng.normal(0, 1, signal.shape), 8) * 4.0)
+    bias = np.exp(gaussian_filter(rng.normal(0, 1, signal.shape), (16 / spacing[0], 16 / spacing[1], 8)) * 4.0)
     sigma = 0.03 * float(signal.max())
     noisy = np.hypot(blurred * bias * gain + rng.normal(0, sigma, signal.shape), rng.normal(0, sigma, signal.shape))
     return np.clip(np.rint(noisy), 0, 32767).astype(np.int16)
 
 
-def write_prostate_dataset(out_dir: str | Path, cases: int = 32, test_cases: int = 16, seed: int = 0, progress=None) -> Path:
+def write_prostate_dataset(out_dir: str | Path, cases: int = 32, test_cases: int = 16, seed: int = 0, progress=None,
+                           grid: str = "thick") -> Path:
     """`cases` labelled training and `test_cases` test cases in MSD Task05_Prostate layout."""
     description = {
         "name": "PROSTATE",
-        "description": f"MRI-like prostate phantom in MSD Task05_Prostate layout (unetr data synth, seed {seed})",
+        "description": f"MRI-like prostate phantom in MSD Task05_Prostate layout (unetr data synth, seed {seed}, {grid} grid)",
         "tensorImageSize": "4D",
         "modality": {str(c): name for c, name in enumerate(CHANNELS)},
         "labels": {str(v): k for k, v in LABELS.items()},
     }
-    make = lambda index: make_prostate_case(seed * 100_003 + index)  # noqa: E731
+    make = lambda index: make_prostate_case(seed * 100_003 + index, grid)  # noqa: E731
     return write_msd_layout(out_dir, cases, test_cases, make, lambda index: f"prostate_{index:02d}.nii.gz", description, progress)

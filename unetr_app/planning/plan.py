@@ -116,7 +116,7 @@ def _choose_tokens(options, device, warnings, widths, channels, classes) -> dict
     _, patch, roi = good[0] if good else max(options, key=lambda o: rules.token_count(o[2], o[1]))
     tokens = rules.token_count(roi, patch)
     if not good:
-        fix = "a UNETR that takes patch 8 (not available yet), " if 8 not in _token_patches() else ""
+        fix = "a ViT-family model built with patch_size 8 (as configs/profiles/cpu-recipes.yaml does), " if 8 not in _token_patches() else ""
         more = "--device cuda (the CPU window is bounded by time)" if device == "cpu" else "more --memory"
         warnings.append(f"unetr on {device}: a {_x(roi)} window in {patch}^3 patches holds {tokens} tokens, fewer than the "
                         f"{rules.MIN_TOKENS} of UNETR's published 6x6x6 grid; try {fix}or {more}")
