@@ -209,23 +209,35 @@ LABELS = {"ours": "unetr train --profile {profile}", "auto": "unetr plan + train
 
 
 def _plot(results, path: Path, profile: str = "cpu-demo") -> None:
+    """One panel per phantom: Dice against minutes, or with a single budget each arm's per-case Dice."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     phantoms = list(dict.fromkeys(r["phantom"] for r in results))
+    single_budget = len({r["minutes"] for r in results}) == 1
     fig, axes = plt.subplots(1, len(phantoms), figsize=(4.5 * len(phantoms) + 1.5, 4), squeeze=False)
     for ax, phantom in zip(axes[0], phantoms):
         rows = [r for r in results if r["phantom"] == phantom]
-        for arm, marker in (("ours", "o-"), ("auto", "D-"), ("tutorial", "s-")):
-            points = sorted((r["minutes"], r[arm]["dice"]) for r in rows if arm in r)
-            if points:
-                ax.plot(*zip(*points), marker, label=LABELS[arm].format(profile=profile))
-        ax.set(xlabel="training minutes (wall clock)", ylabel="test Dice (original grids)", ylim=(0, 1), title=f"phantom {phantom}")
+        present = [arm for arm in LABELS if any(arm in r for r in rows)]
+        for x, (arm, marker) in enumerate((a, m) for a, m in (("ours", "o"), ("auto", "D"), ("tutorial", "s")) if a in present):
+            label = LABELS[arm].format(profile=profile)
+            if single_budget:
+                cases = rows[0][arm].get("per_case", [rows[0][arm]["dice"]])
+                ax.plot(x + np.linspace(-0.15, 0.15, len(cases)), cases, marker, alpha=0.5, label=label)
+                ax.hlines(rows[0][arm]["dice"], x - 0.25, x + 0.25, colors="k")
+            else:
+                ax.plot(*zip(*sorted((r["minutes"], r[arm]["dice"]) for r in rows if arm in r)), marker + "-", label=label)
+        if single_budget:
+            ax.set_xticks(range(len(present)), present)
+            ax.set(xlabel=f"{rows[0]['minutes']:g} training minutes each (line: mean)")
+        else:
+            ax.set(xlabel="training minutes (wall clock)")
+        ax.set(ylabel="test Dice (original grids)", ylim=(0, 1), title=f"phantom {phantom}")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Dice for the same training time")
+    axes[0][0].legend(fontsize=8, loc="lower left")
+    fig.suptitle("Dice for the same training time" + (", per test scan" if single_budget else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
