@@ -111,3 +111,9 @@ def test_fine_grid_is_sub_millimetre_in_plane_with_thin_slices_and_the_same_anat
 def test_an_unknown_grid_names_the_choices():
     with pytest.raises(ValueError, match="thick, fine"):
         make_phantom_case(0, grid="coarse")
+
+
+def test_synth_refuses_an_unknown_grid_in_one_line_before_writing(cli, tmp_path):
+    result = cli("data", "synth", tmp_path / "Task09_Spleen", "--grid", "coarse", "--cases", 2, "--test-cases", 0)
+    assert result.exit_code == 2 and "--grid 'coarse'" in result.output and "thick or fine" in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "Task09_Spleen").exists()
