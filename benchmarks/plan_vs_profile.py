@@ -32,15 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from time_to_dice import train_and_score  # noqa: E402
 
 from unetr_app.data.phantom import write_phantom_dataset  # noqa: E402
+from unetr_app.evaluation.comparison import paired_bootstrap  # noqa: E402
 
 ARMS = ("auto", "cpu-demo")
-
-
-def paired_interval(differences: np.ndarray, draws: int = 10_000, seed: int = 0) -> list[float]:
-    """The bootstrap 95% interval of the mean of paired differences."""
-    rng = np.random.default_rng(seed)
-    means = differences[rng.integers(0, len(differences), (draws, len(differences)))].mean(axis=1)
-    return [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))]
 
 
 def main() -> None:
@@ -85,12 +79,12 @@ def main() -> None:
 
 
 def compare(runs: dict, seeds: list[int]) -> dict:
-    """Per phantom, each arm's mean test Dice; over all test cases, the paired difference and its interval."""
+    """Per phantom, each arm's mean test Dice; over all test cases pooled, the paired difference and its bootstrap interval."""
     per_phantom = {str(s): {a: runs[f"{s}/{a}"]["dice"] for a in ARMS} for s in seeds if all(f"{s}/{a}" in runs for a in ARMS)}
     differences = np.concatenate([np.subtract(runs[f"{s}/auto"]["per_case"], runs[f"{s}/cpu-demo"]["per_case"]) for s in map(int, per_phantom)])
     return {"per_phantom": per_phantom,
             "mean": {a: float(np.mean([p[a] for p in per_phantom.values()])) for a in ARMS},
-            "auto_minus_cpu_demo": float(differences.mean()), "interval_95": paired_interval(differences), "cases": int(len(differences))}
+            "auto_minus_cpu_demo": paired_bootstrap(differences[None, :])}
 
 
 if __name__ == "__main__":

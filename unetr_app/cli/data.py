@@ -36,8 +36,10 @@ def synth(
 
     if task not in PHANTOMS:
         raise UsageError(f"--task {task!r}: no phantom for it; choose one of {', '.join(PHANTOMS)}")
-    if grid not in ("thick", "fine"):
-        raise UsageError(f"--grid {grid!r}: choose thick or fine")
+    from unetr_app.data.phantom import GRIDS
+
+    if grid not in GRIDS:  # both phantoms share the grid names
+        raise UsageError(f"--grid {grid!r}: choose {' or '.join(GRIDS)}")
     counts = load_manifest(read_yaml(find_config("tasks", task)).get("manifest", task)).counts
     cases = counts.training if cases is None else cases
     test_cases = counts.test if test_cases is None else test_cases
