@@ -63,6 +63,18 @@ def test_cpu_grid_coarsens_until_the_window_covers_a_quarter():
     assert 2.4 < spacing[0] < 2.7 and spacing[0] == spacing[2]  # (200/s)^3 / 4 <= 48^3: s >= 2.63 / 1.03 step
 
 
+def test_cpu_grid_grows_the_finer_axes_to_isotropic_before_the_coarse_one():
+    # 1.6 x 1.6 x 3 mm over 320 x 320 x 240 mm: nnU-Net's rule (all axes together below 2x) would end near
+    # 3.2 x 3.2 x 6 mm; growing x and y first reaches an isotropic grid and then grows it as a whole
+    spacings, shapes = [[1.6, 1.6, 3.0]], [[200, 200, 80]]
+    spacing = rules.coarsen_until_covered([1.6, 1.6, 3.0], spacings, shapes, 48**3)
+    assert np.prod(rules.median_shape_at(spacing, spacings, shapes)) * 0.25 <= 48**3
+    assert max(spacing) / min(spacing) < rules.SPACING_STEP  # isotropic to within one step
+    assert 3.0 < spacing[2] < 4.2  # the slice axis grew only after x and y caught up (not to 6 mm)
+    # a grid that already covers enough is left alone, anisotropic or not
+    assert rules.coarsen_until_covered([0.8, 0.8, 4.0], [[0.8, 0.8, 4.0]], [[120, 120, 24]], 48**3) == [0.8, 0.8, 4.0]
+
+
 @pytest.mark.parametrize("roi, patch, enough", [
     ([96, 96, 96], 16, True),  # UNETR as published: 6x6x6 = 216 tokens
     ([48, 48, 48], 16, False),  # cpu-demo: 27 tokens

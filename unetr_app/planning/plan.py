@@ -48,7 +48,7 @@ def make_plan(fingerprint: dict, device: str, memory_gb: float) -> dict[str, Any
         spacing = rules.coarsen_until_covered(fullres, spacings, shapes, CPU_WINDOW_VOXELS)
         if spacing != fullres:
             traded.append(f"spacing {_mm(fullres)} -> {_mm(spacing)} mm, so the CPU window of {CPU_WINDOW_VOXELS} voxels "
-                          f"covers {rules.LOWRES_COVERAGE:.0%} of the median image (nnU-Net's 3d_lowres rule)")
+                          f"covers {rules.LOWRES_COVERAGE:.0%} of the median image (nnU-Net's 3d_lowres rule, the finer axes first until isotropic)")
         unetr = _cpu_unetr(spacing, rules.median_shape_at(spacing, spacings, shapes), channels, classes, budget, warnings)
         traded.append(f"window {_x(unetr['roi'])} from the CPU compute budget ({CPU_WINDOW_VOXELS} voxels), not the memory "
                       f"rule; UNETR {CPU_UNETR['hidden_size']} wide (cpu-demo's), not UNETR-B")
