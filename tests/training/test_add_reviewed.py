@@ -53,3 +53,16 @@ def test_reviewed_training_scans_are_refused_in_one_line(phantom_dir, tiny_profi
     config = load_run_config("spleen", profile=str(tiny_profile), data_dir=phantom_dir)
     with pytest.raises(UsageError, match="already a training case"):
         load_or_make_split(tmp_path / "run", phantom_dir, config, add_reviewed=session.corrections_dir)
+
+
+def test_a_resumed_run_adds_a_new_review_folder_once(phantom_dir, tiny_profile, reviewed_test_scans, tmp_path):
+    """`train --resume RUN --add-reviewed DIR` on a run trained without DIR: its cases join the
+    recorded training cases; resuming again with the same DIR reads them back, not twice."""
+    config = load_run_config("spleen", profile=str(tiny_profile), data_dir=phantom_dir)
+    base_train, base_val = load_or_make_split(tmp_path / "run", phantom_dir, config)
+    corrections = reviewed_test_scans.corrections_dir
+    train, val = load_or_make_split(tmp_path / "run", phantom_dir, config, add_reviewed=corrections)
+    assert val == base_val and train[: len(base_train)] == base_train and len(train) == len(base_train) + 2
+    split = RunDir(tmp_path / "run").read_split()
+    assert split["reviewed"]["folders"] == [str(corrections)] and sorted(split["reviewed"]["cases"]) == ["spleen_7", "spleen_8"]
+    assert load_or_make_split(tmp_path / "run", phantom_dir, config, add_reviewed=corrections) == (train, val)

@@ -122,10 +122,14 @@ def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig,
                        add_reviewed: Path | None = None):
     """The split is made once per run and recorded; a resumed run reads it back. With `fold`, it is
     that fold of the dataset's splits.json (shared by every model and run). Reviewed cases
-    (`add_reviewed`) join the training cases only: validation stays the dataset's own labels."""
+    (`add_reviewed`) join the training cases only: validation stays the dataset's own labels. A
+    resumed run given a review folder it has not recorded adds that folder's cases to its split."""
     run = RunDir(run_dir)
     if run.split.is_file():
         split = run.read_split()
+        if add_reviewed is not None and str(add_reviewed) not in _reviewed_folders(split):
+            split = _with_reviewed(split, add_reviewed)
+            run.write_json(run.split, split)
         return split["train"], split["validation"]
     cases = labelled_cases(dataset, load_manifest(config.task.manifest))
     if fold is not None:
@@ -135,12 +139,26 @@ def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig,
         train_cases, val_cases = split_cases(cases, config.training.val_fraction, config.training.seed)
         split = {"seed": config.training.seed, "val_fraction": config.training.val_fraction, "train": train_cases, "validation": val_cases}
     if add_reviewed is not None:
-        reviewed = reviewed_cases(add_reviewed, train_cases + val_cases)
-        train_cases = train_cases + [{k: e[k] for k in ("case", "image", "label")} for e in reviewed]
-        split.update(train=train_cases, reviewed={"folder": str(add_reviewed), "cases": {e["case"]: e["reviewed"] for e in reviewed}})
-        log.info("%d reviewed cases from %s join the training cases", len(reviewed), add_reviewed)
+        split = _with_reviewed(split, add_reviewed)
     run.write_json(run.split, split)
-    return train_cases, val_cases
+    return split["train"], split["validation"]
+
+
+def _with_reviewed(split: dict, add_reviewed: Path) -> dict:
+    """The split with a review folder's accepted and corrected cases added to its training cases
+    and recorded (the folder and each case's verdict) beside any folders added before."""
+    reviewed = reviewed_cases(add_reviewed, split["train"] + split["validation"])
+    recorded = split.get("reviewed") or {}
+    folders = [*_reviewed_folders(split), str(add_reviewed)]
+    cases = {**recorded.get("cases", {}), **{e["case"]: e["reviewed"] for e in reviewed}}
+    log.info("%d reviewed cases from %s join the training cases", len(reviewed), add_reviewed)
+    return {**split, "train": split["train"] + [{k: e[k] for k in ("case", "image", "label")} for e in reviewed],
+            "reviewed": {"folders": folders, "cases": cases}}
+
+
+def _reviewed_folders(split: dict) -> list[str]:
+    recorded = split.get("reviewed") or {}
+    return recorded.get("folders") or ([recorded["folder"]] if "folder" in recorded else [])
 
 
 def with_budget(config: RunConfig, budget: BudgetConfig | None = None, checkpoint_every: int | None = None) -> RunConfig:
