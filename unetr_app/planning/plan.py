@@ -4,9 +4,10 @@ GPU (`cuda`): nnU-Net's 3d_fullres rules under the device's memory (see `rules`)
 published, the published step budget. CPU: the same rules under a compute budget instead, since
 time, not memory, binds on a CPU: a window of CPU_WINDOW_VOXELS voxels (cpu-demo's 48^3, which
 this 2-core machine trains at about 1.7 steps/s with 4 crops: benchmarks/results/time_to_dice.json),
-the grid coarsened as nnU-Net's 3d_lowres is until that window covers 25% of the median image,
-CPU_TRAIN_MINUTES of training timed by the trainer. For 40 scans that is about 10 minutes in all
-(reading and resampling the scans once, about a minute, plus the training minutes).
+the grid coarsened in nnU-Net's 3d_lowres steps (the finer axes first, until isotropic) until that
+window covers 25% of the median image, CPU_TRAIN_MINUTES of training timed by the trainer. For 40
+scans that is about 10 minutes in all (reading and resampling the scans once, about a minute, plus
+the training minutes).
 Every choice that differs from the full-resolution plan is listed under `traded`.
 
 Transformers: UNETR takes the token rule (`rules.enough_tokens`): patches of 8 voxels where the
