@@ -24,10 +24,8 @@ $(DATA)/dataset.json: | $(STAMP)
 demo: setup $(DATA)/dataset.json
 	$(BIN)/unetr train --task spleen --profile cpu-demo --out runs/demo --resume
 
-# in parallel (one worker per core, at most 4), then the tests that time themselves, alone
 test: setup
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 -m "not alone"
-	$(BIN)/python -m pytest -q -m alone
+	$(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs data

@@ -77,7 +77,6 @@ def test_a_minutes_budget_is_planned_again_once_from_the_runs_own_pace():
 
 
 @pytest.mark.slow
-@pytest.mark.alone
 def test_a_minutes_budget_is_timed_once_recorded_and_kept(cli, tmp_path, phantom_dir, tiny_profile):
     run = tmp_path / "run"
     minutes = 1.5
