@@ -8,7 +8,7 @@ on the original grids.
 
 Both arms train 825 steps (cpu-demo's budget) on the same 80% split of the same phantom. The report
 gives each arm's mean test Dice per phantom, the paired per-case difference (auto minus cpu-demo)
-with a bootstrap 95% interval over all test cases, and each plan's spacing and window. Finished runs
+with a bootstrap 95% interval over phantoms and their test cases, and each plan's spacing and window. Finished runs
 are read back from the JSON, so a killed run resumes. Step budgets make the result independent of
 what else the machine runs, so two runs share the 2 cores (one thread each).
 """
@@ -79,12 +79,14 @@ def main() -> None:
 
 
 def compare(runs: dict, seeds: list[int]) -> dict:
-    """Per phantom, each arm's mean test Dice; over all test cases pooled, the paired difference and its bootstrap interval."""
+    """Per phantom, each arm's mean test Dice; the paired difference over a [phantom, test case] matrix
+    and its bootstrap interval, which resamples phantoms as well as cases (one run per arm and phantom:
+    the phantoms carry the run-to-run spread)."""
     per_phantom = {str(s): {a: runs[f"{s}/{a}"]["dice"] for a in ARMS} for s in seeds if all(f"{s}/{a}" in runs for a in ARMS)}
-    differences = np.concatenate([np.subtract(runs[f"{s}/auto"]["per_case"], runs[f"{s}/cpu-demo"]["per_case"]) for s in map(int, per_phantom)])
+    differences = np.stack([np.subtract(runs[f"{s}/auto"]["per_case"], runs[f"{s}/cpu-demo"]["per_case"]) for s in map(int, per_phantom)])
     return {"per_phantom": per_phantom,
             "mean": {a: float(np.mean([p[a] for p in per_phantom.values()])) for a in ARMS},
-            "auto_minus_cpu_demo": paired_bootstrap(differences[None, :])}
+            "auto_minus_cpu_demo": paired_bootstrap(differences)}
 
 
 if __name__ == "__main__":

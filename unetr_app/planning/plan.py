@@ -6,8 +6,8 @@ time, not memory, binds on a CPU: a window of CPU_WINDOW_VOXELS voxels (cpu-demo
 this 2-core machine trains at about 1.7 steps/s with 4 crops: benchmarks/results/time_to_dice.json),
 the grid coarsened in nnU-Net's 3d_lowres steps (the finer axes first, until isotropic) until that
 window covers 25% of the median image, CPU_TRAIN_MINUTES of training timed by the trainer. For 40
-scans that is about 10 minutes in all (reading and resampling the scans once, about a minute, plus
-the training minutes).
+scans that is about 10 minutes in all (planning, reading and resampling the scans once, plus the
+training minutes).
 Every choice that differs from the full-resolution plan is listed under `traded`.
 
 Transformers: UNETR takes the token rule (`rules.enough_tokens`): patches of 8 voxels where the
