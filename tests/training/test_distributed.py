@@ -1,23 +1,16 @@
-"""Training under torch.distributed (gloo on CPU): the same step as one process, and torchrun runs."""
+"""Training under torch.distributed (gloo on CPU): two processes take the step one process takes.
+The torchrun runs end to end (kill, resume, restart) are in tests/distributed/test_torchrun.py."""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from unetr_app.config import load_run_config, parse_overrides
 from unetr_app.distributed import Shard
-from unetr_app.io.checkpoint import load_checkpoint
 from unetr_app.models import create_model
 from unetr_app.training.loop import Trainer
 from unetr_app.training.state import seed_everything
@@ -74,58 +67,3 @@ def _initial_weights() -> dict[str, torch.Tensor]:
     config = load_run_config("spleen", profile=str(TINY))
     seed_everything(0)
     return create_model(config.model.name, **config.model_kwargs()).state_dict()
-
-
-# --- torchrun end to end ----------------------------------------------------------------------
-
-
-def _torchrun(args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "unetr_app", "train", *args]
-
-
-def _metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
-
-
-def _step_of(run: Path) -> int:
-    try:
-        return load_checkpoint(run / "checkpoints" / "last.pt")["step"]
-    except Exception:  # not written yet, or being renamed into place
-        return 0
-
-
-@pytest.mark.slow
-def test_torchrun_training_writes_once_and_resumes_after_a_kill(tmp_path, phantom_dir):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    common = ["--data-dir", str(phantom_dir), "--profile", str(TINY), "--device", "cpu", "--steps", "8",
-              "--set", "training.val_fraction=0.34", "--set", "training.log_every_steps=2"]
-
-    straight = tmp_path / "straight"
-    done = subprocess.run(_torchrun([*common, "--out", str(straight)]), cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    lines = _metrics(straight)
-    assert [m["step"] for m in lines] == [2, 4, 6, 8], "rank 0 alone writes: one line per interval"
-    assert sorted(p.name for p in (straight / "checkpoints").iterdir()) == ["best.safetensors", "last.pt", "last.safetensors"]
-    summary = json.loads((straight / "summary.json").read_text(encoding="utf-8"))
-    assert summary["processes"] == 2 and summary["steps"] == 8
-    assert len(lines[-1]["val_dice_per_case"]) == 2, "validation split across the ranks and gathered"
-    # 4 training cases over 2 processes: a pass is 2 steps
-    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
-
-    interrupted = tmp_path / "interrupted"
-    process = subprocess.Popen(_torchrun([*common, "--out", str(interrupted)]), cwd=REPO, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 300
-    while time.time() < deadline and _step_of(interrupted) < 2:
-        time.sleep(0.1)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both workers, at once
-    process.wait()
-    assert 2 <= _step_of(interrupted) < 8, "killed mid-run"
-
-    resumed = subprocess.run(_torchrun(["--out", str(interrupted), "--resume", "--data-dir", str(phantom_dir), "--device", "cpu"]),
-                             cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [m["step"] for m in _metrics(interrupted)] == [2, 4, 6, 8]
-    final = load_checkpoint(interrupted / "checkpoints" / "last.pt")["state_dict"]
-    for name, tensor in load_checkpoint(straight / "checkpoints" / "last.pt")["state_dict"].items():
-        torch.testing.assert_close(final[name], tensor, msg=name)

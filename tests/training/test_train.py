@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from typer.testing import CliRunner
 
+from unetr_app.cli.app import app
 from unetr_app.io.checkpoint import load_checkpoint, load_model
 
 FAST = ["--set", "training.val_fraction=0.34"]
@@ -110,10 +112,8 @@ def _resumable_recipes():
 def tiny_teacher(tmp_path_factory, phantom_dir, tiny_profile) -> Path:
     """A CNN teacher run for the recipes that distil from one (2 steps: its quality does not matter here)."""
     run = tmp_path_factory.mktemp("teacher") / "run"
-    done = subprocess.run([sys.executable, "-m", "unetr_app", "train", "--data-dir", str(phantom_dir), "--profile", str(tiny_profile),
-                           "--device", "cpu", "--steps", "2", "--model", "segresnet_small", "--out", str(run), *FAST],
-                          capture_output=True, text=True, encoding="utf-8")
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(app, [str(a) for a in (*train_args(phantom_dir, tiny_profile, run), "--steps", "2", "--model", "segresnet_small")])
+    assert done.exit_code == 0, done.output
     return run
 
 
