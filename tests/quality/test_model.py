@@ -52,3 +52,13 @@ def test_fallback_and_flags():
     assert "6.0 SD above" in huge["flag"]
     mr = assess({**_signals(0.95), "intensity_problems": ["channel 0 (CT): no air"]}, None, classes=2)
     assert mr["flag"] == "channel 0 (CT): no air" and mr["risk"] >= FLAG_RISK
+
+
+def test_mirroring_counts_as_harmful_only_beyond_the_margin():
+    from unetr_app.quality.model import MIRRORING_MARGIN, mirroring_loss
+
+    record = lambda single, mirrored: {"mirroring": {"cases": 4, "single_pass_dice": single, "mirrored_dice": mirrored}}  # noqa: E731
+    assert mirroring_loss(record(0.80, 0.55)) == (0.80, 0.55)
+    assert mirroring_loss(record(0.80, 0.80 - MIRRORING_MARGIN / 2)) is None  # within rounding of each other
+    assert mirroring_loss(record(0.80, 0.85)) is None  # mirroring helps
+    assert mirroring_loss({"kind": "ridge"}) is None and mirroring_loss(None) is None  # fitted before it was measured; no model

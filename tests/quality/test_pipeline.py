@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +47,32 @@ def test_qc_fit_writes_model_reference_and_temperature(fitted):
     assert reference["cases"] == 2 and len(reference["volumes_ml"]["spleen"]) == 2  # the run's training cases
     temperature = json.loads((fitted / TEMPERATURE_NAME).read_text())
     assert set(temperature["temperature"]) == {"background", "spleen"} and all(t > 0 for t in temperature["temperature"].values())
+    assert model["mirroring"]["cases"] == 4 and 0 <= model["mirroring"]["single_pass_dice"] <= 1
+
+
+def test_qc_measures_one_unmirrored_pass_as_predict_tta_off_does(fitted, tmp_path, cli):
+    from unetr_app.io.run_dir import RunDir
+    from unetr_app.io.scans import read_volume, source_for
+    from unetr_app.pipelines.quality import run_fit_quality
+    from unetr_app.quality.signals import dice
+
+    run = shutil.copytree(fitted, tmp_path / "run")
+    cases = run_fit_quality(run, device="cpu")["cases"]
+    validation = RunDir(run).read_split()["validation"]
+    images = tmp_path / "validation"
+    images.mkdir()
+    for case in validation:
+        shutil.copy(case["image"], images)
+    result = cli("predict", images, tmp_path / "off", "-c", run, "--device", "cpu", "-q", "--tta", "off")
+    assert result.exit_code == 0, result.output
+    for row, case in zip(cases, validation):
+        name = Path(case["image"]).name
+        mask = read_volume(source_for(tmp_path / "off" / name)).array
+        truth = read_volume(source_for(case["label"])).array
+        assert row["single_pass_dice"] == pytest.approx(dice(mask == 1, truth == 1), abs=1e-6), name
+    model = json.loads((run / QC_MODEL_NAME).read_text())
+    assert model["mirroring"]["single_pass_dice"] == pytest.approx(np.mean([r["single_pass_dice"] for r in cases]))
+    assert model["mirroring"]["mirrored_dice"] == pytest.approx(np.mean([r["dice"] for r in cases]))
 
 
 def test_predict_writes_qc_csv_and_report(fitted, phantom_dir, tmp_path, cli):
@@ -74,6 +102,19 @@ def test_tta_auto_mirrors_only_risky_cases(fitted, phantom_dir, tmp_path, cli):
     assert [c["forward_passes"] for c in none["cases"]] == [1, 1]
     mirrored = _predict(cli, fitted, phantom_dir, tmp_path / "on", "--tta", "on")
     assert [c["forward_passes"] for c in mirrored["cases"]] == [8, 8]
+
+
+def test_where_mirroring_lowered_validation_dice_auto_stops_mirroring_and_on_says_so(fitted, phantom_dir, tmp_path, cli):
+    run = shutil.copytree(fitted, tmp_path / "run")
+    model = json.loads((run / QC_MODEL_NAME).read_text())
+    model["mirroring"] = {"cases": 4, "mirrored_dice": 0.55, "single_pass_dice": 0.8}
+    (run / QC_MODEL_NAME).write_text(json.dumps(model))
+    auto = _predict(cli, run, phantom_dir, tmp_path / "auto", "--tta", "auto", "--tta-risk", "0")
+    assert [c["forward_passes"] for c in auto["cases"]] == [1, 1]  # even the risky ones: mirrors would only harm
+    assert len(auto["quality_notes"]) == 1 and "from 0.800 to 0.550" in auto["quality_notes"][0] and "mirrors no case" in auto["quality_notes"][0]
+    on = _predict(cli, run, phantom_dir, tmp_path / "on", "--tta", "on")
+    assert [c["forward_passes"] for c in on["cases"]] == [8, 8] and "mirrors anyway" in on["quality_notes"][0]
+    assert _predict(cli, run, phantom_dir, tmp_path / "off", "--tta", "off")["quality_notes"] == []
 
 
 def test_saved_probabilities_are_tempered(fitted, bare_run, phantom_dir, tmp_path, cli):

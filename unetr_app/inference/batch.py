@@ -138,11 +138,14 @@ def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRe
 
 def _passes(predictor: Predictor, prepared: dict, volume: Volume) -> Passes:
     """Every member and mirror; under --tta auto first one member unmirrored, and the rest only
-    when that first mask's risk is above the threshold."""
+    when that first mask's risk is above the threshold (mirrors only where `unetr qc` did not
+    find them lowering the validation Dice)."""
     kit = predictor.quality
     if predictor.settings.tta != "auto" or kit is None:
         return predictor.infer_passes(prepared)
     first = predictor.infer_passes(prepared, predictor.members[:1], [()])
+    if len(predictor.members) * len(predictor.mirrors) == 1:  # one model, mirroring found harmful: nothing to add
+        return first
     labels = predictor.restore(prepared, first.probabilities).labels
     if kit.judge(labels, first.probabilities.numpy(), first.labels, volume)["risk"] <= predictor.settings.tta_risk:
         return first

@@ -90,7 +90,8 @@ class Predictor:
         # back to the input grid: bilinear like the forward resampling; zero mass outside the crop
         inference = loaded.inference
         self.flips = _flip_axes(spatial_dims=3) if settings.tta is True else [()]
-        self.mirrors = _flip_axes(spatial_dims=3)
+        # the passes --tta auto adds for a risky case: no mirrors where `unetr qc` found them harmful
+        self.mirrors = [()] if quality is not None and quality.mirroring_lowers_dice() else _flip_axes(spatial_dims=3)
         on_cuda = settings.device.type == "cuda"
         self.use_amp = on_cuda if settings.amp is None else settings.amp
         self.amp_dtype = torch.float16 if on_cuda else torch.bfloat16

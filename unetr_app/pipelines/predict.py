@@ -67,7 +67,7 @@ def run_predict(request: PredictRequest) -> dict:
         kit = load_quality_kit(checkpoints[0], members[0].labels)
         predictor = Predictor(members, _settings(request, device, postprocessing), kit)
         if shard.is_main:
-            for note in kit.notes():  # once per run, not once per case
+            for note in kit.notes(predictor.settings.tta):  # once per run, not once per case
                 log.warning("%s", note)
         options = OutputOptions(request.output_dir, request.overwrite, request.save_probabilities, request.preview,
                                 _output_format(request.output_format))
@@ -83,7 +83,7 @@ def run_predict(request: PredictRequest) -> dict:
         if shard.is_main:
             order = {case.name: i for i, case in enumerate(cases)}
             everyone.sort(key=lambda record: order[record.case])
-            report = build_report(everyone, predictor.loaded.labels, {**_run_info(predictor, shard, postprocessing), "quality_notes": kit.notes()})
+            report = build_report(everyone, predictor.loaded.labels, {**_run_info(predictor, shard, postprocessing), "quality_notes": kit.notes(predictor.settings.tta)})
             write_report(request.output_dir, report)
         return distributed.broadcast_from_main(report, shard)
 

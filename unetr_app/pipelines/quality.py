@@ -3,9 +3,11 @@
 The recipe: the training cases give the reference (intensity histograms, air and fat shares, label
 volumes, spacings); every run predicts its validation cases with all mirrored passes, and each
 prediction's signals are paired with its measured Dice; a ridge regression of Dice on the signals
-is the quality model; the validation voxels' probabilities fit one temperature per class. The three
-files go beside the run (or, for an experiment's folds, in the experiment folder), where
-`unetr predict` finds them.
+is the quality model. It also records whether the mirrored passes scored above one unmirrored
+pass: a model trained with few flips can be worse mirrored, and prediction then stops mirroring
+under `--tta auto` and warns under `--tta on`. The validation voxels' probabilities fit one
+temperature per class. The three files go beside the run (or, for an experiment's folds, in the
+experiment folder), where `unetr predict` finds them.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def run_fit_quality(folder: Path, device: str = "auto", mirrors: bool = True) ->
         for case in split["validation"]:
             rows.append(_validation_case(predictor, case, reference, labels, voxels))
     model = fit_quality_model([r["signals"] for r in rows], [r["dice"] for r in rows])
+    if model is not None and mirrors:
+        model["mirroring"] = {"cases": len(rows), "mirrored_dice": float(np.mean([r["dice"] for r in rows])),
+                              "single_pass_dice": float(np.mean([r["single_pass_dice"] for r in rows]))}
     logits, classes = np.concatenate(voxels[0]), np.concatenate(voxels[1])
     temperature = fit_temperature(logits, classes)
     p = np.exp(logits).T  # (classes, voxels): the validation probabilities
@@ -63,7 +68,7 @@ def run_fit_quality(folder: Path, device: str = "auto", mirrors: bool = True) ->
     if model is not None:
         atomic_write_text(folder / QC_MODEL_NAME, json.dumps({**model, "runs": [str(r) for r in runs], "mirrored": mirrors}, indent=2) + "\n")
     write_temperature(folder / TEMPERATURE_NAME, temperature, labels, {"validation_cases": len(rows), "voxels": int(classes.size), "ece_validation": ece})
-    return {"cases": [{"case": r["case"], "dice": r["dice"], **r["signals"]} for r in rows], "model": model,
+    return {"cases": [{"case": r["case"], "dice": r["dice"], "single_pass_dice": r["single_pass_dice"], **r["signals"]} for r in rows], "model": model,
             "temperature": temperature.tolist(), "ece_validation": ece, "folder": str(folder)}
 
 
@@ -74,13 +79,21 @@ def _validation_case(predictor: Predictor, case: dict, reference: dict, labels: 
     passes = predictor.infer_passes(prepared)
     prediction = predictor.restore(prepared, passes.probabilities, keep_probabilities=True)
     values = [v for v in labels.values() if v != 0]
-    measured = float(np.mean([dice(prediction.labels == v, truth == v) for v in values]))
+    measured = _mean_dice(prediction.labels, truth, values)
+    single = measured
+    if len(passes.labels) > 1:  # what one unmirrored pass scores: does mirroring help this model at all?
+        first = predictor.infer_passes(prepared, predictor.members[:1], [()])
+        single = _mean_dice(predictor.restore(prepared, first.probabilities).labels, truth, values)
     signals = case_signals(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, reference, labels)
     rng = np.random.default_rng(len(voxels[0]))
     pick = rng.choice(truth.size, min(VOXELS_PER_CASE, truth.size), replace=False)
     voxels[0].append(log_probabilities(prediction.probabilities.reshape(-1, prediction.probabilities.shape[-1])[pick]))
     voxels[1].append(truth.reshape(-1)[pick])
-    log.info("%s: Dice %.3f", volume.source.name, measured)
-    return {"case": volume.source.name, "dice": measured, "signals": signals}
+    log.info("%s: Dice %.3f (one unmirrored pass %.3f)", volume.source.name, measured, single)
+    return {"case": volume.source.name, "dice": measured, "single_pass_dice": single, "signals": signals}
+
+
+def _mean_dice(labels: np.ndarray, truth: np.ndarray, values: list[int]) -> float:
+    return float(np.mean([dice(labels == v, truth == v) for v in values]))
 
 

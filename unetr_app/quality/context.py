@@ -12,7 +12,7 @@ import numpy as np
 from unetr_app.io.scans import Volume
 from unetr_app.quality.calibration import TEMPERATURE_NAME, apply_temperature, read_temperature
 from unetr_app.quality.case import case_signals
-from unetr_app.quality.model import QC_MODEL_NAME, assess
+from unetr_app.quality.model import QC_MODEL_NAME, assess, mirroring_loss
 from unetr_app.quality.reference import REFERENCE_NAME, find_beside, read_json
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,18 @@ class QualityKit:
     def calibrate(self, probabilities: np.ndarray, axis: int = -1) -> np.ndarray:
         return probabilities if self.temperature is None else apply_temperature(probabilities, self.temperature, axis=axis)
 
-    def notes(self) -> list[str]:
-        """What is missing, said once per run rather than once per case."""
+    def mirroring_lowers_dice(self) -> tuple[float, float] | None:
+        """(single-pass, mirrored) validation Dice where `unetr qc` measured mirroring doing harm."""
+        return mirroring_loss(self.model)
+
+    def notes(self, tta: bool | str = False) -> list[str]:
+        """What is missing or doubtful, said once per run rather than once per case."""
         notes = []
+        if tta and (loss := self.mirroring_lowers_dice()):
+            single, mirrored = loss
+            effect = "mirrors no case" if tta == "auto" else "mirrors anyway, as asked"
+            notes.append(f"mirrored passes lowered this run's validation Dice from {single:.3f} to {mirrored:.3f} (`unetr qc`): "
+                         f"the model rarely saw flipped scans in training (augmentation.flip_prob); --tta {'auto' if tta == 'auto' else 'on'} {effect}")
         if self.model is None:
             notes.append("no quality model beside the checkpoint (fit one with `unetr qc RUN`): predicted_dice is the "
                          "members' / mirrored passes' agreement and risk the worst signal, both uncalibrated")

@@ -25,6 +25,17 @@ Z_LIMIT = 3.0
 FLAG_RISK = 0.9
 LIMITS = {"border_fraction": 0.2, "volume_z": 4.0, "intensity_distance_over_training": 2.0, "intensity_distance": 0.25}
 MIN_FIT_CASES = 4
+# mirrored passes whose validation Dice is this far below one unmirrored pass's are not worth their
+# 8x compute (a model that rarely saw flipped scans in training): the gap is larger than rounding
+MIRRORING_MARGIN = 0.005
+
+
+def mirroring_loss(model: dict | None) -> tuple[float, float] | None:
+    """(single-pass, mirrored) validation Dice when `unetr qc` found mirroring lowers it, else None."""
+    record = (model or {}).get("mirroring")
+    if not record or record["mirrored_dice"] >= record["single_pass_dice"] - MIRRORING_MARGIN:
+        return None
+    return record["single_pass_dice"], record["mirrored_dice"]
 
 
 def flags(signals: dict, reference_distances: float | None = None) -> list[str]:
