@@ -30,6 +30,16 @@ def test_without_agreement_the_second_fit_is_used():
     assert predict_dice(model, no_agreement) > predict_dice(model, {**no_agreement, "entropy": 0.5})
 
 
+def test_the_fit_without_agreement_learns_from_the_single_pass_cases_when_given():
+    mirrored = [_signals(a, entropy=0.1) for a in np.linspace(0.5, 1.0, 10)]  # entropy says nothing here
+    single = [_signals(None, entropy=e) for e in np.linspace(0.0, 0.5, 10)]
+    single_dice = np.linspace(0.9, 0.4, 10).tolist()  # one-pass masks: Dice falls with entropy
+    model = fit_quality_model(mirrored, np.linspace(0.4, 0.9, 10).tolist(), (single, single_dice))
+    assert [f["features"][0] for f in model["fits"]] == ["agreement", "entropy"]
+    assert predict_dice(model, _signals(None, entropy=0.0)) > predict_dice(model, _signals(None, entropy=0.5)) + 0.2
+    assert model["fits"][1]["intercept"] == pytest.approx(np.mean(single_dice))
+
+
 def test_a_signal_far_outside_the_validation_cases_is_held_at_the_limit():
     # entropies spread by 0.01 around 0.5 and Dice falling with them: slope -1 per SD of entropy
     entropy = 0.5 + 0.01 * np.array([-1.0, 1.0, -1.0, 1.0])

@@ -3,7 +3,8 @@
 The recipe: the training cases give the reference (intensity histograms, air and fat shares, label
 volumes, spacings); every run predicts its validation cases with all mirrored passes, and each
 prediction's signals are paired with its measured Dice; a ridge regression of Dice on the signals
-is the quality model. It also records whether the mirrored passes scored above one unmirrored
+is the quality model (its fit without the agreement signal learns from one unmirrored pass per
+case, the masks that have no agreement signal). It also records whether the mirrored passes scored above one unmirrored
 pass: a model trained with few flips can be worse mirrored, and prediction then stops mirroring
 under `--tta auto` and warns under `--tta on`. The validation voxels' probabilities fit one
 temperature per class. The three files go beside the run (or, for an experiment's folds, in the
@@ -56,7 +57,8 @@ def run_fit_quality(folder: Path, device: str = "auto", mirrors: bool = True) ->
         predictor = Predictor(load_model(run, torch_device), PredictSettings(device=torch_device, tta=mirrors))
         for case in split["validation"]:
             rows.append(_validation_case(predictor, case, reference, labels, voxels))
-    model = fit_quality_model([r["signals"] for r in rows], [r["dice"] for r in rows])
+    single_pass = ([r["single_pass_signals"] for r in rows], [r["single_pass_dice"] for r in rows]) if mirrors else None
+    model = fit_quality_model([r["signals"] for r in rows], [r["dice"] for r in rows], single_pass)
     if model is not None and mirrors:
         model["mirroring"] = {"cases": len(rows), "mirrored_dice": float(np.mean([r["dice"] for r in rows])),
                               "single_pass_dice": float(np.mean([r["single_pass_dice"] for r in rows]))}
@@ -80,17 +82,19 @@ def _validation_case(predictor: Predictor, case: dict, reference: dict, labels: 
     prediction = predictor.restore(prepared, passes.probabilities, keep_probabilities=True)
     values = [v for v in labels.values() if v != 0]
     measured = _mean_dice(prediction.labels, truth, values)
-    single = measured
-    if len(passes.labels) > 1:  # what one unmirrored pass scores: does mirroring help this model at all?
-        first = predictor.infer_passes(prepared, predictor.members[:1], [()])
-        single = _mean_dice(predictor.restore(prepared, first.probabilities).labels, truth, values)
     signals = case_signals(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, reference, labels)
+    single, single_signals = measured, signals
+    if len(passes.labels) > 1:  # one unmirrored pass: does mirroring help, and what a one-pass mask's signals say
+        first = predictor.infer_passes(prepared, predictor.members[:1], [()])
+        first_labels = predictor.restore(prepared, first.probabilities).labels
+        single = _mean_dice(first_labels, truth, values)
+        single_signals = case_signals(first_labels, first.probabilities.numpy(), first.labels, volume, reference, labels)
     rng = np.random.default_rng(len(voxels[0]))
     pick = rng.choice(truth.size, min(VOXELS_PER_CASE, truth.size), replace=False)
     voxels[0].append(log_probabilities(prediction.probabilities.reshape(-1, prediction.probabilities.shape[-1])[pick]))
     voxels[1].append(truth.reshape(-1)[pick])
     log.info("%s: Dice %.3f (one unmirrored pass %.3f)", volume.source.name, measured, single)
-    return {"case": volume.source.name, "dice": measured, "single_pass_dice": single, "signals": signals}
+    return {"case": volume.source.name, "dice": measured, "signals": signals, "single_pass_dice": single, "single_pass_signals": single_signals}
 
 
 def _mean_dice(labels: np.ndarray, truth: np.ndarray, values: list[int]) -> float:

@@ -59,24 +59,33 @@ def _row(signals: dict, features: tuple[str, ...]) -> np.ndarray:
     return np.asarray(values, np.float64)
 
 
-def fit_quality_model(signals: list[dict], dice: list[float]) -> dict | None:
-    """Ridge fits of Dice on the signals (one per usable feature set); None with too few cases."""
+def fit_quality_model(signals: list[dict], dice: list[float], single_pass: tuple[list[dict], list[float]] | None = None) -> dict | None:
+    """Ridge fits of Dice on the signals (one per usable feature set); None with too few cases.
+
+    `single_pass` (the same cases' signals and Dice from one unmirrored pass) gives the fit
+    without agreement: a case has no agreement signal exactly when it was predicted in one pass,
+    so that fit learns from such masks rather than from mirrored ones."""
     if len(signals) < MIN_FIT_CASES:
         return None
-    y = np.asarray(dice, np.float64)
-    fits = []
-    for features in (FEATURES, tuple(f for f in FEATURES if f != "agreement")):
-        if any(s.get(f) is None for s in signals for f in features):
-            continue
-        X = np.stack([_row(s, features) for s in signals])
-        mean, std = X.mean(axis=0), X.std(axis=0)
-        std = np.where(std > 1e-9, std, 1.0)
-        Z = (X - mean) / std
-        coef = np.linalg.solve(Z.T @ Z + RIDGE * np.eye(len(features)), Z.T @ (y - y.mean()))
-        fits.append({"features": list(features), "mean": mean.tolist(), "std": std.tolist(), "coef": coef.tolist(), "intercept": float(y.mean())})
+    without_agreement = tuple(f for f in FEATURES if f != "agreement")
+    sources = [(FEATURES, signals, dice), (without_agreement, *(single_pass or (signals, dice)))]
+    fits = [fit for features, rows, y in sources if (fit := _ridge(features, rows, y)) is not None]
     if not fits:
         return None
+    y = np.asarray(dice, np.float64)
     return {"kind": "ridge", "cases": len(signals), "dice_mean": float(y.mean()), "dice_min": float(y.min()), "fits": fits}
+
+
+def _ridge(features: tuple[str, ...], signals: list[dict], dice: list[float]) -> dict | None:
+    if any(s.get(f) is None for s in signals for f in features):
+        return None
+    y = np.asarray(dice, np.float64)
+    X = np.stack([_row(s, features) for s in signals])
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    std = np.where(std > 1e-9, std, 1.0)
+    Z = (X - mean) / std
+    coef = np.linalg.solve(Z.T @ Z + RIDGE * np.eye(len(features)), Z.T @ (y - y.mean()))
+    return {"features": list(features), "mean": mean.tolist(), "std": std.tolist(), "coef": coef.tolist(), "intercept": float(y.mean())}
 
 
 def predict_dice(model: dict, signals: dict) -> float | None:
