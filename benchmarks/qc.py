@@ -7,19 +7,21 @@ varied difficulty, with a checkpoint trained for a few hundred steps on other ca
   (target: at most half);
 - `--tta auto` against `--tta on`: at least 2x fewer forward passes, mean Dice within 0.005.
 
-    nice -n 10 python benchmarks/qc.py                 # train on seed 10, tune on 11, report on 12
+    nice -n 10 python benchmarks/qc.py                 # train on seed 10, tune on 11, report on 13
     nice -n 10 python benchmarks/qc.py --quick         # fewer cases and steps: minutes
 
-The recipe: `unetr train` (cpu-demo on a 6 mm grid with 32^3 windows, STEPS steps) on the
+The recipe: `unetr train` (cpu-demo on a 6 mm grid with 32^3 windows, 600 steps: at 300 even
+the unaltered scans failed, which left failure detection nothing to separate) on the
 training cases of phantom seed 10, 3/8 of them held out; `unetr qc RUN` fits the training
-reference, the quality model and the temperatures on those validation cases. Then, per test seed (11 to tune, 12 to report), each test case is written as it
+reference, the quality model and the temperatures on those validation cases. Then, per test seed (11 to tune, 13 to report), each test case is written as it
 is and in two harder variants (strong or moderate noise, low soft-tissue contrast, the spleen cut
 by the field of view, an MR-like rendering, a header whose voxel size is halved); `unetr predict
 --tta on --save-probabilities` and `unetr evaluate` give the judging and the calibration;
 `unetr predict --tta off` gives each case's first-pass risk and Dice, from which the `--tta-risk`
 threshold is chosen on the tuning seed (the smallest number of passes whose mean Dice is within
 0.005 of mirroring everything); on the report seed `unetr predict --tta auto --tta-risk R` is run
-as a user would. Writes benchmarks/results/qc.json (qc_quick.json with --quick) and qc.png.
+as a user would. The Spearman and AUROC are those of the masks `--tta auto` gives this run: one
+pass each where `unetr qc` found mirroring lowering the validation Dice. Writes benchmarks/results/qc.json (qc_quick.json with --quick) and qc.png.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from unetr_app.data.phantom import write_phantom_dataset  # noqa: E402
 from unetr_app.quality.judging import plot_judgement  # noqa: E402
+from unetr_app.quality.model import QC_MODEL_NAME, mirroring_loss  # noqa: E402
 
 VARIANTS = ("noise_strong", "contrast_low", "cropped", "mr_like", "half_spacing", "noise_moderate")
 DICE_TOLERANCE = 0.005
@@ -170,14 +173,21 @@ def one_seed(seed: int, args, tmp: Path, run: Path, tta_risk: float | None) -> d
     mirrored = predict(root / "hard", run, root / "on", "--tta", "on", "--save-probabilities")
     first = predict(root / "hard", run, root / "off", "--tta", "off")
     per_case = {r["case"]: r["quality"] for r in mirrored["report"]["cases"]}
+    first_case = {r["case"]: r["quality"] for r in first["report"]["cases"]}
+    # the masks a user of this run gets from `--tta auto`: one pass each where `unetr qc` found
+    # mirroring lowering the validation Dice, else mirrored where risky
+    one_pass = mirroring_lowers_dice(run)
     result = {
         "seed": seed, "cases": len(kinds),
-        "judging": {k: v for k, v in mirrored["summary"]["quality"].items() if k != "per_case"},
+        "judged_masks": "tta off: unetr qc found mirroring lowering the validation Dice, so --tta auto mirrors none" if one_pass else "tta on",
+        "judging": {k: v for k, v in (first if one_pass else mirrored)["summary"]["quality"].items() if k != "per_case"},
+        "mirrored_judging": {k: v for k, v in mirrored["summary"]["quality"].items() if k != "per_case"},
         "calibration": mirrored["summary"]["calibration"],
         "first_pass_judging": {k: v for k, v in first["summary"]["quality"].items() if k != "per_case"},
         "tta_threshold_best_on_this_seed": choose_threshold(first, mirrored),
         "per_case": [{"case": c, "variant": kinds[c], "dice_mirrored": round(mirrored["dice"][c], 4), "dice_first_pass": round(first["dice"][c], 4),
-                      "predicted_dice": per_case[c]["predicted_dice"], "risk": per_case[c]["risk"], "first_pass_risk": first["risk"][c],
+                      "predicted_dice": per_case[c]["predicted_dice"], "risk": per_case[c]["risk"],
+                      "first_pass_predicted_dice": first_case[c]["predicted_dice"], "first_pass_risk": first["risk"][c],
                       "agreement": per_case[c]["agreement"], "flag": per_case[c]["flag"]} for c in sorted(kinds)],
         "seconds": {"tta_on": mirrored["seconds"], "tta_off": first["seconds"]},
     }
@@ -189,10 +199,15 @@ def one_seed(seed: int, args, tmp: Path, run: Path, tta_risk: float | None) -> d
                               "pass_ratio": round(on_passes / auto_passes, 3), "mean_dice_auto": round(float(auto_dice), 4),
                               "mean_dice_on": round(float(on_dice), 4), "dice_difference": round(float(auto_dice - on_dice), 4),
                               "seconds_auto": auto["seconds"], "seconds_on": mirrored["seconds"]}
-        cases = result["per_case"]
-        plot_judgement(args.out.with_suffix(".png"), [c["predicted_dice"] for c in cases], [c["risk"] for c in cases],
-                       [c["dice_mirrored"] for c in cases], title=f"phantom seed {seed}: {len(cases)} test cases of varied difficulty")
+        cases, kind = result["per_case"], "first_pass_" if one_pass else ""
+        plot_judgement(args.out.with_suffix(".png"), [c[f"{kind}predicted_dice"] for c in cases], [c[f"{kind}risk"] for c in cases],
+                       [c["dice_first_pass" if one_pass else "dice_mirrored"] for c in cases],
+                       title=f"phantom seed {seed}: {len(cases)} test cases of varied difficulty ({'one pass' if one_pass else 'mirrored'})")
     return result
+
+
+def mirroring_lowers_dice(run: Path) -> bool:
+    return mirroring_loss(json.loads((run / QC_MODEL_NAME).read_text())) is not None
 
 
 def verdict(report: dict) -> dict:
@@ -211,7 +226,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer cases and steps: checks the machinery in minutes")
     parser.add_argument("--train-seed", type=int, default=10, help="phantom seed of the training cases")
     parser.add_argument("--tune-seed", type=int, default=11, help="phantom seed of the test cases the --tta-risk threshold is chosen on")
-    parser.add_argument("--report-seed", type=int, default=12, help="phantom seed of the test cases reported")
+    parser.add_argument("--report-seed", type=int, default=13, help="phantom seed of the test cases reported (12 was looked at while the estimates were changed)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--cases", type=int, default=None, help="training cases (a third held out for the QC fit)")
     parser.add_argument("--test-cases", type=int, default=None, help="test cases, each also in --variants harder variants")
@@ -221,7 +236,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs and predictions in this folder")
     args = parser.parse_args()
-    defaults = {"steps": 60, "cases": 12, "test_cases": 3} if args.quick else {"steps": 300, "cases": 16, "test_cases": 6}
+    defaults = {"steps": 60, "cases": 12, "test_cases": 3} if args.quick else {"steps": 600, "cases": 16, "test_cases": 6}
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)

@@ -57,11 +57,15 @@ def test_fallback_and_flags():
     plain = assess(_signals(0.8), None, classes=2)
     assert plain == {"predicted_dice": 0.8, "risk": pytest.approx(0.2), "flag": ""}
     cut = assess(_signals(0.95, border=0.5), None, classes=2)
-    assert cut["risk"] >= FLAG_RISK and "edge" in cut["flag"] and cut["predicted_dice"] == pytest.approx(1 - FLAG_RISK)
+    assert cut["risk"] >= FLAG_RISK and "edge" in cut["flag"] and cut["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.95)
     huge = assess({**_signals(0.95), "volume_z": 6.0, "volume_ml": 900.0}, None, classes=2)
     assert "6.0 SD above" in huge["flag"]
-    mr = assess({**_signals(0.95), "intensity_problems": ["channel 0 (CT): no air"]}, None, classes=2)
+    mr = assess({**_signals(0.95, entropy=0.0), "intensity_problems": ["channel 0 (CT): no air"]}, None, classes=2)
     assert mr["flag"] == "channel 0 (CT): no air" and mr["risk"] >= FLAG_RISK
+    # flagged cases keep the signals' order: the one whose passes disagree more is riskier
+    worse = assess({**_signals(0.55, entropy=0.0), "intensity_problems": ["channel 0 (CT): no air"]}, None, classes=2)
+    assert worse["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * 0.45) and mr["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * 0.05)
+    assert worse["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.55) and mr["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.95)
 
 
 def test_mirroring_counts_as_harmful_only_beyond_the_margin():

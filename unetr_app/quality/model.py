@@ -4,8 +4,8 @@ The quality model is a ridge regression of Dice on the standardised signals, fit
 cross-validation predictions (cases whose Dice is known) and kept as RUN/qc_model.json. Two are
 fitted, with and without the agreement signal, because agreement exists only when there are
 several members or mirrored passes. A flag (an input or mask unlike anything in training) means the
-regression is extrapolating: the case's risk is raised to at least FLAG_RISK and its predicted
-Dice capped at 1 - FLAG_RISK. Without a fitted model, predicted Dice is the agreement (when there is
+regression is extrapolating: the case's risk is mapped into [FLAG_RISK, 1] and its predicted Dice
+into [0, 1 - FLAG_RISK], so flagged cases come first in the queue yet keep the signals' order. Without a fitted model, predicted Dice is the agreement (when there is
 one) and risk the worst of the normalised signals.
 """
 
@@ -106,9 +106,9 @@ def assess(signals: dict, model: dict | None, classes: int) -> dict:
     else:
         predicted = signals.get("agreement")
         risk = fallback_risk(signals, classes)
-    if reasons:
-        risk = max(risk, FLAG_RISK)
-        predicted = None if predicted is None else min(predicted, 1.0 - FLAG_RISK)
+    if reasons:  # above every unflagged case, yet still ordered by the signals among flagged ones
+        risk = FLAG_RISK + (1.0 - FLAG_RISK) * float(np.clip(risk, 0, 1))
+        predicted = None if predicted is None else (1.0 - FLAG_RISK) * predicted
     return {"predicted_dice": None if predicted is None else round(predicted, 4), "risk": round(float(np.clip(risk, 0, 1)), 4), "flag": "; ".join(reasons)}
 
 
