@@ -4,10 +4,10 @@ The recipe: the training cases give the reference (intensity histograms, air and
 volumes, spacings); every run predicts its validation cases with all mirrored passes, and each
 prediction's signals are paired with its measured Dice; a ridge regression of Dice on the signals
 is the quality model (its fit without the agreement signal learns from one unmirrored pass per
-case, the masks that have no agreement signal). It also records whether the mirrored passes scored above one unmirrored
-pass: a model trained with few flips can be worse mirrored, and prediction then stops mirroring
-under `--tta auto` and warns under `--tta on`. The validation voxels' probabilities fit one
-temperature per class. The three files go beside the run (or, for an experiment's folds, in the
+case, the masks that have no agreement signal). It also records whether the mirrored passes
+scored above one unmirrored pass: a model trained with few flips can be worse mirrored, and
+prediction then stops mirroring under `--tta auto` and warns under `--tta on`. The validation
+voxels' probabilities fit one temperature per class. The three files go beside the run (or, for an experiment's folds, in the
 experiment folder), where `unetr predict` finds them.
 """
 
