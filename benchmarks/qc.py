@@ -7,13 +7,13 @@ varied difficulty, with a checkpoint trained for a few hundred steps on other ca
   (target: at most half);
 - `--tta auto` against `--tta on`: at least 2x fewer forward passes, mean Dice within 0.005.
 
-    nice -n 10 python benchmarks/qc.py                 # train on seed 10, tune on 11, report on 13
+    nice -n 10 python benchmarks/qc.py                 # train on seed 10, tune on 11, report on 14
     nice -n 10 python benchmarks/qc.py --quick         # fewer cases and steps: minutes
 
 The recipe: `unetr train` (cpu-demo on a 6 mm grid with 32^3 windows, 600 steps: at 300 even
 the unaltered scans failed, which left failure detection nothing to separate) on the
 training cases of phantom seed 10, 3/8 of them held out; `unetr qc RUN` fits the training
-reference, the quality model and the temperatures on those validation cases. Then, per test seed (11 to tune, 13 to report), each test case is written as it
+reference, the quality model and the temperatures on those validation cases. Then, per test seed (11 to tune, 14 to report), each test case is written as it
 is and in two harder variants (strong or moderate noise, low soft-tissue contrast, the spleen cut
 by the field of view, an MR-like rendering, a header whose voxel size is halved); `unetr predict
 --tta on --save-probabilities` and `unetr evaluate` give the judging and the calibration;
@@ -226,7 +226,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer cases and steps: checks the machinery in minutes")
     parser.add_argument("--train-seed", type=int, default=10, help="phantom seed of the training cases")
     parser.add_argument("--tune-seed", type=int, default=11, help="phantom seed of the test cases the --tta-risk threshold is chosen on")
-    parser.add_argument("--report-seed", type=int, default=13, help="phantom seed of the test cases reported (12 was looked at while the estimates were changed)")
+    parser.add_argument("--report-seed", type=int, default=14, help="phantom seed of the test cases reported (12 and 13 were looked at while the estimates were changed)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--cases", type=int, default=None, help="training cases (a third held out for the QC fit)")
     parser.add_argument("--test-cases", type=int, default=None, help="test cases, each also in --variants harder variants")

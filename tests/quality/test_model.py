@@ -56,16 +56,23 @@ def test_too_few_cases_give_no_model():
 def test_fallback_and_flags():
     plain = assess(_signals(0.8), None, classes=2)
     assert plain == {"predicted_dice": 0.8, "risk": pytest.approx(0.2), "flag": ""}
-    cut = assess(_signals(0.95, border=0.5), None, classes=2)
-    assert cut["risk"] >= FLAG_RISK and "edge" in cut["flag"] and cut["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.95)
+    cut = assess(_signals(0.95, border=0.5), None, classes=2)  # border 2.5x its limit of 0.2
+    assert cut["risk"] >= FLAG_RISK and "edge" in cut["flag"] and cut["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * (1 - 0.6), abs=1e-4)
     huge = assess({**_signals(0.95), "volume_z": 6.0, "volume_ml": 900.0}, None, classes=2)
     assert "6.0 SD above" in huge["flag"]
     mr = assess({**_signals(0.95, entropy=0.0), "intensity_problems": ["channel 0 (CT): no air"]}, None, classes=2)
     assert mr["flag"] == "channel 0 (CT): no air" and mr["risk"] >= FLAG_RISK
-    # flagged cases keep the signals' order: the one whose passes disagree more is riskier
+    # among flagged cases, the further outside its limit the riskier: a border fraction 3x its limit
+    # of 0.2 gives 1 - 1/3 of the flagged range, above the fallback's own 0.6 ...
+    far = assess(_signals(0.95, entropy=0.0, border=0.6), None, classes=2)
+    assert far["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * (1 - 1 / 3), abs=1e-4) and far["predicted_dice"] == pytest.approx((1 - FLAG_RISK) / 3, abs=1e-4)
+    # ... and 1.25x its limit gives 0.2, below the fallback's own 0.25, which then orders it
+    near = assess(_signals(0.95, entropy=0.0, border=0.25), None, classes=2)
+    assert near["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * 0.25, abs=1e-4)
+    # ... or the signals' own risk where that is higher: the one whose passes disagree more is riskier
     worse = assess({**_signals(0.55, entropy=0.0), "intensity_problems": ["channel 0 (CT): no air"]}, None, classes=2)
-    assert worse["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * 0.45) and mr["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * 0.05)
-    assert worse["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.55) and mr["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.95)
+    assert worse["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * 0.45, abs=1e-4) and mr["risk"] == pytest.approx(FLAG_RISK + (1 - FLAG_RISK) * 0.05, abs=1e-4)
+    assert worse["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.55, abs=1e-4) and mr["predicted_dice"] == pytest.approx((1 - FLAG_RISK) * 0.95, abs=1e-4)
 
 
 def test_mirroring_counts_as_harmful_only_beyond_the_margin():

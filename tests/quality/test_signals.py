@@ -110,9 +110,10 @@ def test_mr_scan_given_to_a_ct_model_is_flagged_by_distributions_not_by_the_rang
     volume, mr = _mr_like(phantom_dir, tmp_path / "mr.nii.gz")
     assert 80 <= float(np.median(mr)) <= 140 and mr.min() >= 0 and mr.max() <= 700
     assert intensity_warnings(volume, fingerprint) == []  # the range check misses it
-    distance, problems = intensity_check(volume, reference)
+    distance, excess, problems = intensity_check(volume, reference)
     assert problems, "an MR scan given to a CT model must be flagged"
+    assert excess > 1 and any("intensity histogram" in p for p in problems)  # past its limit, as the flag says
     assert any("air" in p for p in problems) and any("fat" in p for p in problems)
     own = read_volume(source_for(cases[1]["image"]))
-    own_distance, own_problems = intensity_check(own, reference)
-    assert own_problems == [] and own_distance < distance  # a training-like CT passes
+    own_distance, own_excess, own_problems = intensity_check(own, reference)
+    assert own_problems == [] and own_distance < distance and own_excess < 1  # a training-like CT passes

@@ -10,22 +10,24 @@ from unetr_app.quality.reference import channel_profile
 from unetr_app.quality.signals import border_fraction, foreground_entropy, geometry_problems, js_distance, pairwise_agreement, volume_zscore
 
 
-def intensity_check(volume: Volume, reference: dict | None) -> tuple[float | None, list[str]]:
-    """(largest histogram distance over channels, reasons the intensities are unlike training's)."""
+def intensity_check(volume: Volume, reference: dict | None) -> tuple[float | None, float | None, list[str]]:
+    """(largest histogram distance over channels, largest distance over its channel's flag limit,
+    reasons the intensities are unlike training's)."""
     if not reference:
-        return None, []
-    worst, problems = None, []
+        return None, None, []
+    worst, excess, problems = None, None, []
     rng = np.random.default_rng(0)
     for c, ref in enumerate(reference["channels"][: volume.num_channels]):
         profile = channel_profile(volume.channel(c), ref["modality"], np.asarray(ref["edges"]), rng)
         distance = js_distance(profile["histogram"], ref["histogram"])
         worst = distance if worst is None else max(worst, distance)
         limit = max(LIMITS["intensity_distance"], LIMITS["intensity_distance_over_training"] * max(ref["case_distances"], default=0.0))
+        excess = distance / limit if excess is None else max(excess, distance / limit)
         name = f"channel {c} ({ref['modality']})"
         if distance > limit:
             problems.append(f"{name}: intensity histogram unlike the training scans' (distance {distance:.2f}, limit {limit:.2f})")
         problems += _share_problems(name, profile, ref)
-    return worst, problems
+    return worst, excess, problems
 
 
 def _share_problems(name: str, profile: dict, ref: dict) -> list[str]:
@@ -46,7 +48,7 @@ def case_signals(labels: np.ndarray, probabilities, pass_labels: list[np.ndarray
     `pass_labels` (one label map per member / mirrored pass) on the network's grid."""
     values = [v for v in label_names.values() if v != 0]
     counts = np.bincount(labels.ravel(), minlength=max(values, default=0) + 1)
-    distance, intensity_problems = intensity_check(volume, reference)
+    distance, excess, intensity_problems = intensity_check(volume, reference)
     volume_ml, z = float(counts[1:].sum()) * volume.voxel_ml, None
     for name, value in label_names.items():
         training = (reference or {}).get("volumes_ml", {}).get(name)
@@ -61,6 +63,7 @@ def case_signals(labels: np.ndarray, probabilities, pass_labels: list[np.ndarray
         "volume_ml": round(volume_ml, 4),
         "volume_z": z,
         "intensity_distance": distance,
+        "intensity_excess": excess,  # the distance over its flag limit: above 1 is flagged
         "intensity_problems": intensity_problems,
         "geometry_problems": geometry_problems(np.linalg.norm(directions, axis=0), directions, (reference or {}).get("spacings_mm", [])),
     }

@@ -5,7 +5,8 @@ cross-validation predictions (cases whose Dice is known) and kept as RUN/qc_mode
 fitted, with and without the agreement signal, because agreement exists only when there are
 several members or mirrored passes. A flag (an input or mask unlike anything in training) means the
 regression is extrapolating: the case's risk is mapped into [FLAG_RISK, 1] and its predicted Dice
-into [0, 1 - FLAG_RISK], so flagged cases come first in the queue yet keep the signals' order. Without a fitted model, predicted Dice is the agreement (when there is
+into [0, 1 - FLAG_RISK], so flagged cases come first in the queue, ordered by how far outside the
+flag limits they lie (or by the regression's risk, where that is higher). Without a fitted model, predicted Dice is the agreement (when there is
 one) and risk the worst of the normalised signals.
 """
 
@@ -49,6 +50,15 @@ def flags(signals: dict, reference_distances: float | None = None) -> list[str]:
     if z is not None and abs(z) > LIMITS["volume_z"]:
         reasons.append(f"mask volume {signals.get('volume_ml', 0):.4g} mL is {abs(z):.1f} SD {'above' if z > 0 else 'below'} the training masks'")
     return reasons
+
+
+def flag_severity(signals: dict) -> float:
+    """How far outside the flag limits a flagged case lies: the largest signal over its limit
+    (histogram distance, |volume z|, border fraction), at least 1 (a flag from a check without a
+    number: air or fat shares, geometry)."""
+    ratios = [signals.get("intensity_excess") or 0.0, abs(signals.get("volume_z") or 0.0) / LIMITS["volume_z"],
+              (signals.get("border_fraction") or 0.0) / LIMITS["border_fraction"]]
+    return max(1.0, *ratios)
 
 
 def _row(signals: dict, features: tuple[str, ...]) -> np.ndarray:
@@ -106,9 +116,10 @@ def assess(signals: dict, model: dict | None, classes: int) -> dict:
     else:
         predicted = signals.get("agreement")
         risk = fallback_risk(signals, classes)
-    if reasons:  # above every unflagged case, yet still ordered by the signals among flagged ones
-        risk = FLAG_RISK + (1.0 - FLAG_RISK) * float(np.clip(risk, 0, 1))
-        predicted = None if predicted is None else (1.0 - FLAG_RISK) * predicted
+    if reasons:  # above every unflagged case; among flagged ones, the further outside the riskier
+        share = max(float(np.clip(risk, 0, 1)), 1.0 - 1.0 / flag_severity(signals))
+        risk = FLAG_RISK + (1.0 - FLAG_RISK) * share
+        predicted = None if predicted is None else (1.0 - FLAG_RISK) * (1.0 - share)
     return {"predicted_dice": None if predicted is None else round(predicted, 4), "risk": round(float(np.clip(risk, 0, 1)), 4), "flag": "; ".join(reasons)}
 
 
