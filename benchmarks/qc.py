@@ -9,6 +9,7 @@ varied difficulty, with a checkpoint trained for a few hundred steps on other ca
 
     nice -n 10 python benchmarks/qc.py                 # train on seed 10, tune on 11, report on 14
     nice -n 10 python benchmarks/qc.py --quick         # fewer cases and steps: minutes
+    python benchmarks/qc.py --pool benchmarks/results/qc.json benchmarks/results/qc_seed15.json   # report seeds pooled, intervals
 
 The recipe: `unetr train` (cpu-demo on a 6 mm grid with 32^3 windows, 600 steps: at 300 even
 the unaltered scans failed, which left failure detection nothing to separate) on the
@@ -43,11 +44,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from unetr_app.data.phantom import write_phantom_dataset  # noqa: E402
-from unetr_app.quality.judging import plot_judgement  # noqa: E402
+from unetr_app.evaluation.metrics import auroc  # noqa: E402
+from unetr_app.quality.judging import plot_judgement, spearman  # noqa: E402
 from unetr_app.quality.model import QC_MODEL_NAME, mirroring_loss  # noqa: E402
 
 VARIANTS = ("noise_strong", "contrast_low", "cropped", "mr_like", "half_spacing", "noise_moderate")
 DICE_TOLERANCE = 0.005
+FAILURE_DICE = 0.5  # `unetr evaluate`'s default --failure-dice
 MIRRORS = 8
 
 
@@ -221,8 +224,38 @@ def verdict(report: dict) -> dict:
     }
 
 
+def pool(files: list[Path], out: Path, draws: int = 2000) -> dict:
+    """The report seeds of several runs as one test set: Spearman and failure AUROC of the judged
+    masks, with bootstrap 95% intervals that resample cases within each seed."""
+    seeds = []
+    for path in files:
+        data = json.loads(path.read_text())
+        one_pass = data["report"]["judged_masks"].startswith("tta off")
+        kind = "first_pass_" if one_pass else ""
+        rows = [(c[f"{kind}predicted_dice"], c[f"{kind}risk"], c["dice_first_pass" if one_pass else "dice_mirrored"]) for c in data["report"]["per_case"]]
+        seeds.append({"file": path.name, "seed": data["report"]["seed"], "rows": np.asarray(rows, np.float64)})
+
+    def scores(rows: np.ndarray) -> tuple[float | None, float | None]:
+        failed = rows[:, 2] < FAILURE_DICE
+        return spearman(rows[:, 0], rows[:, 2]), (auroc(rows[:, 1], failed) if 0 < failed.sum() < len(rows) else None)
+
+    everything = np.concatenate([s["rows"] for s in seeds])
+    rng = np.random.default_rng(0)
+    draws_of = [scores(np.concatenate([s["rows"][rng.integers(0, len(s["rows"]), len(s["rows"]))] for s in seeds])) for _ in range(draws)]
+    interval = lambda values: [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]  # noqa: E731
+    rho, area = scores(everything)
+    result = {"benchmark": "qc_pooled", "command": " ".join(["python", *sys.argv]), "files": [s["file"] for s in seeds],
+              "report_seeds": [s["seed"] for s in seeds], "cases": int(len(everything)), "failures": int((everything[:, 2] < FAILURE_DICE).sum()),
+              "spearman": rho, "spearman_interval": interval([d[0] for d in draws_of if d[0] is not None]),
+              "auroc_failure": area, "auroc_interval": interval([d[1] for d in draws_of if d[1] is not None]),
+              "per_seed": {str(s["seed"]): dict(zip(("spearman", "auroc_failure"), scores(s["rows"]))) for s in seeds}}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", type=Path, nargs="+", default=None, help="pool the report seeds of these result JSONs (no training)")
     parser.add_argument("--quick", action="store_true", help="fewer cases and steps: checks the machinery in minutes")
     parser.add_argument("--train-seed", type=int, default=10, help="phantom seed of the training cases")
     parser.add_argument("--tune-seed", type=int, default=11, help="phantom seed of the test cases the --tta-risk threshold is chosen on")
@@ -236,6 +269,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs and predictions in this folder")
     args = parser.parse_args()
+    if args.pool:
+        print(json.dumps(pool(args.pool, args.out or ROOT / "benchmarks" / "results" / "qc_pooled.json"), indent=1))
+        return
     defaults = {"steps": 60, "cases": 12, "test_cases": 3} if args.quick else {"steps": 600, "cases": 16, "test_cases": 6}
     for key, value in defaults.items():
         if getattr(args, key) is None:
