@@ -19,8 +19,9 @@ MODELS = ("unetr", "unet_small")
 
 
 def _args(dataset, tiny_profile, out):
+    # two runs at once, one core each: the kill lands with runs in flight side by side
     return ["compare", "--models", ",".join(MODELS), "--folds", "2", "--steps", "6", "--profile", str(tiny_profile),
-            "--data-dir", str(dataset), "--out", str(out), "--device", "cpu"]
+            "--data-dir", str(dataset), "--out", str(out), "--device", "cpu", "--processes", "2"]
 
 
 def test_bad_model_name_is_a_one_line_error_before_any_work(cli, phantom_dir, tiny_profile, tmp_path):

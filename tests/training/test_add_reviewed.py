@@ -66,3 +66,24 @@ def test_a_resumed_run_adds_a_new_review_folder_once(phantom_dir, tiny_profile, 
     split = RunDir(tmp_path / "run").read_split()
     assert split["reviewed"]["folders"] == [str(corrections)] and sorted(split["reviewed"]["cases"]) == ["spleen_7", "spleen_8"]
     assert load_or_make_split(tmp_path / "run", phantom_dir, config, add_reviewed=corrections) == (train, val)
+
+
+def test_after_a_new_review_folder_best_is_chosen_among_the_steps_that_train_on_it(cli, phantom_dir, tiny_profile, reviewed_test_scans, tmp_path):
+    """`predict -c RUN` reads best: after `--add-reviewed` it must be a checkpoint trained with the
+    corrections, even when the validation Dice before them was higher."""
+    import torch
+
+    from unetr_app.io.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    common = ["--data-dir", phantom_dir, "--device", "cpu"]
+    assert cli("train", "--profile", tiny_profile, "--out", run, "--steps", 4, "--set", "training.val_fraction=0.34", *common).exit_code == 0
+    sidecar = run / "checkpoints" / "last.pt"  # as if the run had validated at a Dice no later step can beat
+    saved = torch.load(sidecar, weights_only=True)
+    saved["training_state"]["state"]["best_val_dice"] = 2.0
+    torch.save(saved, sidecar)
+    result = cli("train", "--out", run, "--resume", "--steps", 8, "--add-reviewed", reviewed_test_scans.corrections_dir, *common)
+    assert result.exit_code == 0, result.output
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["step"] == 8 and best["best_step"] == 8 and best["best_val_dice"] <= 1.0
+    assert "best checkpoint chosen again" in result.output

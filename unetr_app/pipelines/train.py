@@ -54,6 +54,9 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
                          f"use `unetr pretrain SCANS... --method {config.recipe.name}`, then `unetr train --init-from RUN`")
     dataset, run = find_dataset_dir(config.task, data_dir), RunDir(run_dir)
     note = recipe.check(config, dataset)  # a bad teacher or unlabelled folder fails before the run folder is touched
+    # a review folder new to this run: best.pt is chosen again among the steps that train on it, so
+    # `predict -c RUN` gives the corrected model, not one from before the corrections
+    new_review = add_reviewed is not None and run.split.is_file() and str(add_reviewed) not in _reviewed_folders(run.read_split())
     if shard.is_main:
         if note:
             reporter.note(note)
@@ -74,6 +77,10 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     trainer = Trainer(config, model, device, run_dir, reporter=reporter, shard=shard, checkpoint_extras=extras, model_kwargs=model_kwargs)
     if restoring:
         trainer.restore(run.last)
+        if new_review:
+            trainer.state.best_val_dice, trainer.state.best_step = -1.0, 0
+            if shard.is_main:
+                reporter.note(f"{add_reviewed}: best checkpoint chosen again among the steps from {trainer.state.step} on, which train on its cases")
     train_loader, val_loader = build_loaders(config, train_cases, val_cases, shard=shard)
     state = trainer.fit(train_loader, val_loader)
     if not shard.is_main:
