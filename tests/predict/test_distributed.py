@@ -16,18 +16,20 @@ from .test_outputs import write_phantoms
 REPO = Path(__file__).resolve().parents[2]
 
 
-def predict(args: list[str], launcher: list[str]) -> subprocess.CompletedProcess:
+def predict(args: list[str], launcher: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same arithmetic in both runs (torchrun sets 1 too)
-    return subprocess.run([*launcher, "-m", "unetr_app", "predict", *args, "--quiet"], cwd=REPO, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600)
+    with log.open("w") as handle:  # a file, not a pipe: nobody reads it until the run ends
+        return subprocess.Popen([*launcher, "-m", "unetr_app", "predict", *args, "--quiet"], cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def test_two_processes_match_one(tmp_path, tiny_checkpoint):
     names = write_phantoms(tmp_path / "in", 4, step=2)
-    single = predict([str(tmp_path / "in"), str(tmp_path / "single"), "-c", str(tiny_checkpoint)], [sys.executable])
-    assert single.returncode == 0, single.stderr
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    pair = predict([str(tmp_path / "in"), str(tmp_path / "pair"), "-c", str(tiny_checkpoint)], torchrun)
-    assert pair.returncode == 0, pair.stderr
+    # the two predictions are independent: side by side
+    single = predict([str(tmp_path / "in"), str(tmp_path / "single"), "-c", str(tiny_checkpoint)], [sys.executable], tmp_path / "single.log")
+    pair = predict([str(tmp_path / "in"), str(tmp_path / "pair"), "-c", str(tiny_checkpoint)], torchrun, tmp_path / "pair.log")
+    for process, log in ((single, "single.log"), (pair, "pair.log")):
+        assert process.wait(timeout=600) == 0, (tmp_path / log).read_text(encoding="utf-8")[-3000:]
 
     for name in names:
         one, two = nib.load(tmp_path / "single" / f"{name}.nii.gz"), nib.load(tmp_path / "pair" / f"{name}.nii.gz")
