@@ -24,7 +24,7 @@ voxel header). Then, as a user would:
 
 The report gives per seed the three mean test Dice, the picks with their Dice before correction
 (do the riskiest picks really fail more?), and over all seeds the paired per-test-case difference
-risk minus random (and each against the base) with paired_bootstrap's 95% interval. Finished
+risk minus random (and each against the base and against the same steps without corrections) with paired_bootstrap's 95% interval. Finished
 seeds and arms are read back from the JSON and the work folder (--work) is kept until the end, so
 a killed run continues. Writes benchmarks/results/active_loop.json (active_loop_quick.json with
 --quick) and a PNG beside it.
@@ -54,7 +54,8 @@ from unetr_app.io.atomic import atomic_write_text  # noqa: E402
 from unetr_app.quality.judging import spearman  # noqa: E402
 from unetr_app.review.status import ReviewLog  # noqa: E402
 
-ARMS = ("risk", "random")
+PICKED_ARMS = ("risk", "random")
+ARMS = (*PICKED_ARMS, "none")  # none: the same extra steps without corrections, the steps' own share
 # qc.py's recipe: cpu-demo on a 6 mm grid with 32^3 windows; validation only at the last step, so
 # that `-c RUN` (the best checkpoint) is the last one, which the fine-tunes continue from
 COARSE_GRID = ["preprocessing.spacing=[6.0,6.0,6.0]", "preprocessing.roi_size=[32,32,32]", "training.val_every_steps=1000000"]
@@ -139,13 +140,16 @@ def pick(pool: list[dict], k: int, seed: int) -> dict[str, list[str]]:
 
 
 def arm_stage(root: Path, arm: str, cases: list[str], settings: dict) -> dict:
-    """A copy of the base run continued with the corrected `cases`, scored on the test set."""
+    """A copy of the base run continued with the corrected `cases` (none: without any), scored on the test set."""
     folder = root / arm
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(root / "run", folder / "run")
-    write_review(folder / "review", root / "pool", root / "pool_pred", cases)
+    review = []
+    if cases:
+        write_review(folder / "review", root / "pool", root / "pool_pred", cases)
+        review = ["--add-reviewed", folder / "review"]
     started = time.perf_counter()
-    unetr("train", "--out", folder / "run", "--resume", "--add-reviewed", folder / "review", "--data-dir", root / "Task09_Spleen",
+    unetr("train", "--out", folder / "run", "--resume", *review, "--data-dir", root / "Task09_Spleen",
           "--steps", settings["base_steps"] + settings["finetune_steps"], "--device", "cpu")
     train_seconds = time.perf_counter() - started
     split = json.loads((folder / "run" / "split.json").read_text())
@@ -168,7 +172,7 @@ def run_seed(seed: int, settings: dict, work: Path, record: dict, save) -> dict:
         save()
     for arm in ARMS:
         if arm not in record["arms"]:
-            record["arms"][arm] = arm_stage(root, arm, record["picks"][arm], settings)
+            record["arms"][arm] = arm_stage(root, arm, record["picks"].get(arm, []), settings)
             save()
     record["done"] = True
     save()
@@ -189,8 +193,9 @@ def seed_row(record: dict) -> dict:
            "pool_dice": _mean(c["dice"] for c in pool.values()),
            "pool_spearman_risk_dice": spearman([c["risk"] for c in pool.values()], [c["dice"] for c in pool.values()])}
     for arm in ARMS:
-        picked = record["picks"][arm]
         row[f"{arm}_dice"] = _mean(record["arms"][arm]["test_dice"].values())
+    for arm in PICKED_ARMS:
+        picked = record["picks"][arm]
         row[f"{arm}_picks"] = [{k: pool[c][k] for k in ("case", "variant", "dice", "risk")} for c in picked]
         row[f"{arm}_picks_dice_before"] = _mean(pool[c]["dice"] for c in picked)
     return row
@@ -203,7 +208,9 @@ def pooled(records: list[dict]) -> dict:
     scores.update({arm: np.array([[r["arms"][arm]["test_dice"][c] for c in cases] for r in records]) for arm in ARMS})
     hard = np.array([records[0]["base"]["test_kinds"][c] != "original" for c in cases])
     summary = {}
-    for name, (a, b) in {"risk_minus_random": ("risk", "random"), "risk_minus_base": ("risk", "base"), "random_minus_base": ("random", "base")}.items():
+    pairs = {"risk_minus_random": ("risk", "random"), "risk_minus_base": ("risk", "base"), "random_minus_base": ("random", "base"),
+             "none_minus_base": ("none", "base"), "risk_minus_none": ("risk", "none"), "random_minus_none": ("random", "none")}
+    for name, (a, b) in pairs.items():
         difference = scores[a] - scores[b]
         summary[name] = {**paired_bootstrap(difference), "on_hard_cases": round(float(difference[:, hard].mean()), 4),
                          "on_original_cases": round(float(difference[:, ~hard].mean()), 4)}
@@ -222,15 +229,15 @@ def plot(path: Path, records: list[dict], summary: dict, title: str) -> None:
     columns = ["base", *ARMS]
     for record in records:
         row = seed_row(record)
-        left.plot(range(3), [row[f"{c}_dice"] for c in columns], marker="o", label=f"seed {record['seed']}")
+        left.plot(range(len(columns)), [row[f"{c}_dice"] for c in columns], marker="o", label=f"seed {record['seed']}")
     gain = summary["risk_minus_random"]
-    left.set(xticks=range(3), xticklabels=["base run", "+ k riskiest", "+ k random"], ylabel="mean test Dice",
+    left.set(xticks=range(len(columns)), xticklabels=["base run", "+ k riskiest", "+ k random", "no corrections"], ylabel="mean test Dice",
              title=f"risk - random: {gain['mean']:+.3f} [{gain['low']:+.3f}, {gain['high']:+.3f}]")
     left.legend(fontsize=8)
     for record in records:
         pool = record["base"]["pool"]
         right.scatter([c["risk"] for c in pool], [c["dice"] for c in pool], s=14, color="grey")
-        for arm, marker in zip(ARMS, ("o", "x")):
+        for arm, marker in zip(PICKED_ARMS, ("o", "x")):
             chosen = [c for c in pool if c["case"] in record["picks"][arm]]
             right.scatter([c["risk"] for c in chosen], [c["dice"] for c in chosen], s=60 if marker == "o" else 40,
                           marker=marker, facecolors="none" if marker == "o" else None, edgecolors="C3" if marker == "o" else None,
