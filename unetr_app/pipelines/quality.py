@@ -7,8 +7,8 @@ is the quality model (its fit without the agreement signal learns from one unmir
 case, the masks that have no agreement signal). It also records whether the mirrored passes
 scored above one unmirrored pass: a model trained with few flips can be worse mirrored, and
 prediction then stops mirroring under `--tta auto` and warns under `--tta on`. The validation
-voxels' probabilities fit one temperature per class. The three files go beside the run (or, for an experiment's folds, in the
-experiment folder), where `unetr predict` finds them.
+voxels' probabilities fit one temperature per class. The three files go beside the run (or, for
+an experiment's folds, in the experiment folder), where `unetr predict` finds them.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     note = recipe.check(config, dataset)  # a bad teacher or unlabelled folder fails before the run folder is touched
     # a review folder new to this run: best.pt is chosen again among the steps that train on it, so
     # `predict -c RUN` gives the corrected model, not one from before the corrections
-    new_review = add_reviewed is not None and run.split.is_file() and str(add_reviewed) not in _reviewed_folders(run.read_split())
+    new_review = run.split.is_file() and _is_new_review(run.read_split(), add_reviewed)
     if shard.is_main:
         if note:
             reporter.note(note)
@@ -134,7 +134,7 @@ def load_or_make_split(run_dir: Path | RunDir, dataset: Path, config: RunConfig,
     run = RunDir(run_dir)
     if run.split.is_file():
         split = run.read_split()
-        if add_reviewed is not None and str(add_reviewed) not in _reviewed_folders(split):
+        if _is_new_review(split, add_reviewed):
             split = _with_reviewed(split, add_reviewed)
             run.write_json(run.split, split)
         return split["train"], split["validation"]
@@ -161,6 +161,11 @@ def _with_reviewed(split: dict, add_reviewed: Path) -> dict:
     log.info("%d reviewed cases from %s join the training cases", len(reviewed), add_reviewed)
     return {**split, "train": split["train"] + [{k: e[k] for k in ("case", "image", "label")} for e in reviewed],
             "reviewed": {"folders": folders, "cases": cases}}
+
+
+def _is_new_review(split: dict, add_reviewed: Path | None) -> bool:
+    """A review folder the recorded split has not added yet."""
+    return add_reviewed is not None and str(add_reviewed) not in _reviewed_folders(split)
 
 
 def _reviewed_folders(split: dict) -> list[str]:

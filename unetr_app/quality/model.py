@@ -6,8 +6,8 @@ fitted, with and without the agreement signal, because agreement exists only whe
 several members or mirrored passes. A flag (an input or mask unlike anything in training) means the
 regression is extrapolating: the case's risk is mapped into [FLAG_RISK, 1] and its predicted Dice
 into [0, 1 - FLAG_RISK], so flagged cases come first in the queue, ordered by how far outside the
-flag limits they lie (or by the regression's risk, where that is higher). Without a fitted model, predicted Dice is the agreement (when there is
-one) and risk the worst of the normalised signals.
+flag limits they lie (or by the regression's risk, where that is higher). Without a fitted model,
+predicted Dice is the agreement (when there is one) and risk the worst of the normalised signals.
 """
 
 from __future__ import annotations
