@@ -8,9 +8,10 @@ paired over phantom seeds, with a bootstrap interval.
     nice -n 10 python benchmarks/active_loop.py --quick    # 1 seed, tiny: checks the path in minutes
 
 Per seed, one phantom (`unetr data synth`'s CT-like spleen) gives the labelled training cases, an
-unlabelled pool and a held-out test set; pool and test scans are each written as they are and in
-one harder variant (benchmarks/qc.py's noise, low contrast, cut field of view, MR-like, halved
-voxel header). Then, as a user would:
+unlabelled pool and a held-out test set. Every pool scan is written as it is and a third of them
+also in a failure variant; every test scan as it is and in a failure variant. The variants
+(benchmarks/qc.py's) cycle through two kinds, MR-like intensities and a field of view cut through
+the spleen, so each kind of failure is seen more than once. Then, as a user would:
 
 1. `unetr train` (cpu-demo on qc.py's coarse grid, BASE steps; validation only at the end, so the
    run's best checkpoint is its last, the one both fine-tunes continue from) and `unetr qc RUN`;
@@ -62,16 +63,24 @@ COARSE_GRID = ["preprocessing.spacing=[6.0,6.0,6.0]", "preprocessing.roi_size=[3
 # 13 cases: 3/8 of them (5) validate, enough for the quality model of `unetr qc`; 8 train
 # base 600 steps as benchmarks/qc.py (at 300 the base run was far from its plateau and 150 extra
 # steps barely moved it: active_loop_base300.json, seeds 41-43); new seeds for the new design
-FULL = {"seeds": [44, 45, 46], "cases": 13, "pool": 6, "test": 6, "k": 5, "base_steps": 600, "finetune_steps": 300}
-QUICK = {"seeds": [41], "cases": 6, "pool": 3, "test": 2, "k": 2, "base_steps": 20, "finetune_steps": 10}
+# Failures come in a few kinds, each seen more than once: a third of the pool (pool_failing of its
+# scans, one variant each) fails in one of `failure_kinds`, the two under which the base runs of
+# active_loop_mixed_kinds.json fell furthest (MR-like intensities, a field of view cut through the
+# spleen); every test scan also comes in one of them. One correction of each of six kinds, the
+# previous design, could teach each kind to one test case only.
+FULL = {"seeds": [47, 48, 49], "cases": 13, "pool": 8, "pool_failing": 4, "test": 6, "failure_kinds": ["mr_like", "cropped"],
+        "k": 4, "base_steps": 600, "finetune_steps": 300}
+QUICK = {"seeds": [41], "cases": 6, "pool": 3, "pool_failing": 2, "test": 2, "failure_kinds": ["mr_like", "cropped"],
+         "k": 2, "base_steps": 20, "finetune_steps": 10}
 
 
 # --- one seed's data ---------------------------------------------------------------------------
 
 
 def write_seed_data(root: Path, seed: int, settings: dict) -> tuple[Path, dict, dict]:
-    """The phantom's labelled training cases (MSD layout) and, from its test scans, the pool and the
-    held-out test set, each scan as it is and in one harder variant; (data, pool kinds, test kinds)."""
+    """The phantom's labelled training cases (MSD layout) and, from its test scans, the pool (every
+    scan as it is, `pool_failing` of them also in a failure variant) and the held-out test set
+    (every scan as it is and in a failure variant); (data, pool kinds, test kinds)."""
     data = write_phantom_dataset(root / "Task09_Spleen", settings["cases"], settings["pool"] + settings["test"], seed=seed)
     scans = sorted((data / "imagesTs").glob("*.nii.gz"), key=lambda p: int(p.name.split("_")[1].split(".")[0]))
     kinds = {}
@@ -81,7 +90,8 @@ def write_seed_data(root: Path, seed: int, settings: dict) -> tuple[Path, dict, 
             for folder in ("imagesTs", "labelsTs"):
                 (plain / folder).mkdir(parents=True, exist_ok=True)
                 shutil.move(data / folder / path.name, plain / folder / path.name)
-        kinds[part] = write_hard_set(plain, root / part, 1, variant_seed)
+        varied = settings["pool_failing"] if part == "pool" else None
+        kinds[part] = write_hard_set(plain, root / part, 1, variant_seed, kinds=settings["failure_kinds"], varied=varied)
     return data, kinds["pool"], kinds["test"]
 
 
@@ -272,8 +282,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, a few cases and steps: checks the path in minutes")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="phantom seeds (other benchmarks use 10-12, 21-23, 31-33)")
     parser.add_argument("--cases", type=int, default=None, help="labelled training cases (3/8 of them validate and fit `unetr qc`)")
-    parser.add_argument("--pool", type=int, default=None, help="unlabelled pool scans, each also in a harder variant")
-    parser.add_argument("--test", type=int, default=None, help="held-out test scans, each also in a harder variant")
+    parser.add_argument("--pool", type=int, default=None, help="unlabelled pool scans")
+    parser.add_argument("--pool-failing", type=int, default=None, help="pool scans also written in a failure variant")
+    parser.add_argument("--test", type=int, default=None, help="held-out test scans, each also in a failure variant")
+    parser.add_argument("--failure-kinds", nargs="+", choices=VARIANTS, default=None, help="the variants pool and test fail in")
     parser.add_argument("-k", type=int, default=None, help="cases reviewed and added per arm")
     parser.add_argument("--base-steps", type=int, default=None)
     parser.add_argument("--finetune-steps", type=int, default=None, help="extra steps of each fine-tune")
@@ -287,8 +299,9 @@ def main() -> None:
     work = args.work or Path(tempfile.gettempdir()) / f"active-loop-{label}"
     seeds = read_previous(out, settings)
     report = {"benchmark": "active_loop", "label": label, "command": " ".join(["python", *sys.argv]), "settings": settings,
-              "phantom": "CT-like spleen (unetr data synth); pool and test scans as they are and in one harder variant each",
-              "variants": list(VARIANTS), "profile": "cpu-demo", "overrides": COARSE_GRID,
+              "phantom": "CT-like spleen (unetr data synth); pool scans as they are, pool_failing of them also in a failure variant; "
+                         "test scans as they are and in a failure variant each (variants cycle through failure_kinds)",
+              "profile": "cpu-demo", "overrides": COARSE_GRID,
               "review": "simulated: each picked case's correction is its true label, verdict accepted",
               "machine": "shared 2-core CPU (other jobs running): seconds are not timings", "seeds": seeds}
 

@@ -86,25 +86,27 @@ def perturb(kind: str, image: np.ndarray, label: np.ndarray, affine: np.ndarray,
     raise ValueError(f"unknown variant {kind!r}")
 
 
-def write_hard_set(data: Path, out: Path, variants_per_case: int, seed: int) -> dict[str, str]:
-    """Every test case as it is plus `variants_per_case` variants (cycled); {case: variant}."""
+def write_hard_set(data: Path, out: Path, variants_per_case: int, seed: int, kinds=VARIANTS, varied: int | None = None) -> dict[str, str]:
+    """Every test case as it is plus `variants_per_case` variants cycled through `kinds` (only the
+    first `varied` scans get variants when given); {case: variant}."""
     images, labels = out / "imagesTs", out / "labelsTs"
     images.mkdir(parents=True), labels.mkdir(parents=True)
     rng = np.random.default_rng(seed)
-    kinds, cycle = {}, 0
-    for path in sorted((data / "imagesTs").glob("*.nii.gz")):
+    written, cycle = {}, 0
+    for index, path in enumerate(sorted((data / "imagesTs").glob("*.nii.gz"))):
         name = path.name[: -len(".nii.gz")]
+        per_case = variants_per_case if varied is None or index < varied else 0
         image = nib.load(path)
         label = nib.load(data / "labelsTs" / path.name)
         array, mask = np.asarray(image.dataobj), np.asarray(label.dataobj).astype(np.uint8)
-        for kind in ["original", *[VARIANTS[(cycle + i) % len(VARIANTS)] for i in range(variants_per_case)]]:
+        for kind in ["original", *[kinds[(cycle + i) % len(kinds)] for i in range(per_case)]]:
             a, m, affine = (array, mask, image.affine) if kind == "original" else perturb(kind, array, mask, image.affine, rng)
             case = f"{name}_{kind}"
             _save(a, affine, images / f"{case}.nii.gz")
             _save(m, affine, labels / f"{case}.nii.gz")
-            kinds[case] = kind
-        cycle += variants_per_case
-    return kinds
+            written[case] = kind
+        cycle += per_case
+    return written
 
 
 def _save(array, affine, path):

@@ -2,8 +2,10 @@
 
 The core package trains, predicts, evaluates, plans and exports MONAI state dicts; the viewer,
 ONNX, DICOM SEG and experiment tracking come with extras (`pip install 'unetr[review]'`, ...).
-Every import of an extra's package goes through `require`, inside the function that needs it, so
-`import unetr_app.cli.app` works without any of them.
+Every import of an extra's package goes through `require` (or `require_feature`, which names a
+feature's packages once), inside the function that needs it, so `import unetr_app.cli.app` works
+without any of them; the CLI asks for a feature's packages before any work, so a missing extra
+costs no wait.
 """
 
 from __future__ import annotations
@@ -43,6 +45,21 @@ def require(module: str, purpose: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as err:  # absent, or present without what it needs (napari without a Qt binding)
         raise MissingExtraError(missing_extra_message(module, purpose, str(err).splitlines()[0] if str(err) else "")) from None
+
+
+# what each optional feature imports; the CLI asks before any work, the code that uses them again
+FEATURES = {
+    "unetr review": ("qtpy.QtWidgets", "napari"),
+    "--format onnx": ("onnx", "onnxruntime"),  # torch.onnx.export writes with onnx; onnxruntime checks the file
+    "--output-format dicom-seg": ("highdicom",),
+    "--tracker tensorboard": ("tensorboard",),
+    "--tracker mlflow": ("tensorboard", "mlflow"),
+}
+
+
+def require_feature(feature: str) -> dict[str, ModuleType]:
+    """Every module of `feature` (a FEATURES key) imported, or the one line naming its extra."""
+    return {module: require(module, feature) for module in FEATURES[feature]}
 
 
 def available(module: str) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from unetr_app.errors import UsageError
-from unetr_app.extras import available, require
+from unetr_app.extras import available, require_feature
 
 log = logging.getLogger(__name__)
 
@@ -33,16 +33,21 @@ def check_tracker(name: str | None) -> str | None:
     return name
 
 
+def require_tracker(tracker: str | None) -> None:
+    """A valid --tracker whose extra is installed, or the one-line error (before any work)."""
+    check_tracker(tracker)
+    if tracker in ("tensorboard", "mlflow"):
+        require_feature(f"--tracker {tracker}")
+
+
 def track_run(config, run_dir: Path, reporter=None, tracker: str | None = None) -> TrackedReporter:
     """`reporter` plus the trackers `tracker` asks for: by default TensorBoard events where
     tensorboard is installed; a named tracker whose extra is missing is an error, before training."""
-    check_tracker(tracker)
+    require_tracker(tracker)
     trackers = []
     if tracker in ("tensorboard", "mlflow") or (tracker is None and available("tensorboard")):
-        require("tensorboard", f"--tracker {tracker or 'tensorboard'}")
         trackers.append(TensorBoardTracker(run_dir))
     if tracker == "mlflow":
-        require("mlflow", "--tracker mlflow")
         trackers.append(MlflowTracker(run_dir, config))
     return TrackedReporter([reporter] if reporter is not None else [], trackers)
 

@@ -78,7 +78,10 @@ def test_core_install_trains_and_predicts_without_qt(core_installed, tmp_path):
     for command, extra in ((["review", "data/Task09_Spleen/imagesTs", "masks"], "review"),
                            (["export", "runs/tiny", "onnx_out", "--format", "onnx"], "export"),
                            (["train", "--task", "spleen", "--profile", str(REPO / "tests" / "configs" / "tiny.yaml"),
-                             "--out", "runs/tracked", "--steps", "1", "--device", "cpu", "--tracker", "mlflow"], "track")):
+                             "--out", "runs/tracked", "--steps", "1", "--device", "cpu", "--tracker", "mlflow"], "track"),
+                           (["predict", "data/Task09_Spleen/imagesTs", "segs", "-c", "runs/tiny", "--output-format", "dicom-seg"], "dicom")):
         result = subprocess.run(["unetr", *command], cwd=work, env=env, capture_output=True, text=True, encoding="utf-8")
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and f"pip install 'unetr[{extra}]'" in lines[0], (command, result.stderr)
+    # asked before any work: nothing was written for the refused commands
+    assert not any((work / name).exists() for name in ("masks_corrections", "onnx_out", "runs/tracked", "segs"))

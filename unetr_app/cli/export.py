@@ -17,6 +17,10 @@ def export(
     overwrite: OverwriteOption = False,
 ) -> None:
     """Export a trained model for other tools: a MONAI bundle, TorchScript, ONNX or MONAI weights."""
+    if fmt == "onnx":  # a missing extra is one line now, not after the model is loaded
+        from unetr_app.extras import require_feature
+
+        require_feature("--format onnx")
     from unetr_app.pipelines.export import run_export
 
     report = run_export(run, out_dir, fmt, overwrite=overwrite)

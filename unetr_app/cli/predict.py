@@ -34,6 +34,10 @@ def predict(
     postprocess: Annotated[bool, typer.Option("--postprocess/--no-postprocess", help="apply the postprocessing.json decided on validation (found beside the checkpoint)")] = True,
 ) -> None:
     """Segment every scan; masks land on each input's exact grid. Exit 1 if any case failed."""
+    if output_format == "dicom-seg":  # every case would fail without it (under `both`, NIfTI inputs need none)
+        from unetr_app.extras import require_feature
+
+        require_feature("--output-format dicom-seg")
     from unetr_app.pipelines.predict import PredictRequest, exit_code, run_predict
 
     request = PredictRequest(

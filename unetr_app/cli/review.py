@@ -22,6 +22,9 @@ def review(
 
     With --save-probabilities predictions, an "uncertainty" layer (per-voxel entropy) can be switched
     on; a multi-channel scan has a layer per channel."""
+    from unetr_app.extras import require_feature
+
+    require_feature("unetr review")  # a missing extra is one line now, not after reading the folders
     from unetr_app.review.session import ReviewSession
     from unetr_app.review.viewer import run_review, screenshot_review
 

@@ -43,6 +43,9 @@ def train(
 
     Under `torchrun --nproc-per-node N -m unetr_app train ...` it trains with DistributedDataParallel.
     """
+    from unetr_app.tracking import require_tracker
+
+    require_tracker(tracker)  # a missing extra is one line now, not after the imports below
     from unetr_app.pipelines.train import train as train_pipeline, with_budget
     from unetr_app.config import load_run_config, parse_overrides
     from unetr_app.errors import UsageError

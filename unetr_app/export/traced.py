@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from unetr_app.errors import UsageError
-from unetr_app.extras import require
+from unetr_app.extras import require_feature
 from unetr_app.io.atomic import atomic_path
 from unetr_app.io.checkpoint import LoadedModel
 
@@ -75,8 +75,7 @@ def _importable(bundle_dir: Path):
 
 def export_onnx(loaded: LoadedModel, path: Path) -> dict:
     """model.onnx (batch axis dynamic) and its check against PyTorch with onnxruntime."""
-    require("onnx", "--format onnx")  # torch.onnx.export writes with it
-    onnxruntime = require("onnxruntime", "--format onnx")
+    onnxruntime = require_feature("--format onnx")["onnxruntime"]
 
     model = loaded.model.float().eval().cpu()
     window = example_window(loaded)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from unetr_app.errors import InputError
-from unetr_app.extras import require
+from unetr_app.extras import require_feature
 from unetr_app.io.atomic import atomic_path
 from unetr_app.io.scans import LPS_TO_RAS, CaseSource, Volume
 
@@ -52,7 +52,7 @@ class SegReferenceError(InputError):
 
 def write_dicom_seg(volume: Volume, mask: np.ndarray, labels: dict[str, int], path: Path) -> Path:
     """Write `mask` (the volume's (i, j, k) shape, values = label values) as a DICOM SEG at `path`."""
-    hd = require("highdicom", "--output-format dicom-seg")
+    hd = require_feature("--output-format dicom-seg")["highdicom"]
 
     check_seg_input(volume.source)
     sources = source_datasets(volume)

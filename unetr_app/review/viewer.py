@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from unetr_app.extras import require
+from unetr_app.extras import require_feature
 from unetr_app.io.atomic import atomic_path
 from unetr_app.review.display import ensure_display
 from unetr_app.review.session import ReviewSession
@@ -60,8 +60,7 @@ def screenshot_review(session: ReviewSession, out: Path, index: int | None = Non
 
 def require_viewer():
     """napari with a Qt binding, or the one line naming the extra that brings them."""
-    require("qtpy.QtWidgets", "unetr review")
-    return require("napari", "unetr review")
+    return require_feature("unetr review")["napari"]
 
 
 def write_png(out: Path, pixels: np.ndarray) -> None:
