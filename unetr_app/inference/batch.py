@@ -28,6 +28,7 @@ from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_vo
 from unetr_app.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
+SCAN_SIGNALS = "quality_scan_signals"  # a case's prepared dict: its scan's own signals, once judged
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def _passes(predictor: Predictor, prepared: dict, volume: Volume) -> Passes:
     if len(predictor.members) * len(predictor.mirrors) == 1:  # one model, mirroring found harmful: nothing to add
         return first
     labels = predictor.restore(prepared, first.probabilities).labels
-    if kit.judge(labels, first.probabilities.numpy(), first.labels, volume)["risk"] <= predictor.settings.tta_risk:
+    prepared[SCAN_SIGNALS] = kit.scan_signals(volume)  # the final judgement reuses them
+    if kit.judge(labels, first.probabilities.numpy(), first.labels, volume, prepared[SCAN_SIGNALS])["risk"] <= predictor.settings.tta_risk:
         return first
     full = predictor.infer_passes(prepared, predictor.members, predictor.mirrors)
     return Passes(full.probabilities, full.labels, first.count + full.count)
@@ -162,7 +164,7 @@ def _restore_and_write(predictor, volume: Volume, prepared, passes: Passes, opti
     labels = predictor.loaded.labels
     kit = predictor.quality
     if kit is not None:
-        record.quality = kit.judge(prediction.labels, passes.probabilities.numpy(), passes.labels, volume)
+        record.quality = kit.judge(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, prepared.get(SCAN_SIGNALS))
     if options.save_probabilities:
         calibrated = kit.calibrate(prediction.probabilities) if kit is not None else prediction.probabilities
         temperature = kit.temperature if kit is not None and kit.temperature is not None else np.ones(len(labels), np.float32)

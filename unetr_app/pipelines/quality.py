@@ -28,7 +28,7 @@ from unetr_app.io.checkpoint import load_model
 from unetr_app.io.run_dir import RunDir
 from unetr_app.io.scans import read_volume, source_for
 from unetr_app.quality.calibration import TEMPERATURE_NAME, apply_temperature, expected_calibration_error, fit_temperature, log_probabilities, write_temperature
-from unetr_app.quality.case import case_signals
+from unetr_app.quality.case import case_signals, scan_signals
 from unetr_app.quality.model import QC_MODEL_NAME, fit_quality_model
 from unetr_app.quality.reference import REFERENCE_NAME, compute_reference, write_reference
 from unetr_app.quality.signals import dice
@@ -82,13 +82,14 @@ def _validation_case(predictor: Predictor, case: dict, reference: dict, labels: 
     prediction = predictor.restore(prepared, passes.probabilities, keep_probabilities=True)
     values = [v for v in labels.values() if v != 0]
     measured = _mean_dice(prediction.labels, truth, values)
-    signals = case_signals(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, reference, labels)
+    scan = scan_signals(volume, reference)
+    signals = case_signals(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, reference, labels, scan)
     single, single_signals = measured, signals
     if len(passes.labels) > 1:  # one unmirrored pass: does mirroring help, and what a one-pass mask's signals say
         first = predictor.infer_passes(prepared, predictor.members[:1], [()])
         first_labels = predictor.restore(prepared, first.probabilities).labels
         single = _mean_dice(first_labels, truth, values)
-        single_signals = case_signals(first_labels, first.probabilities.numpy(), first.labels, volume, reference, labels)
+        single_signals = case_signals(first_labels, first.probabilities.numpy(), first.labels, volume, reference, labels, scan)
     rng = np.random.default_rng(len(voxels[0]))
     pick = rng.choice(truth.size, min(VOXELS_PER_CASE, truth.size), replace=False)
     voxels[0].append(log_probabilities(prediction.probabilities.reshape(-1, prediction.probabilities.shape[-1])[pick]))

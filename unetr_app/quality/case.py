@@ -42,28 +42,37 @@ def _share_problems(name: str, profile: dict, ref: dict) -> list[str]:
     return problems
 
 
+def scan_signals(volume: Volume, reference: dict | None) -> dict:
+    """The signals of the scan itself (intensities, geometry): the same for every mask of it, so a
+    case judged twice (one pass, then all) computes them once."""
+    distance, excess, intensity_problems = intensity_check(volume, reference)
+    directions = volume.affine[:3, :3]
+    return {
+        "intensity_distance": distance,
+        "intensity_excess": excess,  # the distance over its flag limit: above 1 is flagged
+        "intensity_problems": intensity_problems,
+        "geometry_problems": geometry_problems(np.linalg.norm(directions, axis=0), directions, (reference or {}).get("spacings_mm", [])),
+    }
+
+
 def case_signals(labels: np.ndarray, probabilities, pass_labels: list[np.ndarray], volume: Volume, reference: dict | None,
-                 label_names: dict[str, int]) -> dict:
+                 label_names: dict[str, int], scan: dict | None = None) -> dict:
     """Signals of one case: `labels` on the input grid, `probabilities` (classes, *grid) and
-    `pass_labels` (one label map per member / mirrored pass) on the network's grid."""
+    `pass_labels` (one label map per member / mirrored pass) on the network's grid; `scan`: the
+    scan's own signals when known already."""
     values = [v for v in label_names.values() if v != 0]
     counts = np.bincount(labels.ravel(), minlength=max(values, default=0) + 1)
-    distance, excess, intensity_problems = intensity_check(volume, reference)
     volume_ml, z = float(counts[1:].sum()) * volume.voxel_ml, None
     for name, value in label_names.items():
         training = (reference or {}).get("volumes_ml", {}).get(name)
         score = volume_zscore(float(counts[value]) * volume.voxel_ml, training) if value and training else None
         if score is not None and (z is None or abs(score) > abs(z)):
             z, volume_ml = score, float(counts[value]) * volume.voxel_ml
-    directions = volume.affine[:3, :3]
     return {
         "agreement": pairwise_agreement(pass_labels, values),
         "entropy": foreground_entropy(probabilities),
         "border_fraction": border_fraction(labels != 0),
         "volume_ml": round(volume_ml, 4),
         "volume_z": z,
-        "intensity_distance": distance,
-        "intensity_excess": excess,  # the distance over its flag limit: above 1 is flagged
-        "intensity_problems": intensity_problems,
-        "geometry_problems": geometry_problems(np.linalg.norm(directions, axis=0), directions, (reference or {}).get("spacings_mm", [])),
+        **(scan if scan is not None else scan_signals(volume, reference)),
     }

@@ -11,7 +11,7 @@ import numpy as np
 
 from unetr_app.io.scans import Volume
 from unetr_app.quality.calibration import TEMPERATURE_NAME, apply_temperature, read_temperature
-from unetr_app.quality.case import case_signals
+from unetr_app.quality.case import case_signals, scan_signals
 from unetr_app.quality.model import QC_MODEL_NAME, assess, mirroring_loss
 from unetr_app.quality.reference import REFERENCE_NAME, find_beside, read_json
 
@@ -26,9 +26,13 @@ class QualityKit:
     model: dict | None = None
     temperature: np.ndarray | None = None
 
-    def judge(self, labels: np.ndarray, probabilities, pass_labels: list[np.ndarray], volume: Volume) -> dict:
+    def scan_signals(self, volume: Volume) -> dict:
+        """The scan's own signals, to pass to every `judge` of one case."""
+        return scan_signals(volume, self.reference)
+
+    def judge(self, labels: np.ndarray, probabilities, pass_labels: list[np.ndarray], volume: Volume, scan: dict | None = None) -> dict:
         """{predicted_dice, risk, flag, **signals} of one predicted case."""
-        signals = case_signals(labels, probabilities, pass_labels, volume, self.reference, self.labels)
+        signals = case_signals(labels, probabilities, pass_labels, volume, self.reference, self.labels, scan)
         verdict = assess(signals, self.model, len(self.labels))
         return {**verdict, **{k: _round(signals[k]) for k in SIGNAL_COLUMNS}}
 
