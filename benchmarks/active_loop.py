@@ -216,14 +216,16 @@ def pooled(records: list[dict]) -> dict:
     cases = sorted(records[0]["base"]["test_dice"])
     scores = {"base": np.array([[r["base"]["test_dice"][c] for c in cases] for r in records])}
     scores.update({arm: np.array([[r["arms"][arm]["test_dice"][c] for c in cases] for r in records]) for arm in ARMS})
-    hard = np.array([records[0]["base"]["test_kinds"][c] != "original" for c in cases])
+    kinds = np.array([records[0]["base"]["test_kinds"][c] for c in cases])
+    hard = kinds != "original"
     summary = {}
     pairs = {"risk_minus_random": ("risk", "random"), "risk_minus_base": ("risk", "base"), "random_minus_base": ("random", "base"),
              "none_minus_base": ("none", "base"), "risk_minus_none": ("risk", "none"), "random_minus_none": ("random", "none")}
     for name, (a, b) in pairs.items():
         difference = scores[a] - scores[b]
         summary[name] = {**paired_bootstrap(difference), "on_hard_cases": round(float(difference[:, hard].mean()), 4),
-                         "on_original_cases": round(float(difference[:, ~hard].mean()), 4)}
+                         "on_original_cases": round(float(difference[:, ~hard].mean()), 4),
+                         "by_kind": {str(kind): round(float(difference[:, kinds == kind].mean()), 4) for kind in sorted(set(kinds))}}
     return summary
 
 
