@@ -104,6 +104,24 @@ def test_tta_auto_mirrors_only_risky_cases(fitted, phantom_dir, tmp_path, cli):
     assert [c["forward_passes"] for c in mirrored["cases"]] == [8, 8]
 
 
+def test_a_kept_first_pass_is_written_as_tta_off_writes_it_and_resampled_once(fitted, phantom_dir, tmp_path, cli, monkeypatch):
+    import nibabel as nib
+
+    from unetr_app.inference.predictor import Predictor
+
+    off = _predict(cli, fitted, phantom_dir, tmp_path / "off", "--tta", "off")
+    restored = []
+    original = Predictor.restore
+    monkeypatch.setattr(Predictor, "restore", lambda self, *a, **k: restored.append(1) or original(self, *a, **k))
+    kept = _predict(cli, fitted, phantom_dir, tmp_path / "kept", "--tta", "auto", "--tta-risk", "1")
+    assert [c["forward_passes"] for c in kept["cases"]] == [1, 1]
+    assert len(restored) == 2, "one resampling per case: the judged first-pass mask is the one written"
+    assert [c["quality"] for c in kept["cases"]] == [c["quality"] for c in off["cases"]]
+    for case in off["cases"]:
+        name = Path(case["output"]).name
+        assert np.array_equal(np.asarray(nib.load(tmp_path / "kept" / name).dataobj), np.asarray(nib.load(tmp_path / "off" / name).dataobj))
+
+
 def test_where_mirroring_lowered_validation_dice_auto_stops_mirroring_and_on_says_so(fitted, phantom_dir, tmp_path, cli):
     run = shutil.copytree(fitted, tmp_path / "run")
     model = json.loads((run / QC_MODEL_NAME).read_text())

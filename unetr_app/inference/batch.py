@@ -22,13 +22,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from unetr_app.errors import InputError
 from unetr_app.io.scans import CaseSource, Volume, read_header_shape, read_volume, write_like
 from unetr_app.inference.dicom_seg import SegReferenceError, check_seg_input, write_dicom_seg
-from unetr_app.inference.predictor import INTENSITY_WARNINGS, Passes, Predictor
+from unetr_app.inference.predictor import INTENSITY_WARNINGS, Passes, Prediction, Predictor
 from unetr_app.inference.preview import write_preview
 from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_volumes
 from unetr_app.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
 SCAN_SIGNALS = "quality_scan_signals"  # a case's prepared dict: its scan's own signals, once judged
+KEPT_FIRST_PASS = "kept_first_pass"  # and, where --tta auto kept its first pass: (passes, labels, verdict)
 
 
 @dataclass(frozen=True)
@@ -149,7 +150,9 @@ def _passes(predictor: Predictor, prepared: dict, volume: Volume) -> Passes:
         return first
     labels = predictor.restore(prepared, first.probabilities).labels
     prepared[SCAN_SIGNALS] = kit.scan_signals(volume)  # the final judgement reuses them
-    if kit.judge(labels, first.probabilities.numpy(), first.labels, volume, prepared[SCAN_SIGNALS])["risk"] <= predictor.settings.tta_risk:
+    verdict = kit.judge(labels, first.probabilities.numpy(), first.labels, volume, prepared[SCAN_SIGNALS])
+    if verdict["risk"] <= predictor.settings.tta_risk:
+        prepared[KEPT_FIRST_PASS] = (first, labels, verdict)  # its mask and judgement are final: not made again
         return first
     full = predictor.infer_passes(prepared, predictor.members, predictor.mirrors)
     return Passes(full.probabilities, full.labels, first.count + full.count)
@@ -157,14 +160,16 @@ def _passes(predictor: Predictor, prepared: dict, volume: Volume) -> Passes:
 
 def _restore_and_write(predictor, volume: Volume, prepared, passes: Passes, options: OutputOptions, record) -> None:
     start = time.perf_counter()
-    prediction = predictor.restore(prepared, passes.probabilities, keep_probabilities=options.save_probabilities)
+    kept = prepared.get(KEPT_FIRST_PASS)
+    reuse = kept is not None and kept[0] is passes and not options.save_probabilities
+    prediction = Prediction(kept[1], None) if reuse else predictor.restore(prepared, passes.probabilities, keep_probabilities=options.save_probabilities)
     if prediction.labels.shape != volume.shape:
         raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.shape}")
     case = volume.source
     labels = predictor.loaded.labels
     kit = predictor.quality
     if kit is not None:
-        record.quality = kit.judge(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, prepared.get(SCAN_SIGNALS))
+        record.quality = kept[2] if reuse else kit.judge(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, prepared.get(SCAN_SIGNALS))
     if options.save_probabilities:
         calibrated = kit.calibrate(prediction.probabilities) if kit is not None else prediction.probabilities
         temperature = kit.temperature if kit is not None and kit.temperature is not None else np.ones(len(labels), np.float32)
