@@ -27,15 +27,10 @@ MLFLOW_RUN_TAG = "unetr.run_dir"  # finds the MLflow run of a resumed run folder
 ARTIFACT_PATTERNS = ("*.json", "*.jsonl", "*.yaml", "*.png", "*.md", "checkpoints/best.*")
 
 
-def check_tracker(name: str | None) -> str | None:
-    if name is not None and name not in TRACKERS:
-        raise UsageError(f"--tracker {name!r}: expected one of {', '.join(TRACKERS)}")
-    return name
-
-
 def require_tracker(tracker: str | None) -> None:
     """A valid --tracker whose extra is installed, or the one-line error (before any work)."""
-    check_tracker(tracker)
+    if tracker is not None and tracker not in TRACKERS:
+        raise UsageError(f"--tracker {tracker!r}: expected one of {', '.join(TRACKERS)}")
     if tracker in ("tensorboard", "mlflow"):
         require_feature(f"--tracker {tracker}")
 

@@ -28,8 +28,15 @@ from unetr_app.inference.report import FAILED, OK, SKIPPED, CaseRecord, label_vo
 from unetr_app.io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
-SCAN_SIGNALS = "quality_scan_signals"  # a case's prepared dict: its scan's own signals, once judged
-KEPT_FIRST_PASS = "kept_first_pass"  # and, where --tta auto kept its first pass: (passes, labels, verdict)
+
+
+@dataclass(frozen=True)
+class FirstPassJudged:
+    """What --tta auto learnt judging a case's first pass: the scan's own signals (the final
+    judgement reuses them) and, where the first pass is kept, its mask and verdict, which are final."""
+    scan: dict
+    kept_labels: np.ndarray | None = None
+    kept_verdict: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -129,47 +136,49 @@ def _infer_stage(predictor, case, read: Future, options, writer) -> tuple[CaseRe
         volume, prepared, read_seconds = read.result()
         record.warnings = prepared[INTENSITY_WARNINGS]
         start = time.perf_counter()
-        passes = _passes(predictor, prepared, volume)
+        passes, judged = _passes(predictor, prepared, volume)
         record.forward_passes = passes.count
         record.seconds = read_seconds + time.perf_counter() - start
     except Exception as err:  # noqa: BLE001 - one case's failure must not stop the batch
         record.error = _one_line(err, case.path)
         return record, None
-    return record, writer.submit(_restore_and_write, predictor, volume, prepared, passes, options, record)
+    return record, writer.submit(_restore_and_write, predictor, volume, prepared, passes, judged, options, record)
 
 
-def _passes(predictor: Predictor, prepared: dict, volume: Volume) -> Passes:
+def _passes(predictor: Predictor, prepared: dict, volume: Volume) -> tuple[Passes, FirstPassJudged | None]:
     """Every member and mirror; under --tta auto first one member unmirrored, and the rest only
     when that first mask's risk is above the threshold (mirrors only where `unetr qc` did not
     find them lowering the validation Dice)."""
     kit = predictor.quality
     if predictor.settings.tta != "auto" or kit is None:
-        return predictor.infer_passes(prepared)
+        return predictor.infer_passes(prepared), None
     first = predictor.infer_passes(prepared, predictor.members[:1], [()])
     if len(predictor.members) * len(predictor.mirrors) == 1:  # one model, mirroring found harmful: nothing to add
-        return first
+        return first, None
     labels = predictor.restore(prepared, first.probabilities).labels
-    prepared[SCAN_SIGNALS] = kit.scan_signals(volume)  # the final judgement reuses them
-    verdict = kit.judge(labels, first.probabilities.numpy(), first.labels, volume, prepared[SCAN_SIGNALS])
+    scan = kit.scan_signals(volume)
+    verdict = kit.judge(labels, first.probabilities.numpy(), first.labels, volume, scan)
     if verdict["risk"] <= predictor.settings.tta_risk:
-        prepared[KEPT_FIRST_PASS] = (first, labels, verdict)  # its mask and judgement are final: not made again
-        return first
+        return first, FirstPassJudged(scan, labels, verdict)
     full = predictor.infer_passes(prepared, predictor.members, predictor.mirrors)
-    return Passes(full.probabilities, full.labels, first.count + full.count)
+    return Passes(full.probabilities, full.labels, first.count + full.count), FirstPassJudged(scan)
 
 
-def _restore_and_write(predictor, volume: Volume, prepared, passes: Passes, options: OutputOptions, record) -> None:
+def _restore_and_write(predictor, volume: Volume, prepared, passes: Passes, judged: FirstPassJudged | None, options: OutputOptions, record) -> None:
     start = time.perf_counter()
-    kept = prepared.get(KEPT_FIRST_PASS)
-    reuse = kept is not None and kept[0] is passes and not options.save_probabilities
-    prediction = Prediction(kept[1], None) if reuse else predictor.restore(prepared, passes.probabilities, keep_probabilities=options.save_probabilities)
+    kept = judged is not None and judged.kept_labels is not None
+    if kept and not options.save_probabilities:  # the mask judged already is the one to write
+        prediction = Prediction(judged.kept_labels, None)
+    else:
+        prediction = predictor.restore(prepared, passes.probabilities, keep_probabilities=options.save_probabilities)
     if prediction.labels.shape != volume.shape:
         raise RuntimeError(f"internal error: mask shape {prediction.labels.shape} != input {volume.shape}")
     case = volume.source
     labels = predictor.loaded.labels
     kit = predictor.quality
     if kit is not None:
-        record.quality = kept[2] if reuse else kit.judge(prediction.labels, passes.probabilities.numpy(), passes.labels, volume, prepared.get(SCAN_SIGNALS))
+        record.quality = judged.kept_verdict if kept else kit.judge(prediction.labels, passes.probabilities.numpy(), passes.labels, volume,
+                                                                    judged.scan if judged is not None else None)
     if options.save_probabilities:
         calibrated = kit.calibrate(prediction.probabilities) if kit is not None else prediction.probabilities
         temperature = kit.temperature if kit is not None and kit.temperature is not None else np.ones(len(labels), np.float32)
