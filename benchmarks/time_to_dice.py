@@ -121,17 +121,20 @@ def train_and_score_ours(data: Path, minutes: float, work: Path, profile: str, o
     return train_and_score(data, work / f"{Path(profile).stem}_{minutes:g}min", profile, ["--minutes", str(minutes), "--fold", "all"], overrides)
 
 
-def train_and_score(data: Path, run: Path, profile: str, budget: list[str], overrides: list[str] = (), threads: int | None = None) -> dict:
-    """`unetr train` with `budget` options (`profile` auto: `unetr plan` first), then `unetr predict` +
-    `unetr evaluate` on imagesTs: mean and per-case test Dice, the run's summary and, for auto, the plan."""
+def train_and_score(data: Path, run: Path, profile: str, budget: list[str], overrides: list[str] = (), threads: int | None = None,
+                    task: str | None = None) -> dict:
+    """`unetr train` with `budget` options (`profile` auto: `unetr plan` first; a finished run is kept), then
+    `unetr predict` + `unetr evaluate` on imagesTs: mean and per-case test Dice, the run's summary and, for
+    auto, the plan. `task` names a task YAML; without it the task comes from the dataset's dataset.json."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)} | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     cli = [sys.executable, "-m", "unetr_app"]
     started = time.perf_counter()
     if profile == "auto":
         subprocess.run([*cli, "plan", str(data), "--device", "cpu"], check=True, env=env, stdout=subprocess.DEVNULL)
-    sets = [arg for item in overrides for arg in ("--set", item)]
-    subprocess.run([*cli, "train", "--profile", profile, "--data-dir", str(data), *budget, "--out", str(run), "--device", "cpu", *sets],
-                   check=True, env=env, stdout=subprocess.DEVNULL)
+    sets = [arg for item in overrides for arg in ("--set", item)] + (["--task", task] if task else [])
+    if not (run / "summary.json").is_file():
+        subprocess.run([*cli, "train", "--profile", profile, "--data-dir", str(data), *budget, "--out", str(run), "--device", "cpu", *sets],
+                       check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
     subprocess.run([*cli, "predict", str(data / "imagesTs"), str(run / "test"), "-c", str(run), "-q", "--no-postprocess"], check=True, env=env)
     subprocess.run([*cli, "evaluate", str(run / "test"), str(data / "labelsTs")], check=True, env=env, stdout=subprocess.DEVNULL)

@@ -1,11 +1,15 @@
 """Training steps per second: our Trainer against a plain MONAI-tutorial loop, side by side.
 
 Both loops train the same model (same initial weights), on the same cached phantom data with
-the same transforms, loss, optimizer, batch and device; only the loop differs. Rounds alternate
-(ours, tutorial, ours, ...) so that machine load affects both alike; the median round counts.
+the same transforms, loss, optimizer, batch and device; only the loop differs. Ours runs twice:
+with the profile's precision and `--set` overrides (`device.mixed_precision`: bfloat16 or float16
+autocast on GPUs; float32 on a CPU unless `training.cpu_amp=true`) and in float32, which separates
+the precision's share from the rest of the loop's. Rounds alternate (ours, ours float32, tutorial,
+ours, ...) so that machine load affects all alike; the median round counts.
 
     python benchmarks/train_throughput.py                      # cpu-demo profile, this machine
     python benchmarks/train_throughput.py --profile gpu-default --device cuda
+    python benchmarks/train_throughput.py --set training.cpu_amp=true --out benchmarks/results/train_throughput_cpu_bfloat16.json
 
 Writes benchmarks/results/train_throughput_<device>.json.
 """
@@ -17,6 +21,7 @@ import copy
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,12 +31,12 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from monai.losses import DiceCELoss
 
-from unetr_app.config import load_run_config
+from unetr_app.config import load_run_config, parse_overrides
 from unetr_app.data.dataset import labelled_cases
 from unetr_app.data.manifest import load_manifest
 from unetr_app.data.phantom import write_phantom_dataset
 from unetr_app.data.transforms import train_transforms
-from unetr_app.device import resolve_device
+from unetr_app.device import mixed_precision, resolve_device
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
 from unetr_app.training.batches import metadata_only_if_needed
@@ -87,10 +92,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="config override for ours")
     args = parser.parse_args()
 
     device = resolve_device(args.device)
-    config = load_run_config("spleen", profile=args.profile)
+    config = load_run_config("spleen", profile=args.profile, overrides=parse_overrides(args.overrides))
+    float32_config = load_run_config("spleen", profile=args.profile, overrides=parse_overrides([*args.overrides, "training.amp=false"]))
     with tempfile.TemporaryDirectory() as tmp:
         data = write_phantom_dataset(Path(tmp) / "Task09_Spleen", cases=args.cases, test_cases=0, seed=1)
         cases = labelled_cases(data, load_manifest("spleen"))
@@ -101,19 +108,24 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(config.model.name, **config.model_kwargs())
         trainer = Trainer(config, copy.deepcopy(model), device, Path(tmp) / "run")
-        trainer.state.total_steps = 10 * args.rounds * args.steps  # a schedule long enough for every round
+        float32_trainer = Trainer(float32_config, copy.deepcopy(model), device, Path(tmp) / "run_float32")
+        for t in (trainer, float32_trainer):
+            t.state.total_steps = 10 * args.rounds * args.steps  # a schedule long enough for every round
         reference = copy.deepcopy(model).to(device)
         tutorial_steps(reference, tutorial_loader, 2, device, config.optimizer.lr, config.optimizer.weight_decay)  # warm-up
         our_steps(trainer, ours_loader, 2)
+        our_steps(float32_trainer, ours_loader, 2)
         rounds = []
         for _ in range(args.rounds):
             ours = our_steps(trainer, ours_loader, args.steps)
+            ours_float32 = our_steps(float32_trainer, ours_loader, args.steps)
             tutorial = tutorial_steps(reference, tutorial_loader, args.steps, device, config.optimizer.lr, config.optimizer.weight_decay)
-            rounds.append({"ours_steps_per_s": args.steps / ours, "tutorial_steps_per_s": args.steps / tutorial, "ratio": tutorial / ours})
+            rounds.append({"ours_steps_per_s": args.steps / ours, "ours_float32_steps_per_s": args.steps / ours_float32,
+                           "tutorial_steps_per_s": args.steps / tutorial, "ratio": tutorial / ours, "ratio_float32": tutorial / ours_float32})
 
     result = {
         "benchmark": "train_throughput",
-        "command": "python benchmarks/train_throughput.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if v is not None),
+        "command": "python benchmarks/train_throughput.py " + " ".join(sys.argv[1:]),
         "device": _device_name(device),
         "torch": torch.__version__,
         "monai": monai.__version__,
@@ -122,16 +134,21 @@ def main() -> None:
         "model": config.model.name,
         "roi_size": list(config.preprocessing.roi_size),
         "crops_per_step": config.training.batch_size * config.training.num_samples,
+        "ours_precision": mixed_precision(device, config.training.amp, config.training.cpu_amp).name,
+        "tutorial_precision": "float32",
         "steps_per_round": args.steps,
         "ours_steps_per_s": statistics.median(r["ours_steps_per_s"] for r in rounds),
+        "ours_float32_steps_per_s": statistics.median(r["ours_float32_steps_per_s"] for r in rounds),
         "tutorial_steps_per_s": statistics.median(r["tutorial_steps_per_s"] for r in rounds),
         "ratio_ours_over_tutorial": statistics.median(r["ratio"] for r in rounds),
+        "ratio_ours_float32_over_tutorial": statistics.median(r["ratio_float32"] for r in rounds),
         "rounds": rounds,
     }
     out = args.out or Path(__file__).parent / "results" / f"train_throughput_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("device", "ours_steps_per_s", "tutorial_steps_per_s", "ratio_ours_over_tutorial")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("device", "ours_precision", "ours_steps_per_s", "ours_float32_steps_per_s", "tutorial_steps_per_s",
+                                                        "ratio_ours_over_tutorial", "ratio_ours_float32_over_tutorial")}, indent=2))
     print(f"wrote {out}")
 
 

@@ -1,5 +1,5 @@
-"""The mixed-precision choice: bfloat16 without a GradScaler on GPUs that compute it natively,
-float16 with one on older GPUs, nothing on the CPU (GPU capabilities faked)."""
+"""The mixed-precision choice: bfloat16 without a GradScaler on GPUs and CPUs that compute it
+natively (a CPU when asked), float16 with one on older GPUs, float32 elsewhere (capabilities faked)."""
 
 from __future__ import annotations
 
@@ -33,9 +33,21 @@ def test_older_gpus_keep_float16_and_the_grad_scaler(capability, gpu, major, min
     assert (policy.enabled, policy.dtype, policy.grad_scaler) == (True, torch.float16, True), gpu
 
 
-def test_cpu_and_amp_off_run_in_float32(capability):
+@pytest.mark.parametrize("instructions", ["avx512_bf16", "amx"])
+def test_cpus_with_bfloat16_instructions_train_in_bfloat16_only_when_asked(monkeypatch, instructions):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: instructions == "avx512_bf16")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: instructions == "amx")
+    policy = mixed_precision(torch.device("cpu"), cpu_amp=True)
+    assert (policy.enabled, policy.dtype, policy.grad_scaler) == (True, torch.bfloat16, False)
+    assert not mixed_precision(torch.device("cpu")).enabled, "float32 by default: bfloat16 cost Dice on cpu-demo"
+    assert not mixed_precision(torch.device("cpu"), amp=False, cpu_amp=True).enabled
+
+
+def test_other_cpus_and_amp_off_run_in_float32(capability, monkeypatch):
     capability(9)
-    for policy in (mixed_precision(torch.device("cpu")), mixed_precision(CUDA, amp=False)):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    for policy in (mixed_precision(torch.device("cpu"), cpu_amp=True), mixed_precision(CUDA, amp=False)):
         assert (policy.enabled, policy.dtype, policy.grad_scaler) == (False, None, False)
         with policy.autocast(torch.device("cpu")):
             assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

@@ -193,7 +193,9 @@ class TrainingConfig(Strict):
     val_fraction: float = Field(0.2, gt=0, lt=1)
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient's global norm; null: no clipping")
     seed: int = 0
-    amp: bool = True
+    amp: bool = Field(True, description="mixed precision on GPUs: bfloat16 where native (Ampere on), float16 + GradScaler before")
+    cpu_amp: bool = Field(False, description="bfloat16 autocast on a CPU with bfloat16 instructions (AVX-512 BF16, AMX): faster steps, "
+                                             "lower Dice on cpu-demo (benchmarks/results/cpu_precision.json)")
     cache_rate: float = Field(1.0, ge=0, le=1)
     num_workers: int = Field(0, ge=0)
 

@@ -28,11 +28,16 @@ class MixedPrecision:
 
     bfloat16 has float32's exponent range, so gradients do not underflow and no scaler is needed;
     float16 does underflow, and keeps the scaler. `enabled` is False where autocast would not pay
-    (CPU training, or AMP turned off in the config)."""
+    (the CPU unless asked and able, or AMP turned off in the config)."""
 
     enabled: bool
     dtype: torch.dtype | None
     grad_scaler: bool
+
+    @property
+    def name(self) -> str:
+        """What the network computes in: float32, bfloat16 or float16."""
+        return str(self.dtype if self.enabled else torch.float32).removeprefix("torch.")
 
     def autocast(self, device: torch.device):
         return torch.autocast(device.type, dtype=self.dtype, enabled=self.enabled)
@@ -41,14 +46,29 @@ class MixedPrecision:
         return torch.amp.GradScaler("cuda", enabled=self.grad_scaler)
 
 
-def mixed_precision(device: torch.device, amp: bool = True) -> MixedPrecision:
+def mixed_precision(device: torch.device, amp: bool = True, cpu_amp: bool = False) -> MixedPrecision:
     """bfloat16 where the CUDA device computes it natively (compute capability 8.0 and up: A100,
-    H100, RTX 30xx on), float16 with a GradScaler on older GPUs; off on the CPU."""
-    if not amp or device.type != "cuda":
-        return MixedPrecision(False, None, False)
+    H100, RTX 30xx on), float16 with a GradScaler on older GPUs. On a CPU float32, unless `cpu_amp`
+    asks for bfloat16 and the CPU has the instructions for it (emulated, it is slower than float32).
+    Not the default: cpu-demo trained so lost Dice (benchmarks/results/cpu_precision.json). Unlike
+    CUDA's, CPU autocast leaves layer norm and softmax in bfloat16 too (a possible cause, not measured)."""
+    off = MixedPrecision(False, None, False)
+    if not amp:
+        return off
+    if device.type == "cpu":
+        return MixedPrecision(True, torch.bfloat16, False) if cpu_amp and cpu_computes_bfloat16() else off
+    if device.type != "cuda":
+        return off
     if _native_bfloat16(device):
         return MixedPrecision(True, torch.bfloat16, False)
     return MixedPrecision(True, torch.float16, True)
+
+
+def cpu_computes_bfloat16() -> bool:
+    """Whether this CPU has bfloat16 instructions that oneDNN's convolutions and matmuls use."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def _native_bfloat16(device: torch.device) -> bool:

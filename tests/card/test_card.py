@@ -32,6 +32,7 @@ def test_a_run_card_holds_what_the_run_recorded(cli, card_run):
     assert card["model"]["parameters"] == summary["parameters"]
     assert card["recipe"]["budget"] == {"steps": 8} and card["recipe"]["steps"] == [summary["steps"]]
     assert card["compute"]["device"] == "cpu" and card["compute"]["seconds"] == [summary["seconds"]]
+    assert card["recipe"]["precision"] == summary["precision"] == "float32", "what the network computed in (a CPU: float32 unless cpu_amp)"
 
     # validation: the best step's per-case Dice; its mean is the summary's best Dice
     best_line = next(line for line in run.read_metrics() if line["step"] == summary["best_step"] and "val_dice_per_case" in line)

@@ -85,3 +85,19 @@ def test_gradient_clipping_bounds_the_global_norm(tmp_path):
     trainer.train_step({"image": torch.rand(1, 1, 8, 8, 8) * 100})
     norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in trainer.trainable]))
     assert norm == pytest.approx(0.001, rel=1e-4), "clipped to the limit (the raw gradient is far larger)"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_amp_trains_in_bfloat16_only_where_the_cpu_computes_it(native, tmp_path, monkeypatch):
+    monkeypatch.setattr("unetr_app.device.cpu_computes_bfloat16", lambda: native)
+    config = load_run_config("spleen", profile=str(TINY), overrides=parse_overrides(["training.cpu_amp=true"]))
+    recipe = Denoise(TinyNet(), config)
+    before = recipe.model.encoder.weight.detach().clone()
+    trainer = Trainer(config, recipe, torch.device("cpu"), tmp_path)
+    trainer.state.total_steps = 10
+    parts = trainer.train_step({"image": torch.rand(1, 1, 8, 8, 8)})
+
+    assert parts["output"].dtype == (torch.bfloat16 if native else torch.float32), "the network runs under the chosen autocast"
+    assert not trainer.scaler.is_enabled(), "bfloat16 needs no GradScaler"
+    assert recipe.model.encoder.weight.dtype == torch.float32, "the weights themselves stay float32"
+    assert not torch.equal(before, recipe.model.encoder.weight), "and they train"

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from monai.losses import DiceCELoss
 from monai.networks.nets import BasicUNet
 from monai.optimizers import WarmupCosineSchedule
 
@@ -135,6 +136,17 @@ def test_ce_is_plain_cross_entropy():
     logits, labels = torch.randn(2, 3, 4, 4, 4), torch.randint(0, 3, (2, 1, 4, 4, 4))
     expected = torch.nn.functional.cross_entropy(logits, labels[:, 0])
     assert build_loss(LossConfig(name="ce"))(logits, labels) == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_a_loss_under_cpu_autocast_is_the_float32_loss_of_its_bfloat16_logits():
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 2, 32, 32, 32) * 3).bfloat16()
+    labels = (torch.rand(2, 1, 32, 32, 32) > 0.95).long()  # a small foreground, as a spleen's
+    expected = DiceCELoss(to_onehot_y=True, softmax=True)(logits.float(), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = build_loss(LossConfig(name="dice_ce"))(logits, labels)
+    # CPU autocast leaves softmax and the Dice sums in bfloat16: about 7e-5 off here
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,7 @@ def build_card(folder: Path) -> dict[str, Any]:
         "recipe": {"name": config["recipe"]["name"], "params": config["recipe"].get("params", {}), "optimizer": config["optimizer"],
                    "schedule": config["schedule"], "loss": config["loss"], "budget": config["training"]["budget"],
                    "batch_size": config["training"]["batch_size"], "crops_per_volume": config["training"].get("num_samples"),
-                   "amp": config["training"].get("amp"), "seed": config["training"].get("seed"),
+                   "precision": summary.get("precision", "not recorded"), "seed": config["training"].get("seed"),
                    "steps": [s.get("steps") for s in summaries], "epochs": [s.get("epochs") for s in summaries]},
         "compute": {"device": summary.get("device"), "processes": summary.get("processes"),
                     "seconds": [s.get("seconds") for s in summaries], "finished": all(run.is_finished for run in runs)},
@@ -301,7 +301,7 @@ def render_markdown(card: dict) -> str:
               "## Recipe and budget", "",
               f"- recipe {recipe['name']}, optimizer {recipe['optimizer'].get('name')} lr {recipe['optimizer'].get('lr')}, "
               f"schedule {recipe['schedule'].get('name')}, loss {recipe['loss'].get('name')}",
-              f"- budget {recipe['budget']}; batch {recipe['batch_size']} x {recipe['crops_per_volume']} crops; AMP {recipe['amp']}; seed {recipe['seed']}",
+              f"- budget {recipe['budget']}; batch {recipe['batch_size']} x {recipe['crops_per_volume']} crops; precision {recipe['precision']}; seed {recipe['seed']}",
               f"- steps per run {recipe['steps']}, epochs {recipe['epochs']}", "",
               "## Compute", "", f"- device {compute['device']}, processes {compute['processes']}, seconds per run {compute['seconds']}", "",
               "## Validation", "", f"{validation['selection']} (source: {'; '.join(validation['source'])}).", "",

@@ -100,6 +100,7 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
         "parameters": count_parameters(model),
         "profile": config.profile,
         "device": str(device),
+        "precision": trainer.precision.name,
         "processes": shard.world_size,
         "dataset": str(dataset),
         "train_cases": len(train_cases),

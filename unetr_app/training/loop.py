@@ -61,7 +61,7 @@ class Trainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad] + self.extra_params
         self.optimizer = build_optimizer(parameter_groups(self.model, config.optimizer, extra), config.optimizer)
         remember_initial_lr(self.optimizer)
-        self.precision = mixed_precision(device, config.training.amp)
+        self.precision = mixed_precision(device, config.training.amp, config.training.cpu_amp)
         self.scaler = self.precision.scaler()
         self.validation = Validation(config, device, self.precision, shard)
         self.state, self.window, self.clock = TrainState(), LossWindow(), budget.Clock()

@@ -49,6 +49,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
+from unetr_app.training.losses import at_least_float32
 from unetr_app.training.objectives import dino_monitors, koleo_loss, phase_warning
 from unetr_app.training.recipes.base import Recipe, RecipeParams, fraction_range, register_recipe, validate_params
 from unetr_app.training.recipes.dino_network import build_dino_network
@@ -95,8 +96,8 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
               student_temp: float, teacher_temp: float) -> torch.Tensor:
     """student (Vs, B, K) logits, teacher (Vt, B, K) logits for views 0..Vt-1 (the first student views):
     the mean over pairs s != t of the batch-mean cross-entropy H(teacher_t, student_s)."""
-    targets = F.softmax((teacher - center) / teacher_temp, dim=-1).detach()
-    log_probs = F.log_softmax(student / student_temp, dim=-1)
+    targets = F.softmax((at_least_float32(teacher) - center) / teacher_temp, dim=-1).detach()  # not bfloat16 under CPU autocast
+    log_probs = F.log_softmax(at_least_float32(student) / student_temp, dim=-1)
     terms = [
         (-targets[t] * log_probs[s]).sum(dim=-1).mean()
         for t in range(teacher.shape[0]) for s in range(student.shape[0]) if s != t
