@@ -44,7 +44,8 @@ original grid. For each arm, the difference to `plain` per (seed, scan) and its 
     python benchmarks/recipes_fair.py --arms plain soft   # a subset; plain is always run
 
 Runs live in `--work` (default runs/recipes_fair[_quick]); a finished run leaves result.json and
-is read back when the benchmark is started again, so a killed benchmark resumes where it stopped.
+is read back when the benchmark is started again, so a killed benchmark resumes where it stopped; a
+finished run made with other settings (another --steps, say) stops it, naming what changed.
 Writes benchmarks/results/recipes_fair[_quick].json and a .png of the Dice-vs-step curves.
 """
 
@@ -166,11 +167,42 @@ def score(run_dir: Path, data: Path, head: str | None = None) -> dict[str, float
     return per_case
 
 
+SETTINGS = ("model", "preprocessing", "augmentation", "training", "recipe", "optimizer", "schedule", "loss")
+
+
+def settings_of(config) -> dict:
+    """What a run is made with, stored in its result.json: a rerun with other settings must not read it back."""
+    dumped = config.model_dump(mode="json")
+    return {key: dumped[key] for key in SETTINGS}
+
+
+def read_back(done: Path, settings: dict) -> dict | None:
+    """A finished run's result, None when there is none; a run made with other settings stops the benchmark
+    (runs from before settings were stored are read back as they are)."""
+    if not done.is_file():
+        return None
+    result = json.loads(done.read_text())
+    stored = result.get("settings")
+    if stored is not None and stored != settings:
+        old, new = _flat(stored), _flat(settings)
+        changed = [f"{key} {old.get(key)} -> {new.get(key)}" for key in sorted(old.keys() | new.keys()) if old.get(key) != new.get(key)]
+        sys.exit(f"{done.parent}: made with other settings ({'; '.join(changed[:3])}); use another --work, or remove that folder to redo it")
+    return result
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return flat
+
+
 def run_once(run_dir: Path, config, data: Path, split: dict, heads: tuple[str | None, ...], init: EncoderInit | None = None) -> dict:
     """Train and score one run; a finished run (result.json) is read back, an unfinished one redone."""
     done = run_dir / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    settings = settings_of(config)
+    if (finished := read_back(done, settings)) is not None:
+        return finished
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
@@ -188,6 +220,7 @@ def run_once(run_dir: Path, config, data: Path, split: dict, heads: tuple[str | 
         "best_val_dice": summary["best_val_dice"],
         "curve": curve(run_dir),
         "dice_per_case": dice,
+        "settings": settings,
     }
     done.write_text(json.dumps(result, indent=2))
     return result
@@ -253,14 +286,15 @@ def pretrain_encoder(work: Path, method: str, student: dict, split: dict, args) 
     """The pretraining run (`method`: dino or masked) its arms start from, made once (read back
     after a kill), on the labelled cases' scans and the unlabelled pool, never a held-out scan."""
     run_dir = work / f"{method}_pretrain"
-    done = run_dir / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
-    shutil.rmtree(run_dir, ignore_errors=True)
     overrides = {"model": {"params": student["params"]}}
     if args.pretrain_steps is not None:
         overrides["training"] = {"budget": {"steps": args.pretrain_steps}}
     config = load_run_config("spleen", model=student["name"], profile=PRETRAIN_PROFILES[method], overrides=overrides)
+    settings = settings_of(config)
+    if (finished := read_back(run_dir / "result.json", settings)) is not None:
+        return finished
+    done = run_dir / "result.json"
+    shutil.rmtree(run_dir, ignore_errors=True)
     scans = [Path(case["image"]) for case in split["train"]] + [unlabelled_pool(work, args)]
     summary = pretrain(config, run_dir, scans, "cpu")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -276,6 +310,7 @@ def pretrain_encoder(work: Path, method: str, student: dict, split: dict, args) 
             "monitors": [[line["step"], *(round(float(line[name]), 4) for name in MONITORS)] for line in monitored],
             "phase_at_end": (dino_phase(last["teacher_entropy_ratio"], last["batch_entropy_ratio"]) or "learning") if last else None,
         })
+    result["settings"] = settings
     done.write_text(json.dumps(result, indent=2))
     return result
 
