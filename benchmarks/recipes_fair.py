@@ -37,7 +37,8 @@ batch-mean entropy over ln K) go to the JSON.
 Distillation arms are scored with each prediction head (average of the logits, main,
 distillation). Scores: spleen Dice from `unetr predict` + `unetr evaluate` on each held-out scan's
 original grid. For each arm, the difference to `plain` per (seed, scan) and its paired bootstrap
-95% interval (seeds and scans resampled with replacement, 2000 draws).
+95% interval (seeds and scans resampled with replacement, 10,000 draws: `evaluation.comparison.paired_bootstrap`;
+the JSONs committed before it was shared used 2,000 draws of their own).
 
     python benchmarks/recipes_fair.py --quick             # the whole path in minutes (tiny student, 1 seed)
     nice -n 10 python benchmarks/recipes_fair.py          # the full design (see the JSON for its time)
@@ -73,6 +74,7 @@ from unetr_app.pipelines.pretrain import pretrain
 from unetr_app.pipelines.train import train
 from unetr_app.config import load_run_config
 from unetr_app.data.phantom import write_phantom_dataset
+from unetr_app.evaluation.comparison import paired_bootstrap
 from unetr_app.training.init import EncoderInit
 from unetr_app.training.objectives import dino_phase
 
@@ -229,17 +231,11 @@ def run_once(run_dir: Path, config, data: Path, split: dict, heads: tuple[str | 
 # --- statistics ------------------------------------------------------------------------------------
 
 
-def paired_bootstrap(diffs: np.ndarray, draws: int = 2000, seed: int = 0) -> dict:
-    """diffs (seeds, scans): mean and 95% percentile interval, resampling seeds and scans."""
-    rng = np.random.default_rng(seed)
-    n_seeds, n_scans = diffs.shape
-    means = np.empty(draws)
-    for i in range(draws):
-        rows = rng.integers(0, n_seeds, n_seeds)
-        cols = rng.integers(0, n_scans, n_scans)
-        means[i] = diffs[np.ix_(rows, cols)].mean()
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"mean": float(diffs.mean()), "ci95": [float(low), float(high)], "excludes_zero": bool(low > 0 or high < 0)}
+def minus_plain(diffs: np.ndarray) -> dict:
+    """diffs (seeds, scans) against plain: the project's paired bootstrap (seeds and scans resampled), in this JSON's keys."""
+    interval = paired_bootstrap(diffs)
+    low, high = interval["low"], interval["high"]
+    return {"mean": interval["mean"], "ci95": [low, high], "excludes_zero": bool(low > 0 or high < 0)}
 
 
 def per_seed_matrix(runs: list[dict], head: str, cases: list[str]) -> np.ndarray:
@@ -364,14 +360,14 @@ def summarise(args, student: dict, teacher: dict | None, runs: dict[str, list[di
             matrix = per_seed_matrix(rows, head, cases)
             entry = {"dice_mean": float(matrix.mean()), "dice_per_seed": matrix.mean(axis=1).tolist()}
             if arm != "plain":
-                entry["minus_plain"] = paired_bootstrap(matrix - plain)
+                entry["minus_plain"] = minus_plain(matrix - plain)
             arms[arm]["heads"][head] = entry
         arms[arm]["curves"] = [run["curve"] for run in rows]
         arms[arm]["seconds_per_step"] = statistics.fmean(run["seconds_per_step"] for run in rows)
     if teacher is not None:
         teacher_dice = np.array([teacher["dice_per_case"]["checkpoint"][c] for c in cases])
         teacher = {**TEACHER, "test_dice_mean": float(teacher_dice.mean()), "curve": teacher["curve"],
-                   "minus_plain": paired_bootstrap(teacher_dice[None, :] - plain), "steps": args.teacher_steps}
+                   "minus_plain": minus_plain(teacher_dice[None, :] - plain), "steps": args.teacher_steps}
     return {
         "benchmark": "recipes_fair: few-label phantom, paired seeds, bootstrap intervals against plain",
         "quick": bool(args.quick),
@@ -383,7 +379,7 @@ def summarise(args, student: dict, teacher: dict | None, runs: dict[str, list[di
             "seeds": args.seeds, "student_steps": args.steps, "teacher_steps": args.teacher_steps,
             "crops_per_step": args.crops, "lr": args.lr, "spacing_mm": 4.0, "roi": 48,
             "checkpoint_scored": "last.pt after the whole budget (validation only draws the curves)",
-            "interval": "paired bootstrap over seeds and held-out scans, 2000 draws, 2.5-97.5 percentiles",
+            "interval": "paired bootstrap over seeds and held-out scans (evaluation.comparison.paired_bootstrap: 10,000 draws), 2.5-97.5 percentiles",
             "seconds_per_step": "a run's training seconds (summary.json) per step, validation and checkpoints included",
             "pairing": "a seed fixes the crops and the initialisation; recipe heads (the distillation token) draw "
                        "from the same generator, so their arms start from other weights than plain's",
