@@ -1,10 +1,10 @@
 """Training steps per second: our Trainer against a plain MONAI-tutorial loop, side by side.
 
 Both loops train the same model (same initial weights), on the same cached phantom data with
-the same transforms, loss, optimizer, batch and device; only the loop differs. Ours runs twice:
-with the profile's precision and `--set` overrides (`device.mixed_precision`: bfloat16 or float16
-autocast on GPUs; float32 on a CPU unless `training.cpu_amp=true`) and in float32, which separates
-the precision's share from the rest of the loop's. Rounds alternate (ours, ours float32, tutorial,
+the same transforms, loss, optimizer, batch and device; only the loop differs. Ours runs with the
+profile's precision and `--set` overrides (`device.mixed_precision`: bfloat16 or float16 autocast on
+GPUs; float32 on a CPU unless `training.cpu_amp=true`) and, where that is not float32, in float32
+too, which separates the precision's share from the rest of the loop's. Rounds alternate (ours, ours float32, tutorial,
 ours, ...) so that machine load affects all alike; the median round counts.
 
     python benchmarks/train_throughput.py                      # cpu-demo profile, this machine
@@ -36,7 +36,7 @@ from unetr_app.data.dataset import labelled_cases
 from unetr_app.data.manifest import load_manifest
 from unetr_app.data.phantom import write_phantom_dataset
 from unetr_app.data.transforms import train_transforms
-from unetr_app.device import mixed_precision, resolve_device
+from unetr_app.device import resolve_device
 from unetr_app.models import create_model
 from unetr_app.training.loaders import build_loaders
 from unetr_app.training.batches import metadata_only_if_needed
@@ -108,17 +108,18 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(config.model.name, **config.model_kwargs())
         trainer = Trainer(config, copy.deepcopy(model), device, Path(tmp) / "run")
-        float32_trainer = Trainer(float32_config, copy.deepcopy(model), device, Path(tmp) / "run_float32")
-        for t in (trainer, float32_trainer):
+        # where ours already runs in float32 (a CPU without cpu_amp) it is its own float32 reference
+        float32_trainer = None if trainer.precision.name == "float32" else Trainer(float32_config, copy.deepcopy(model), device, Path(tmp) / "run_float32")
+        for t in filter(None, (trainer, float32_trainer)):
             t.state.total_steps = 10 * args.rounds * args.steps  # a schedule long enough for every round
         reference = copy.deepcopy(model).to(device)
         tutorial_steps(reference, tutorial_loader, 2, device, config.optimizer.lr, config.optimizer.weight_decay)  # warm-up
-        our_steps(trainer, ours_loader, 2)
-        our_steps(float32_trainer, ours_loader, 2)
+        for t in filter(None, (trainer, float32_trainer)):
+            our_steps(t, ours_loader, 2)
         rounds = []
         for _ in range(args.rounds):
             ours = our_steps(trainer, ours_loader, args.steps)
-            ours_float32 = our_steps(float32_trainer, ours_loader, args.steps)
+            ours_float32 = our_steps(float32_trainer, ours_loader, args.steps) if float32_trainer else ours
             tutorial = tutorial_steps(reference, tutorial_loader, args.steps, device, config.optimizer.lr, config.optimizer.weight_decay)
             rounds.append({"ours_steps_per_s": args.steps / ours, "ours_float32_steps_per_s": args.steps / ours_float32,
                            "tutorial_steps_per_s": args.steps / tutorial, "ratio": tutorial / ours, "ratio_float32": tutorial / ours_float32})
@@ -134,7 +135,7 @@ def main() -> None:
         "model": config.model.name,
         "roi_size": list(config.preprocessing.roi_size),
         "crops_per_step": config.training.batch_size * config.training.num_samples,
-        "ours_precision": mixed_precision(device, config.training.amp, config.training.cpu_amp).name,
+        "ours_precision": trainer.precision.name,
         "tutorial_precision": "float32",
         "steps_per_round": args.steps,
         "ours_steps_per_s": statistics.median(r["ours_steps_per_s"] for r in rounds),
