@@ -28,11 +28,13 @@ every arm: the arms are paired by seed).
                                     (optimizer.encoder_lr_scale)
     masked, masked_slow_encoder     the same from a masked-image-modelling run (profile cpu-masked)
     masked_frozen_encoder           the masked run's encoder frozen: only the decoder trains
+    ibot, ibot_frozen_encoder       the same from an iBOT run (DINO + masked patch tokens: recipe
+                                    ibot on profile cpu-dino)
     random_frozen_encoder           plain's random encoder frozen: the frozen arm's reference
 
 Each pretraining run is made once (`--pretrain-steps`, default the shipped profile's budget); its
-loss curve and, for DINO, the collapse monitors (teacher entropy over ln K, teacher-student KL,
-batch-mean entropy over ln K) go to the JSON.
+loss curve and, for DINO and iBOT, the collapse monitors (teacher entropy over ln K, teacher-student KL,
+batch-mean entropy over ln K; iBOT's patch monitors too) go to the JSON.
 
 Distillation arms are scored with each prediction head (average of the logits, main,
 distillation). Scores: spleen Dice from `unetr predict` + `unetr evaluate` on each held-out scan's
@@ -77,6 +79,7 @@ from unetr_app.data.phantom import write_phantom_dataset
 from unetr_app.evaluation.comparison import paired_bootstrap
 from unetr_app.training.init import EncoderInit
 from unetr_app.training.objectives import dino_phase
+from unetr_app.training.recipes import recipe_class
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROFILE = "cpu-recipes"  # the student (patch-8 DeiT + UNETR decoder), the teacher's size, data and augmentation
@@ -97,11 +100,12 @@ ARMS = {
 # arms that start from a pretraining run or freeze the encoder: (the pretraining method or None for
 # random weights, the encoder's LR scale, whether the encoder is frozen)
 ENCODER_ARMS = {"dino": ("dino", 1.0, False), "dino_slow_encoder": ("dino", 0.1, False), "masked": ("masked", 1.0, False),
+                "ibot": ("ibot", 1.0, False), "ibot_frozen_encoder": ("ibot", 1.0, True),
                 "masked_slow_encoder": ("masked", 0.1, False), "masked_frozen_encoder": ("masked", 1.0, True),
                 "random_frozen_encoder": (None, 1.0, True)}
 ARMS.update({arm: ("supervised", {}) for arm in ENCODER_ARMS})
-PRETRAIN_PROFILES = {"dino": "cpu-dino", "masked": "cpu-masked"}
 MONITORS = ("teacher_entropy_ratio", "teacher_student_kl", "batch_entropy_ratio")
+PATCH_MONITORS = ("patch_entropy_ratio", "patch_student_kl", "patch_batch_entropy_ratio")
 HEADS = ("average", "main", "distillation")
 
 
@@ -282,10 +286,11 @@ def pretrain_encoder(work: Path, method: str, student: dict, split: dict, args) 
     """The pretraining run (`method`: dino or masked) its arms start from, made once (read back
     after a kill), on the labelled cases' scans and the unlabelled pool, never a held-out scan."""
     run_dir = work / f"{method}_pretrain"
-    overrides = {"model": {"params": student["params"]}}
+    overrides = {"model": {"params": student["params"]}, "recipe": {"name": method}}
+    profile = recipe_class(method).pretrain_profile
     if args.pretrain_steps is not None:
         overrides["training"] = {"budget": {"steps": args.pretrain_steps}}
-    config = load_run_config("spleen", model=student["name"], profile=PRETRAIN_PROFILES[method], overrides=overrides)
+    config = load_run_config("spleen", model=student["name"], profile=profile, overrides=overrides)
     settings = settings_of(config)
     if (finished := read_back(run_dir / "result.json", settings)) is not None:
         return finished
@@ -294,16 +299,17 @@ def pretrain_encoder(work: Path, method: str, student: dict, split: dict, args) 
     scans = [Path(case["image"]) for case in split["train"]] + [unlabelled_pool(work, args)]
     summary = pretrain(config, run_dir, scans, "cpu")
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    result = {"method": method, "profile": PRETRAIN_PROFILES[method], "steps": summary["steps"],
+    result = {"method": method, "profile": profile, "steps": summary["steps"],
               "train_seconds": summary["seconds"], "score_seconds": 0.0, "scans": summary["scans"],
               "final_loss": summary["final_loss"], "loss_curve": [[line["step"], round(line["loss"], 4)] for line in lines if "loss" in line]}
-    if method == "dino":
-        monitored = [line for line in lines if all(name in line for name in MONITORS)]
+    if method in ("dino", "ibot"):
+        names = MONITORS + (PATCH_MONITORS if method == "ibot" else ())
+        monitored = [line for line in lines if all(name in line for name in names)]
         last = monitored[-1] if monitored else None
         result.update({
             "ln_K": float(np.log(config.recipe.params["out_dim"])),
-            "monitor_names": ["step", *MONITORS],
-            "monitors": [[line["step"], *(round(float(line[name]), 4) for name in MONITORS)] for line in monitored],
+            "monitor_names": ["step", *names],
+            "monitors": [[line["step"], *(round(float(line[name]), 4) for name in names)] for line in monitored],
             "phase_at_end": (dino_phase(last["teacher_entropy_ratio"], last["batch_entropy_ratio"]) or "learning") if last else None,
         })
     result["settings"] = settings
@@ -326,7 +332,7 @@ def run_benchmark(args, work: Path) -> dict:
         pretrained[method] = pretrain_encoder(work, method, student, split, args)
         run = pretrained[method]
         print(f"{method}: {run['steps']} steps in {run['train_seconds']:.0f} s, final loss {run['final_loss']:.4f}"
-              + (f", phase at the end {run['phase_at_end']}, monitors {run['monitors'][-1]}" if method == "dino" else ""), flush=True)
+              + (f", phase at the end {run['phase_at_end']}, monitors {run['monitors'][-1]}" if "monitors" in run else ""), flush=True)
     runs: dict[str, list[dict]] = {}
     for arm in ["plain", *[a for a in args.arms if a != "plain"]]:
         recipe, params = ARMS[arm]

@@ -171,8 +171,8 @@ def test_the_teacher_stays_in_eval_mode_and_only_the_student_drops_paths():
     assert recipe.model.training and not recipe.teacher.training
     x = torch.randn(8, 1, 32, 32, 32)  # 8 scans: two draws of the drop masks differ unless 2^-8 luck
     with torch.no_grad():
-        assert torch.equal(recipe.teacher(x), recipe.teacher(x))  # no stochastic depth
-        assert not torch.equal(recipe.model(x), recipe.model(x))  # the student's does apply
+        assert torch.equal(recipe.teacher(x)["logits"], recipe.teacher(x)["logits"])  # no stochastic depth
+        assert not torch.equal(recipe.model(x)["logits"], recipe.model(x)["logits"])  # the student's does apply
 
 
 def test_the_last_layer_gets_no_gradient_for_the_frozen_fraction_of_the_run():
@@ -236,7 +236,7 @@ def test_koleo_hand_values():
 def test_koleo_weight_adds_the_term_on_each_global_views_bottleneck_and_trains_the_encoder():
     plain, koleo = tiny_recipe()(tiny_batch()), tiny_recipe(koleo_weight=0.5)
     seen = []
-    koleo.model.register_forward_hook(lambda m, args, out: seen.append(out[1].detach()))
+    koleo.model.register_forward_hook(lambda m, args, kwargs, out: seen.append(out["bottleneck"].detach()), with_kwargs=True)
     parts = koleo(tiny_batch())
     assert "koleo" not in plain and parts["koleo"].item() != 0
     # the bottlenecks of global views 0 and 1 for the 2 scans come first, view-major

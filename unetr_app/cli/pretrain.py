@@ -16,9 +16,9 @@ console = Console()
 
 def pretrain(
     images: Annotated[list[Path] | None, typer.Argument(help="folders (or files) of scans, any format predict reads; labels are not needed")] = None,
-    method: Annotated[str, typer.Option("--method", help="self-supervised recipe (recipe.name): dino, or masked (masked image modelling)")] = "dino",
+    method: Annotated[str, typer.Option("--method", help="self-supervised recipe (recipe.name): dino, ibot (DINO + masked patch tokens), or masked (masked image modelling)")] = "dino",
     model: Annotated[str | None, typer.Option("--model", help="registered model name; default: the profile's")] = None,
-    profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME or a .yaml path  [default: cpu-METHOD]")] = None,
+    profile: Annotated[str | None, typer.Option("--profile", help="configs/profiles NAME or a .yaml path  [default: cpu-dino for dino and ibot, cpu-masked for masked]")] = None,
     task: Annotated[str, typer.Option("--task", help="task config whose orientation/spacing/window the profile completes")] = DEFAULT_TASK,
     steps: StepsOption = None,
     minutes: MinutesOption = None,
@@ -48,8 +48,9 @@ def pretrain(
             raise UsageError("give at least one folder of scans (IMAGES_DIR)")
         overrides = parse_overrides(set_ or [])
         overrides.setdefault("recipe", {})["name"] = method
-        recipe_class(method)  # an unknown --method is named (with a suggestion) before any profile is looked for
-        return load_run_config(task, model, profile or f"cpu-{method}", overrides)
+        # an unknown --method is named (with a suggestion) before any profile is looked for
+        default_profile = recipe_class(method).pretrain_profile
+        return load_run_config(task, model, profile or default_profile or f"cpu-{method}", overrides)
 
     start = start_or_resume(out, resume=resume, new_config=new_config, run_name=lambda c: f"pretrain-{method}-{c.model.name}")
     config, run = with_budget(start.config, budget, checkpoint_every), start.run

@@ -97,6 +97,7 @@ class Recipe(nn.Module):
     Params: ClassVar[type[RecipeParams]] = RecipeParams  # no params unless a recipe declares some
     trains_forward_train: ClassVar[bool] = False  # True: forward uses train_outputs(self.model, ...)
     self_supervised: ClassVar[bool] = False  # True: trains on unlabelled scans (`unetr pretrain`) with its own loader
+    pretrain_profile: ClassVar[str | None] = None  # the profile `unetr pretrain --method NAME` uses unless given one
 
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
         super().__init__()

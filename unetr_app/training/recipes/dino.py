@@ -26,6 +26,21 @@ scans, on the student head's normalised bottleneck, the vectors compared with th
 puts it on the backbone's class token; on few similar scans the head then maps the spread class
 tokens back onto one direction, and the targets stay uniform (measured: docs/pretraining.md).
 
+iBOT (Zhou et al., "Image BERT Pre-training with Online Tokenizer", ICLR 2022; the patch objective
+of DINOv2 and 3DINO) is this recipe with `patch_weight` > 0 (recipe `ibot`, `unetr pretrain --method
+ibot`): a fraction `mask_ratio` of the student's global crops' patch tokens is replaced by a learned
+mask token, and on those patches the student's patch distribution (the same head) learns the
+teacher's for the unmasked crop, centred with its own centre:
+
+    L_patch = mean_{views, scans}  mean_{masked n}  sum_k  -softmax((T_vn - c_p) / tau_t)_k log softmax(S_vn / tau_s)_k
+
+and the loss is L + patch_weight * L_patch. Whole scans can be near alike (a few scans of one
+kind), where the class token has nothing to tell apart and DINO settles on one embedding for all;
+the patches of one scan (air, fat, organs, bone) differ, so the patch targets have something to
+sharpen. Its monitors: `patch_entropy_ratio`, `patch_student_kl` (on the masked patches) and
+`patch_batch_entropy_ratio` (the mean patch distribution's entropy: near 0, every patch on one
+prototype).
+
 Collapse monitors (`unetr_app.training.objectives.dino_monitors`) are loss parts, so they reach
 metrics.jsonl: `teacher_entropy_ratio` (near 1: the uniform phase), `teacher_student_kl` (near 0:
 nothing learnt) and `batch_entropy_ratio` (near 0: every scan on one prototype). A fifth into the
@@ -50,7 +65,7 @@ from torch import nn
 
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
 from unetr_app.training.losses import at_least_float32
-from unetr_app.training.objectives import dino_monitors, koleo_loss, phase_warning
+from unetr_app.training.objectives import dino_monitors, entropy, koleo_loss, phase_warning, random_token_mask
 from unetr_app.training.recipes.base import Recipe, RecipeParams, fraction_range, register_recipe, validate_params
 from unetr_app.training.recipes.dino_network import build_dino_network
 
@@ -72,6 +87,9 @@ class DinoParams(RecipeParams):
     freeze_last_layer: float = Field(0.0, ge=0, le=1, description="fraction of the run the head's last layer is frozen")
     koleo_weight: float = Field(0.0, ge=0, description="weight of DINOv2's KoLeo term on the student head's "
                                 "bottleneck (per global view, across the batch's scans)")
+    patch_weight: float = Field(0.0, ge=0, description="weight of iBOT's masked patch-token term (0: DINO alone)")
+    mask_ratio: float = Field(0.3, gt=0, lt=1, description="share of the student's global-crop patch tokens masked "
+                              "for the patch term (iBOT draws 0.1-0.5)")
     global_crops: int = Field(2, ge=1)
     local_crops: int = Field(8, ge=0)
     global_size: tuple[int, int, int] | None = Field(None, description="null: preprocessing.roi_size")
@@ -85,8 +103,14 @@ class DinoParams(RecipeParams):
         return fraction_range(value)
 
 
-def dino_params(params: dict[str, Any] | None) -> DinoParams:
-    return validate_params("dino", DinoParams, params)
+class IbotParams(DinoParams):
+    """`recipe.params` of the ibot recipe: DINO's, with the patch term on."""
+
+    patch_weight: float = Field(1.0, gt=0, description="weight of the masked patch-token term (iBOT: 1)")
+
+
+def dino_params(params: dict[str, Any] | None, recipe: str = "dino") -> DinoParams:
+    return validate_params(recipe, IbotParams if recipe == "ibot" else DinoParams, params)
 
 
 # --- loss and schedules -----------------------------------------------------------------------------
@@ -103,6 +127,32 @@ def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor
         for t in range(teacher.shape[0]) for s in range(student.shape[0]) if s != t
     ]
     return torch.stack(terms).mean()
+
+
+def masked_patch_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.Tensor, center: torch.Tensor,
+                      student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """student, teacher (V, N, K) patch logits of the same crops (the student's masked where `mask`
+    (V, N) is True): per crop the mean over its masked patches of H(teacher, student), then the mean
+    over crops."""
+    targets = F.softmax((at_least_float32(teacher) - center) / teacher_temp, dim=-1).detach()
+    log_probs = F.log_softmax(at_least_float32(student) / student_temp, dim=-1)
+    per_patch = (-targets * log_probs).sum(dim=-1)
+    weights = mask.to(per_patch.dtype)
+    return ((per_patch * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)).mean()
+
+
+@torch.no_grad()
+def patch_monitors(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """teacher probabilities and student log-probabilities (V, N, K), mask (V, N): the patch term's
+    monitors (module docstring); the KL is over the masked patches, the entropies over all."""
+    teacher_probs, student_log_probs = teacher_probs.float(), student_log_probs.float()
+    log_k = math.log(teacher_probs.shape[-1])
+    kl = (teacher_probs * (torch.log(teacher_probs.clamp_min(1e-12)) - student_log_probs)).sum(dim=-1)
+    return {
+        "patch_entropy_ratio": entropy(teacher_probs).mean() / log_k,
+        "patch_student_kl": kl[mask].mean(),
+        "patch_batch_entropy_ratio": entropy(teacher_probs.reshape(-1, teacher_probs.shape[-1]).mean(dim=0)) / log_k,
+    }
 
 
 def teacher_temperature(step: int, total_steps: int, params: DinoParams) -> float:
@@ -127,10 +177,11 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 @torch.no_grad()
 def updated_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> torch.Tensor:
-    """center (1, K), teacher logits (V, B, K) -> m * center + (1 - m) * mean over views and batch
-    (and over processes under torch.distributed)."""
-    total = teacher.reshape(-1, teacher.shape[-1]).sum(dim=0, keepdim=True)
-    count = torch.tensor(float(teacher.shape[0] * teacher.shape[1]), device=teacher.device)
+    """center (1, K), teacher logits (..., K) -> m * center + (1 - m) * the mean over every other
+    axis (views, batch, patches; and over processes under torch.distributed)."""
+    flat = teacher.reshape(-1, teacher.shape[-1]).float()
+    total = flat.sum(dim=0, keepdim=True)
+    count = torch.tensor(float(flat.shape[0]), device=teacher.device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(total)
         dist.all_reduce(count)
@@ -152,19 +203,21 @@ class Dino(Recipe):
     name = "dino"
     Params = DinoParams
     self_supervised = True
+    pretrain_profile = "cpu-dino"
 
     @classmethod
     def unlabelled_loader(cls, config: Any, samples: list[dict], shard: Any):
         """Multi-crop batches (data.multicrop) of the preprocessed scans, sharded across processes."""
-        params, train = dino_params(config.recipe.params), config.training
+        params, train = cls.parse_params(config.recipe.params), config.training
         crops = MultiCropd(params.global_size or config.preprocessing.roi_size, params.local_size, params.global_crops,
                            params.local_crops, params.global_scale, params.local_scale)
         return multicrop_loader(samples, crops, train.batch_size, train.seed, train.num_workers, shard.rank, shard.world_size)
 
     def __init__(self, model: nn.Module, config: Any, **params: Any) -> None:
-        self.dino = dino_params(params)
+        self.dino = self.parse_params(params)
         name = getattr(getattr(config, "model", None), "name", "this model")
-        network = build_dino_network(model, self.dino.out_dim, self.dino.hidden_dim, self.dino.bottleneck_dim, name)
+        network = build_dino_network(model, self.dino.out_dim, self.dino.hidden_dim, self.dino.bottleneck_dim, name,
+                                     mask_token=self.with_patches)
         super().__init__(network, config, **params)
         self.teacher = copy.deepcopy(network).eval()
         self.teacher.requires_grad_(False)
@@ -173,9 +226,14 @@ class Dino(Recipe):
                 param.register_hook(self._last_layer_gradient)
         self.monitors: dict[str, float] = {}
         self.register_buffer("center", torch.zeros(1, self.dino.out_dim))
+        self.register_buffer("patch_center", torch.zeros(1, self.dino.out_dim) if self.with_patches else None)
         # optimizer steps taken and planned, as buffers: restoring the recipe's state_dict restores them
         self.register_buffer("steps_done", torch.zeros((), dtype=torch.long))
         self.register_buffer("steps_planned", torch.ones((), dtype=torch.long))
+
+    @property
+    def with_patches(self) -> bool:
+        return self.dino.patch_weight > 0
 
     @property
     def step(self) -> int:
@@ -201,22 +259,37 @@ class Dino(Recipe):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         batch_size, n_global = batch["global_crops"].shape[:2]
         global_views, local_views = _views(batch["global_crops"]), _views(batch["local_crops"])
-        student, bottleneck = self.model(global_views, local_views, with_bottleneck=True)
-        student = student.reshape(-1, batch_size, self.dino.out_dim)
+        mask = None
+        if self.with_patches:
+            tokens = math.prod(s // p for s, p in zip(global_views.shape[2:], _unwrapped(self.model).patch_size))
+            mask = random_token_mask(global_views.shape[0], tokens, self.dino.mask_ratio, device=global_views.device)
+        out = self.model(global_views, local_views, mask=mask, with_patches=self.with_patches)
+        student = out["logits"].reshape(-1, batch_size, self.dino.out_dim)
         with torch.no_grad():
-            teacher = self.teacher(global_views).reshape(n_global, batch_size, self.dino.out_dim)
+            teacher_out = self.teacher(global_views, with_patches=self.with_patches)
+        teacher = teacher_out["logits"].reshape(n_global, batch_size, self.dino.out_dim)
         temp = teacher_temperature(self.step, self.total_steps, self.dino)
         loss = dino_loss(student, teacher, self.center, self.dino.student_temp, temp)
         parts = {}
         if self.dino.koleo_weight > 0:  # each global view's scans spread apart where the prototypes see them
-            per_view = bottleneck[: n_global * batch_size].reshape(n_global, batch_size, -1)
+            per_view = out["bottleneck"][: n_global * batch_size].reshape(n_global, batch_size, -1)
             parts["koleo"] = torch.stack([koleo_loss(view) for view in per_view]).mean()
             loss = loss + self.dino.koleo_weight * parts["koleo"]
         probs = F.softmax((teacher - self.center) / temp, dim=-1)
         monitors = dino_monitors(probs, F.log_softmax(student.detach() / self.dino.student_temp, dim=-1))
+        if self.with_patches:
+            student_patches, teacher_patches = out["patch_logits"], teacher_out["patch_logits"]
+            parts["patch_loss"] = masked_patch_loss(student_patches, teacher_patches, mask, self.patch_center,
+                                                    self.dino.student_temp, temp)
+            parts["dino_loss"] = loss.detach()
+            loss = loss + self.dino.patch_weight * parts["patch_loss"]
+            monitors.update(patch_monitors(F.softmax((teacher_patches - self.patch_center) / temp, dim=-1),
+                                           F.log_softmax(student_patches.detach() / self.dino.student_temp, dim=-1), mask))
         self.monitors = {name: float(value) for name, value in monitors.items()}
         if self.training:
             self.center.copy_(updated_center(self.center, teacher, self.dino.center_momentum))
+            if self.with_patches:
+                self.patch_center.copy_(updated_center(self.patch_center, teacher_out["patch_logits"], self.dino.center_momentum))
         return {"loss": loss, "output": student[0], **parts, **monitors}
 
     def after_step(self, step: int, total_steps: int) -> None:
@@ -232,6 +305,7 @@ class Dino(Recipe):
         return {
             "teacher": {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()},
             "center": self.center.detach().cpu(),
+            **({"patch_center": self.patch_center.detach().cpu()} if self.with_patches else {}),
             "step": self.step,
             "total_steps": self.total_steps,
         }
@@ -239,9 +313,19 @@ class Dino(Recipe):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.teacher.load_state_dict(state["teacher"])
         self.center.copy_(state["center"])
+        if self.with_patches:
+            self.patch_center.copy_(state["patch_center"])
         self.steps_done.fill_(int(state["step"]))
         self.steps_planned.fill_(int(state["total_steps"]))
 
 
 def _unwrapped(model: nn.Module) -> nn.Module:
     return getattr(model, "module", model)  # DistributedDataParallel keeps the network in .module
+
+
+@register_recipe
+class Ibot(Dino):
+    """DINO with iBOT's masked patch-token term on (module docstring); the same batches."""
+
+    name = "ibot"
+    Params = IbotParams

@@ -45,35 +45,54 @@ class DinoNetwork(nn.Module):
 
     `encoder` keeps the name and layout it has in the segmentation model, so its weights load
     there unchanged; the class token belongs to this network (segmentation encoders have none).
+    With `mask_token` (iBOT) the first group of views can have patch tokens masked, and the head
+    also maps each patch token to the K prototypes.
     """
 
-    def __init__(self, encoder: TokenEncoder, head: DinoHead) -> None:
+    def __init__(self, encoder: TokenEncoder, head: DinoHead, mask_token: bool = False) -> None:
         super().__init__()
         self.encoder = encoder.module
         self.head = head
         self.cls_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         nn.init.trunc_normal_(self.cls_token, std=0.02)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim)) if mask_token else None
+        if self.mask_token is not None:
+            nn.init.trunc_normal_(self.mask_token, std=0.02)
         self.grid, self.patch_size = encoder.grid, encoder.patch_size
+        self.prefix = encoder.num_prefix_tokens  # the encoder's own tokens come before the class token
 
     def token_encoder(self) -> TokenEncoder:
         return TokenEncoder(self.encoder, "encoder", self.grid, self.patch_size)
 
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C, *size) -> the class token's output (B, D) and the patch tokens' (B, N, D); where
+        `mask` (B, N) is True a patch's embedding is the mask token."""
+        tokens, _ = encode_tokens(self.token_encoder(), x, extra_prefix=self.cls_token, mask=mask, mask_token=self.mask_token)
+        return tokens[:, self.prefix], tokens[:, self.prefix + 1:]
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, *size) -> the class token's output (B, D)."""
-        tokens, _ = encode_tokens(self.token_encoder(), x, extra_prefix=self.cls_token)
-        return tokens[:, 0]
+        return self.encode(x)[0]
 
-    def forward(self, *views: torch.Tensor, with_bottleneck: bool = False):
-        """Each argument holds all crops of one size, view-major (V*B, C, *size); returns (sum V*B, K)
-        logits, and with `with_bottleneck` also the head's L2-normalised bottleneck (sum V*B, bottleneck)."""
-        bottleneck = self.head.bottleneck(torch.cat([self.embed(v) for v in views if v.shape[0]], dim=0))
-        logits = self.head.last_layer(bottleneck)
-        return (logits, bottleneck) if with_bottleneck else logits
+    def forward(self, *views: torch.Tensor, mask: torch.Tensor | None = None,
+                with_patches: bool = False) -> dict[str, torch.Tensor]:
+        """Each argument holds all crops of one size, view-major (V*B, C, *size). Returns "logits"
+        (sum V*B, K) and "bottleneck" (sum V*B, bottleneck: the head's L2-normalised vectors); with
+        `with_patches` also "patch_logits" (V0*B, N, K) of the first argument's views, whose
+        patches `mask` (V0*B, N) masks."""
+        if mask is not None and self.mask_token is None:
+            raise ValueError("this DINO network was built without a mask token (mask_token=True)")
+        encoded = [self.encode(v, mask if index == 0 else None) for index, v in enumerate(views) if v.shape[0]]
+        bottleneck = self.head.bottleneck(torch.cat([classes for classes, _ in encoded], dim=0))
+        outputs = {"logits": self.head.last_layer(bottleneck), "bottleneck": bottleneck}
+        if with_patches:
+            outputs["patch_logits"] = self.head(encoded[0][1])
+        return outputs
 
 
 def build_dino_network(segmentation_model: nn.Module, out_dim: int, hidden_dim: int, bottleneck_dim: int,
-                       model_name: str = "this model") -> DinoNetwork:
+                       model_name: str = "this model", mask_token: bool = False) -> DinoNetwork:
     """The segmentation model's ViT encoder (found by `find_token_encoder`) under a new DINO head."""
     encoder = find_token_encoder(segmentation_model, model_name)
     head = DinoHead(encoder.embed_dim, out_dim, hidden_dim, bottleneck_dim)
-    return DinoNetwork(encoder, head)
+    return DinoNetwork(encoder, head, mask_token)

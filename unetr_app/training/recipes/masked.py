@@ -72,6 +72,7 @@ class Masked(Recipe):
     name = "masked"
     Params = MaskedParams
     self_supervised = True
+    pretrain_profile = "cpu-masked"
 
     @classmethod
     def unlabelled_loader(cls, config: Any, samples: list[dict], shard: Any):
