@@ -112,3 +112,30 @@ def test_a_recipe_that_needs_labels_is_refused_naming_the_self_supervised_ones(c
     assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output
     assert "trains on labels" in errors[0] and "self-supervised recipes: dino" in errors[0]
     assert not (tmp_path / "run" / "config.yaml").exists(), "refused before the run folder is written"
+
+
+def test_ibot_pretrains_with_its_patch_monitors_and_its_encoder_fine_tunes(cli, tmp_path, phantom_dir, tiny_profile):
+    result = cli("pretrain", phantom_dir / "imagesTr", "--method", "ibot", "--profile", TINY_DINO, "--device", "cpu",
+                 "--out", tmp_path / "ibot")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in (tmp_path / "ibot" / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert all({"patch_loss", "patch_entropy_ratio", "patch_student_kl", "patch_batch_entropy_ratio"} <= set(line) for line in lines)
+    checkpoint = load_checkpoint(tmp_path / "ibot" / "checkpoints" / "last.pt")
+    assert checkpoint["recipe"]["name"] == "ibot" and "patch_center" in checkpoint["recipe"]["extra_state"]
+    assert "mask_token" in checkpoint["state_dict"]
+    result = cli("train", "--data-dir", phantom_dir, "--profile", tiny_profile, "--device", "cpu", "--steps", "1",
+                 "--out", tmp_path / "fine", "--init-from", tmp_path / "ibot")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "fine" / "init.json").read_text(encoding="utf-8"))
+    assert record["init"]["missing"] == [] and "mask_token" in record["init"]["unexpected"]
+
+
+def test_each_method_pretrains_on_its_own_default_profile():
+    from unetr_app.config import load_run_config
+    from unetr_app.training.recipes import recipe_class
+
+    assert {m: recipe_class(m).pretrain_profile for m in ("dino", "ibot", "masked")} == \
+        {"dino": "cpu-dino", "ibot": "cpu-dino", "masked": "cpu-masked"}
+    config = load_run_config(None, profile="cpu-dino", overrides={"recipe": {"name": "ibot"}})
+    settings = recipe_class("ibot").parse_params(config.recipe.params)
+    assert settings.patch_weight == 1.0 and settings.out_dim == 1024  # iBOT's term on cpu-dino's head
