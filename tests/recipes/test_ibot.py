@@ -11,7 +11,8 @@ import torch
 from unetr_app.errors import ConfigError
 from unetr_app.models import create_model
 from unetr_app.training.recipes import build_recipe, list_recipes
-from unetr_app.training.recipes.dino import masked_patch_loss, patch_monitors, updated_center
+from unetr_app.training.objectives import patch_monitors, phase_warning
+from unetr_app.training.recipes.dino import masked_patch_loss, updated_center
 
 TINY_VIT = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 PARAMS = {"out_dim": 16, "hidden_dim": 32, "bottleneck_dim": 8, "local_crops": 2, "local_size": [16, 16, 16]}
@@ -140,3 +141,12 @@ def test_bad_ibot_params_name_the_key():
         tiny_recipe(mask_ratio=1.5)
     with pytest.raises(ConfigError, match="patch_weight"):
         tiny_recipe(patch_weight=0.0)
+
+
+def test_the_phase_warning_says_where_the_patch_targets_stand():
+    monitors = {"teacher_entropy_ratio": 0.99, "teacher_student_kl": 0.001, "batch_entropy_ratio": 0.99,
+                "patch_entropy_ratio": 0.6, "patch_student_kl": 0.4, "patch_batch_entropy_ratio": 0.8}
+    line = phase_warning(20, 100, monitors)
+    assert line.startswith("dino: step 20 of 100 (patch targets learning, entropy 0.60 of ln K): the teacher is still uniform")
+    monitors["patch_entropy_ratio"] = 0.97
+    assert "(patch targets uniform, entropy 0.97 of ln K)" in phase_warning(20, 100, monitors)

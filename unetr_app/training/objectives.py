@@ -30,6 +30,7 @@ teacher's centred, sharpened distribution p_t and the student's log-probabilitie
     batch_entropy_ratio     H(mean over the batch of p_t) / ln K: near 0 when every scan maps to
                             one prototype (collapse), near 1 when the batch spreads over them
 `dino_phase` names the phase those say; `phase_warning` is the one line a run logs about it.
+`patch_monitors` are iBOT's: the same three over patch tokens (the KL over the masked patches only).
 
 Against every scan sharing one embedding, DINOv2's KoLeo term (`koleo_loss`): minus the mean log
 distance of each normalised embedding to its nearest neighbour in the batch.
@@ -161,6 +162,21 @@ def dino_monitors(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor) 
         }
 
 
+@torch.no_grad()
+def patch_monitors(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """iBOT's patch monitors, from teacher probabilities and student log-probabilities (V, N, K) and
+    the mask (V, N): patch_entropy_ratio and patch_batch_entropy_ratio as their class-token
+    counterparts over every patch, patch_student_kl KL(p_t || p_s) over the masked patches."""
+    teacher_probs, student_log_probs = teacher_probs.float(), student_log_probs.float()
+    log_k = math.log(teacher_probs.shape[-1])
+    kl = (teacher_probs * (torch.log(teacher_probs.clamp_min(1e-12)) - student_log_probs)).sum(dim=-1)
+    return {
+        "patch_entropy_ratio": entropy(teacher_probs).mean() / log_k,
+        "patch_student_kl": kl[mask].mean(),
+        "patch_batch_entropy_ratio": entropy(teacher_probs.reshape(-1, teacher_probs.shape[-1]).mean(dim=0)) / log_k,
+    }
+
+
 def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """The Kozachenko-Leonenko entropy estimator as a loss (Sablayrolles et al. 2019; DINOv2):
     embeddings (B, D), L2-normalised -> -mean_i log(min_{j != i} |x_i - x_j| + eps). It falls as the
@@ -183,10 +199,14 @@ def dino_phase(entropy_ratio: float, batch_ratio: float) -> str | None:
 
 
 def phase_warning(step: int, total_steps: int, monitors: dict[str, float]) -> str | None:
-    """One line for a run still uniform, or collapsed onto one prototype, with what to change."""
+    """One line for a run still uniform, or collapsed onto one prototype, with what to change. With
+    iBOT's patch monitors the line says where the patch targets stand too."""
     entropy, spread = monitors["teacher_entropy_ratio"], monitors["batch_entropy_ratio"]
     phase = dino_phase(entropy, spread)
     where = f"dino: step {step} of {total_steps}"
+    if "patch_entropy_ratio" in monitors:
+        patch_phase = dino_phase(monitors["patch_entropy_ratio"], monitors["patch_batch_entropy_ratio"]) or "learning"
+        where += f" (patch targets {patch_phase}, entropy {monitors['patch_entropy_ratio']:.2f} of ln K)"
     if phase == "uniform":
         return (f"{where}: the teacher is still uniform (entropy {entropy:.2f} of ln K, teacher-student KL "
                 f"{monitors['teacher_student_kl']:.3f}); lower recipe.params.teacher_temp and teacher_temp_final "

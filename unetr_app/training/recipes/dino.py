@@ -65,7 +65,7 @@ from torch import nn
 
 from unetr_app.data.multicrop import MultiCropd, multicrop_loader
 from unetr_app.training.losses import at_least_float32
-from unetr_app.training.objectives import dino_monitors, entropy, koleo_loss, phase_warning, random_token_mask
+from unetr_app.training.objectives import dino_monitors, koleo_loss, patch_monitors, phase_warning, random_token_mask
 from unetr_app.training.recipes.base import Recipe, RecipeParams, fraction_range, register_recipe, validate_params
 from unetr_app.training.recipes.dino_network import build_dino_network
 
@@ -139,20 +139,6 @@ def masked_patch_loss(student: torch.Tensor, teacher: torch.Tensor, mask: torch.
     per_patch = (-targets * log_probs).sum(dim=-1)
     weights = mask.to(per_patch.dtype)
     return ((per_patch * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)).mean()
-
-
-@torch.no_grad()
-def patch_monitors(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """teacher probabilities and student log-probabilities (V, N, K), mask (V, N): the patch term's
-    monitors (module docstring); the KL is over the masked patches, the entropies over all."""
-    teacher_probs, student_log_probs = teacher_probs.float(), student_log_probs.float()
-    log_k = math.log(teacher_probs.shape[-1])
-    kl = (teacher_probs * (torch.log(teacher_probs.clamp_min(1e-12)) - student_log_probs)).sum(dim=-1)
-    return {
-        "patch_entropy_ratio": entropy(teacher_probs).mean() / log_k,
-        "patch_student_kl": kl[mask].mean(),
-        "patch_batch_entropy_ratio": entropy(teacher_probs.reshape(-1, teacher_probs.shape[-1]).mean(dim=0)) / log_k,
-    }
 
 
 def teacher_temperature(step: int, total_steps: int, params: DinoParams) -> float:
