@@ -44,6 +44,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from unetr_app.training.losses import at_least_float32
+
 # a teacher spending over 90% of ln K is still in DINO's uniform phase; below 5% the whole batch
 # sits on a handful of prototypes (for K = 1024, e^(0.05 ln K) is about 1.4 prototypes)
 UNIFORM_ENTROPY_RATIO = 0.9
@@ -55,8 +57,8 @@ COLLAPSED_BATCH_ENTROPY_RATIO = 0.05
 
 def soft_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 KL(softmax(teacher/T) || softmax(student/T)) over the class axis, averaged over voxels."""
-    log_p_teacher = F.log_softmax(teacher.float() / temperature, dim=1)
-    log_p_student = F.log_softmax(student.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(at_least_float32(teacher) / temperature, dim=1)
+    log_p_student = F.log_softmax(at_least_float32(student) / temperature, dim=1)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=1)
     return kl.mean() * temperature**2
 
@@ -64,13 +66,13 @@ def soft_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature:
 def hard_distillation(student: torch.Tensor, teacher: torch.Tensor,
                       task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
     """The task loss of the student's logits against the teacher's masks (B, 1, *spatial)."""
-    return task_loss(student.float(), teacher.argmax(dim=1, keepdim=True))
+    return task_loss(at_least_float32(student), teacher.argmax(dim=1, keepdim=True))
 
 
 def channel_distillation(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """T^2 times the mean over (batch, class) of KL between spatial softmaxes of one class channel."""
-    log_p_teacher = F.log_softmax(teacher.float().flatten(2) / temperature, dim=2)  # (B, K, voxels)
-    log_p_student = F.log_softmax(student.float().flatten(2) / temperature, dim=2)
+    log_p_teacher = F.log_softmax(at_least_float32(teacher).flatten(2) / temperature, dim=2)  # (B, K, voxels)
+    log_p_student = F.log_softmax(at_least_float32(student).flatten(2) / temperature, dim=2)
     kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(dim=2)  # (B, K)
     return kl.mean() * temperature**2
 
@@ -102,7 +104,7 @@ def random_token_mask(batch: int, tokens: int, ratio: float, device=None, genera
 def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                                kind: str = "l1", normalise_target: bool = False, eps: float = 1e-6) -> torch.Tensor:
     """prediction, target (B, N, P); mask (B, N) bool: the mean error over the masked patches' voxels."""
-    prediction, target = prediction.float(), target.float()
+    prediction, target = at_least_float32(prediction), at_least_float32(target)
     if normalise_target:
         mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, unbiased=False, keepdim=True)
         target = (target - mean) / (var + eps).sqrt()
@@ -132,18 +134,18 @@ def entropy(probs: torch.Tensor) -> torch.Tensor:
 
 def teacher_entropy_ratio(teacher_probs: torch.Tensor) -> torch.Tensor:
     """Mean entropy of the teacher's distributions (..., K) over ln K."""
-    return entropy(teacher_probs.float()).mean() / math.log(teacher_probs.shape[-1])
+    return entropy(at_least_float32(teacher_probs)).mean() / math.log(teacher_probs.shape[-1])
 
 
 def batch_entropy_ratio(teacher_probs: torch.Tensor) -> torch.Tensor:
     """Entropy of the teacher's distribution averaged over views and batch (..., K), over ln K."""
-    flat = teacher_probs.float().reshape(-1, teacher_probs.shape[-1])
+    flat = at_least_float32(teacher_probs).reshape(-1, teacher_probs.shape[-1])
     return entropy(flat.mean(dim=0)) / math.log(teacher_probs.shape[-1])
 
 
 def teacher_student_kl(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor) -> torch.Tensor:
     """teacher (Vt, B, K), student (Vs, B, K): mean over pairs s != t of the batch-mean KL(p_t || p_s)."""
-    teacher_probs, student_log_probs = teacher_probs.float(), student_log_probs.float()
+    teacher_probs, student_log_probs = at_least_float32(teacher_probs), at_least_float32(student_log_probs)
     log_teacher = torch.log(teacher_probs.clamp_min(1e-12))
     terms = [
         (teacher_probs[t] * (log_teacher[t] - student_log_probs[s])).sum(dim=-1).mean()
@@ -167,7 +169,7 @@ def patch_monitors(teacher_probs: torch.Tensor, student_log_probs: torch.Tensor,
     """iBOT's patch monitors, from teacher probabilities and student log-probabilities (V, N, K) and
     the mask (V, N): patch_entropy_ratio and patch_batch_entropy_ratio as their class-token
     counterparts over every patch, patch_student_kl KL(p_t || p_s) over the masked patches."""
-    teacher_probs, student_log_probs = teacher_probs.float(), student_log_probs.float()
+    teacher_probs, student_log_probs = at_least_float32(teacher_probs), at_least_float32(student_log_probs)
     log_k = math.log(teacher_probs.shape[-1])
     kl = (teacher_probs * (torch.log(teacher_probs.clamp_min(1e-12)) - student_log_probs)).sum(dim=-1)
     return {
@@ -183,7 +185,7 @@ def koleo_loss(embeddings: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     batch's embeddings spread apart; 0 for a batch of one."""
     if embeddings.shape[0] < 2:
         return embeddings.sum() * 0.0
-    x = F.normalize(embeddings.float(), dim=-1)
+    x = F.normalize(at_least_float32(embeddings), dim=-1)
     distances = torch.cdist(x, x)
     distances = distances + torch.eye(len(x), device=x.device, dtype=x.dtype) * 4.0  # unit vectors are at most 2 apart
     return -torch.log(distances.min(dim=1).values + eps).mean()

@@ -165,7 +165,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 def updated_center(center: torch.Tensor, teacher: torch.Tensor, momentum: float) -> torch.Tensor:
     """center (1, K), teacher logits (..., K) -> m * center + (1 - m) * the mean over every other
     axis (views, batch, patches; and over processes under torch.distributed)."""
-    flat = teacher.reshape(-1, teacher.shape[-1]).float()
+    flat = at_least_float32(teacher.reshape(-1, teacher.shape[-1]))
     total = flat.sum(dim=0, keepdim=True)
     count = torch.tensor(float(flat.shape[0]), device=teacher.device)
     if dist.is_available() and dist.is_initialized():

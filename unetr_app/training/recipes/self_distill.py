@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, field_validator
 
-from unetr_app.training.losses import build_loss
+from unetr_app.training.losses import at_least_float32, build_loss
 from unetr_app.training.objectives import deep_supervision_weights, soft_distillation
 from unetr_app.training.recipes.base import Recipe, RecipeParams, one_of, register_recipe, train_outputs
 
@@ -51,7 +51,7 @@ def feature_hint_loss(hint: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
             f"self_distill: a hint feature has shape {tuple(hint.shape)} but the deepest features have "
             f"{tuple(target.shape)}; the model's hint bottleneck must map to the deepest stage's channels and grid"
         )
-    return F.mse_loss(hint.float(), target.float())
+    return F.mse_loss(at_least_float32(hint), at_least_float32(target))
 
 
 def head_weights(scheme: str, heads: int) -> list[float]:
