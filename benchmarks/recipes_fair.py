@@ -367,6 +367,9 @@ def summarise(args, student: dict, teacher: dict | None, runs: dict[str, list[di
             entry = {"dice_mean": float(matrix.mean()), "dice_per_seed": matrix.mean(axis=1).tolist()}
             if arm != "plain":
                 entry["minus_plain"] = minus_plain(matrix - plain)
+            if arm.endswith("_frozen_encoder") and arm != "random_frozen_encoder" and "random_frozen_encoder" in runs:
+                # frozen against frozen: what the pretrained encoder adds where only the decoder trains
+                entry["minus_random_frozen"] = minus_plain(matrix - per_seed_matrix(runs["random_frozen_encoder"], head, cases))
             arms[arm]["heads"][head] = entry
         arms[arm]["curves"] = [run["curve"] for run in rows]
         arms[arm]["seconds_per_step"] = statistics.fmean(run["seconds_per_step"] for run in rows)
@@ -474,6 +477,8 @@ def main() -> None:
         for head, stats in entry["heads"].items():
             diff = stats.get("minus_plain")
             versus = f"  minus plain {diff['mean']:+.3f} [{diff['ci95'][0]:+.3f}, {diff['ci95'][1]:+.3f}]" if diff else ""
+            if frozen := stats.get("minus_random_frozen"):
+                versus += f"  minus random_frozen_encoder {frozen['mean']:+.3f} [{frozen['ci95'][0]:+.3f}, {frozen['ci95'][1]:+.3f}]"
             print(f"{arm:>16} {head:>12}: Dice {stats['dice_mean']:.3f}{versus}")
     print(f"wall {result['wall_seconds_this_session']:.0f} s; wrote {args.out} and {args.out.with_suffix('.png')}")
 
