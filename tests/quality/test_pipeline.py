@@ -145,3 +145,19 @@ def test_saved_probabilities_are_tempered(fitted, bare_run, phantom_dir, tmp_pat
     assert hot["temperature"].tolist() == [2.0, 3.0] and raw["temperature"].tolist() == [1.0, 1.0]
     expected = apply_temperature(raw["probabilities"].astype(np.float32), [2.0, 3.0], axis=0)
     assert np.abs(hot["probabilities"].astype(np.float32) - expected).max() < 2e-3  # float16 storage
+
+
+def test_a_trained_run_keeps_its_training_reference_so_predict_checks_scans_without_qc(qc_run, phantom_dir, tmp_path, cli, caplog):
+    import shutil
+
+    split = json.loads((qc_run / "split.json").read_text())
+    reference = json.loads((qc_run / "qc_reference.json").read_text())
+    assert reference["cases"] == len(split["train"]) and len(reference["volumes_ml"]["spleen"]) == len(split["train"])
+    run = tmp_path / "trained"  # what training leaves, before any `unetr qc`
+    shutil.copytree(qc_run / "checkpoints", run / "checkpoints")
+    shutil.copy(qc_run / "qc_reference.json", run / "qc_reference.json")
+    with caplog.at_level(logging.WARNING):
+        _predict(cli, run, phantom_dir, tmp_path / "out")
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("no quality model" in m for m in messages)
+    assert not any("no training reference" in m for m in messages)

@@ -16,6 +16,7 @@ from unetr_app import distributed, tracking
 from unetr_app.config import BudgetConfig, RunConfig, validate_run_config
 from unetr_app.data.dataset import find_dataset_dir, labelled_cases, split_cases
 from unetr_app.data.fingerprint import load_or_compute_fingerprint
+from unetr_app.quality.reference import keep_training_reference
 from unetr_app.data.manifest import load_manifest
 from unetr_app.data.splits import cases_for_fold
 from unetr_app.device import resolve_device
@@ -63,7 +64,9 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
         prepare_run_dir(run, resume)
         main_train_cases, _ = load_or_make_split(run, dataset, config, *fold, add_reviewed=add_reviewed)
         run.write_config(config)
-        load_or_compute_fingerprint(run_dir, main_train_cases, config.task.channel_modalities, config.training.seed)
+        main_fingerprint = load_or_compute_fingerprint(run_dir, main_train_cases, config.task.channel_modalities, config.training.seed)
+        keep_training_reference(run_dir, main_train_cases, config.task.labels, list(config.task.channel_modalities.values()),
+                                main_fingerprint)
     distributed.barrier(shard)
     train_cases, val_cases = load_or_make_split(run_dir, dataset, config)
     fingerprint = load_or_compute_fingerprint(run_dir, train_cases, config.task.channel_modalities, config.training.seed)

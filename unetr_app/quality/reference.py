@@ -87,6 +87,16 @@ def write_reference(path: Path, reference: dict) -> Path:
     return Path(path)
 
 
+def keep_training_reference(run_dir: Path, cases: list[dict], labels: dict[str, int], modalities: list[str],
+                            fingerprint: dict | None = None) -> None:
+    """Training writes RUN/qc_reference.json once, from its training cases (seconds: the scans are read
+    as the fingerprint reads them), so predict checks scans and mask volumes against them without
+    `unetr qc`; `unetr qc` writes it again beside the quality model it fits."""
+    path = Path(run_dir) / REFERENCE_NAME
+    if not path.is_file():
+        write_reference(path, compute_reference(cases, labels, modalities, fingerprint))
+
+
 def read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
