@@ -109,8 +109,8 @@ class IbotParams(DinoParams):
     patch_weight: float = Field(1.0, gt=0, description="weight of the masked patch-token term (iBOT: 1)")
 
 
-def dino_params(params: dict[str, Any] | None, recipe: str = "dino") -> DinoParams:
-    return validate_params(recipe, IbotParams if recipe == "ibot" else DinoParams, params)
+def dino_params(params: dict[str, Any] | None) -> DinoParams:
+    return validate_params("dino", DinoParams, params)
 
 
 # --- loss and schedules -----------------------------------------------------------------------------
