@@ -14,6 +14,11 @@ with the KL well above 0 at the end of the budget.
     ibot_lr5e-5    ibot    optimizer.lr 5e-5 (cpu-dino: 5e-4; DINO's rule lr = 5e-4 * batch / 256
     ibot_lr1e-5    ibot    optimizer.lr 1e-5          gives 8e-6 for 4 scans)
 
+Before any training, the same network at random initialisation (2 seeds) on one whole-body 48^3
+crop of each scan: the class token's mean cosine between scans, and the spread of the head's logits
+in units of the teacher temperature (0.04) across scans and, for patch tokens, across the patches of
+one scan. A spread well below 1 means centred targets near uniform from the first step.
+
     python benchmarks/ssl_monitors.py [--variants ...] [--work runs/recipes_fair]
 
 Runs live in runs/ssl_monitors/VARIANT; a finished one (result.json, made with the same settings)
@@ -30,11 +35,15 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from recipes_fair import PROFILE, dataset, read_back, settings_of, unlabelled_pool  # noqa: E402
 
 from unetr_app.config import load_run_config  # noqa: E402
+from unetr_app.data.multicrop import find_scans, preprocess_scans  # noqa: E402
+from unetr_app.models import create_model  # noqa: E402
+from unetr_app.training.recipes.dino_network import build_dino_network  # noqa: E402
 from unetr_app.io.run_dir import RunDir  # noqa: E402
 from unetr_app.pipelines.pretrain import pretrain  # noqa: E402
 from unetr_app.training.objectives import dino_phase  # noqa: E402
@@ -61,6 +70,27 @@ def variant_config(name: str):
     student = load_run_config("spleen", profile=PROFILE).model
     return load_run_config("spleen", model=student.name, profile="cpu-dino",
                            overrides={"model": {"params": dict(student.params)}, "recipe": {"name": method}, **overrides})
+
+
+@torch.no_grad()
+def spread_at_initialisation(scans: list[Path], seed: int) -> dict:
+    config = variant_config("ibot")
+    samples = preprocess_scans(find_scans(scans), config.preprocessing)
+    crops = torch.stack([F.interpolate(s["image"][None], size=tuple(config.preprocessing.roi_size), mode="trilinear")[0]
+                         for s in samples])
+    torch.manual_seed(seed)
+    params = config.recipe.params
+    network = build_dino_network(create_model(config.model.name, **config.model_kwargs()), params["out_dim"],
+                                 params["hidden_dim"], params["bottleneck_dim"]).eval()
+    classes, patches = network.encode(crops)
+    temperature = params["teacher_temp"]
+    logits, patch_logits = network.head(classes) / temperature, network.head(patches) / temperature
+    unit = F.normalize(classes, dim=-1)
+    cosine = (unit @ unit.T)[~torch.eye(len(unit), dtype=torch.bool)].mean()
+    return {"seed": seed, "scans": len(crops), "class_token_cosine_between_scans": round(float(cosine), 4),
+            "class_logit_std_across_scans_over_temp": round(float(logits.std(0).mean()), 3),
+            "patch_logit_std_across_patches_of_a_scan_over_temp": round(float(patch_logits.std(1).mean()), 3),
+            "patch_logit_std_across_scans_over_temp": round(float(patch_logits.std(0).mean()), 3)}
 
 
 def run_variant(name: str, scans: list[Path], out: Path) -> dict:
@@ -104,6 +134,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     scans = pretraining_scans(args.work)
+    at_start = [spread_at_initialisation(scans, seed) for seed in (0, 1)]
+    print(f"at initialisation: {at_start}", flush=True)
     results = {}
     for name in args.variants:
         results[name] = run_variant(name, scans, args.runs)
@@ -115,6 +147,7 @@ def main() -> None:
         "command": "python benchmarks/ssl_monitors.py " + " ".join(sys.argv[1:]),
         "target": "teacher entropy below 0.9 ln K and the teacher-student KL well above 0 at the end",
         "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads",
+        "at_initialisation": at_start,
         "variants": results,
     }
     args.out.write_text(json.dumps(report, indent=2))
