@@ -139,3 +139,22 @@ def test_each_method_pretrains_on_its_own_default_profile():
     config = load_run_config(None, profile="cpu-dino", overrides={"recipe": {"name": "ibot"}})
     settings = recipe_class("ibot").parse_params(config.recipe.params)
     assert settings.patch_weight == 1.0 and settings.out_dim == 1024  # iBOT's term on cpu-dino's head
+
+
+def test_ibot_resumes_exactly(cli, tmp_path, phantom_dir):
+    whole = cli("pretrain", phantom_dir / "imagesTr", "--method", "ibot", "--profile", TINY_DINO, "--device", "cpu",
+                "--out", tmp_path / "whole")
+    assert whole.exit_code == 0, whole.output
+    first = cli("pretrain", phantom_dir / "imagesTr", "--method", "ibot", "--profile", TINY_DINO, "--device", "cpu",
+                "--out", tmp_path / "split", "--steps", "1")
+    assert first.exit_code == 0, first.output
+    resumed = cli("pretrain", "--resume", "--out", tmp_path / "split", "--steps", "2", "--device", "cpu")
+    assert resumed.exit_code == 0, resumed.output
+    a, b = (load_checkpoint(tmp_path / run / "checkpoints" / "last.pt") for run in ("whole", "split"))
+    assert a["step"] == b["step"] == 2
+    for key, value in a["state_dict"].items():
+        assert torch.allclose(value, b["state_dict"][key], atol=1e-6), key
+    for key in ("center", "patch_center"):  # the patch term's own centre comes back too
+        assert torch.allclose(a["recipe"]["extra_state"][key], b["recipe"]["extra_state"][key], atol=1e-6), key
+    teacher_a, teacher_b = a["recipe"]["extra_state"]["teacher"], b["recipe"]["extra_state"]["teacher"]
+    assert all(torch.allclose(v, teacher_b[k], atol=1e-6) for k, v in teacher_a.items())

@@ -97,6 +97,7 @@ NARROW_DEIT = ["--model", "deit_tiny_distilled_patch16", "--set", "model.params.
 RECIPE_MODEL_ARGS = {"self_distill": NARROW_DEIT, "distill": NARROW_DEIT}
 # pretraining reads unlabelled scans through `unetr pretrain`; its exact resume has its own test
 OWN_RESUME_TEST = {"dino": "exact resume tested in tests/training/test_pretrain.py::test_resume_continues_exactly",
+                   "ibot": "exact resume tested in tests/training/test_pretrain.py::test_ibot_resumes_exactly",
                    "masked": "exact resume tested in tests/recipes/test_masked.py::test_a_masked_pretraining_run_resumes_exactly"}
 
 
