@@ -275,7 +275,7 @@ class Dino(Recipe):
         if self.training:
             self.center.copy_(updated_center(self.center, teacher, self.dino.center_momentum))
             if self.with_patches:
-                self.patch_center.copy_(updated_center(self.patch_center, teacher_out["patch_logits"], self.dino.center_momentum))
+                self.patch_center.copy_(updated_center(self.patch_center, teacher_patches, self.dino.center_momentum))
         return {"loss": loss, "output": student[0], **parts, **monitors}
 
     def after_step(self, step: int, total_steps: int) -> None:
