@@ -353,6 +353,9 @@ def run_benchmark(args, work: Path) -> dict:
             print(f"seed {seed} {arm:>16}: Dice {line}  ({runs[arm][-1]['train_seconds']:.0f} s)", flush=True)
     result = summarise(args, student, teacher, runs)
     result["pretraining"] = pretrained  # by method; empty: no pretrained arm was run
+    # the runs this result is made of, not every run in a --work folder other benchmarks share
+    made_of = [run for rows in runs.values() for run in rows] + [teacher or {}] + list(pretrained.values())
+    result["run_seconds_total"] = round(sum(run.get("train_seconds", 0.0) + run.get("score_seconds", 0.0) for run in made_of), 1)
     return result
 
 
@@ -466,9 +469,6 @@ def main() -> None:
     load_start = os.getloadavg()
     result = run_benchmark(args, args.work)
     result["wall_seconds_this_session"] = round(time.perf_counter() - started, 1)
-    result["run_seconds_total"] = round(sum(
-        r["train_seconds"] + r["score_seconds"]
-        for rows in [[json.loads(p.read_text())] for p in args.work.glob("*/result.json")] for r in rows), 1)
     result["load_average"] = {"start": load_start, "end": os.getloadavg()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
