@@ -105,8 +105,10 @@ def test_torchrun_pretraining_with_two_processes(tmp_path, phantom_dir):
     assert "teacher" in load_checkpoint(tmp_path / "ddp" / "checkpoints" / "last.pt")["recipe"]["extra_state"]
 
 
-def test_a_recipe_that_needs_labels_is_refused_naming_the_self_supervised_ones(cli, tmp_path, phantom_dir):
-    result = cli("pretrain", phantom_dir / "imagesTr", "--method", "supervised", "--profile", TINY_DINO, "--device", "cpu",
+@pytest.mark.parametrize("profile", [[], ["--profile", TINY_DINO]], ids=["default profile", "named profile"])
+def test_a_recipe_that_needs_labels_is_refused_naming_the_self_supervised_ones(cli, tmp_path, phantom_dir, profile):
+    # without --profile the refusal once lost to a search for a profile named after the recipe
+    result = cli("pretrain", phantom_dir / "imagesTr", "--method", "supervised", *profile, "--device", "cpu",
                  "--out", tmp_path / "run")
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output

@@ -33,13 +33,12 @@ def pretrain(
 
     Under `torchrun --nproc-per-node N -m unetr_app pretrain ...` it trains with DistributedDataParallel.
     """
-    from unetr_app.pipelines.pretrain import pretrain as pretrain_pipeline
+    from unetr_app.pipelines.pretrain import pretrain as pretrain_pipeline, pretraining_recipe
     from unetr_app.pipelines.train import with_budget
     from unetr_app.config import load_run_config, parse_overrides
     from unetr_app.errors import UsageError
     from unetr_app.io.run_dir import start_or_resume
     from unetr_app.training.progress import RichReporter
-    from unetr_app.training.recipes import recipe_class
 
     budget = budget_from(steps, minutes, epochs)
 
@@ -48,9 +47,8 @@ def pretrain(
             raise UsageError("give at least one folder of scans (IMAGES_DIR)")
         overrides = parse_overrides(set_ or [])
         overrides.setdefault("recipe", {})["name"] = method
-        # an unknown --method is named (with a suggestion) before any profile is looked for
-        default_profile = recipe_class(method).pretrain_profile
-        return load_run_config(task, model, profile or default_profile or f"cpu-{method}", overrides)
+        # an unknown or supervised --method is named before any profile is looked for
+        return load_run_config(task, model, profile or pretraining_recipe(method).pretrain_profile, overrides)
 
     start = start_or_resume(out, resume=resume, new_config=new_config, run_name=lambda c: f"pretrain-{method}-{c.model.name}")
     config, run = with_budget(start.config, budget, checkpoint_every), start.run

@@ -36,13 +36,20 @@ from unetr_app.training.state import seed_everything
 log = logging.getLogger(__name__)
 
 
+def pretraining_recipe(method: str):
+    """The recipe class of `--method`; an unknown name or a recipe that trains on labels is a one-line error."""
+    recipe = recipe_class(method)
+    if not recipe.self_supervised:
+        raise UsageError(f"--method {method}: that recipe trains on labels (use `unetr train`); "
+                         f"self-supervised recipes: {', '.join(list_recipes(self_supervised=True))}")
+    return recipe
+
+
 def pretrain(config: RunConfig, run_dir: Path, folders: list[Path] | None = None, device: str = "auto",
              resume: bool = False, reporter=None) -> dict | None:
     """Pretrain into `run_dir`; returns the summary (None on torchrun ranks > 0). A resumed run
     reads its scan list from the run folder."""
-    if not recipe_class(config.recipe.name).self_supervised:
-        raise UsageError(f"--method {config.recipe.name}: that recipe trains on labels (use `unetr train`); "
-                         f"self-supervised recipes: {', '.join(list_recipes(self_supervised=True))}")
+    pretraining_recipe(config.recipe.name)
     torch_device = resolve_device(device)
     with distributed.process_group("nccl" if torch_device.type == "cuda" else "gloo") as shard:
         return _pretrain(config, Path(run_dir), folders, distributed.device_for(shard, torch_device), resume, reporter, shard)
