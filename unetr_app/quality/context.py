@@ -61,6 +61,10 @@ class QualityKit:
 
 def load_quality_kit(checkpoint: Path, labels: dict[str, int]) -> QualityKit:
     found = {name: find_beside(checkpoint, name) for name in (REFERENCE_NAME, QC_MODEL_NAME, TEMPERATURE_NAME)}
+    # `unetr qc` fits its model on signals measured against the reference it writes beside it: a fold
+    # run's own reference (its training cases, kept by `unetr train`) must not replace that one
+    if (model := found[QC_MODEL_NAME]) and (model.parent / REFERENCE_NAME).is_file():
+        found[REFERENCE_NAME] = model.parent / REFERENCE_NAME
     data = {name: read_json(path, name) if path else None for name, path in found.items()}
     temperature = data[TEMPERATURE_NAME]
     return QualityKit(labels, data[REFERENCE_NAME], data[QC_MODEL_NAME], read_temperature(temperature, labels) if temperature else None)
