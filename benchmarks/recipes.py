@@ -77,7 +77,8 @@ def score(run_dir: Path, data: Path) -> dict:
     started = time.perf_counter()
     predictions = run_dir / "predictions"
     checkpoint = run_dir / "checkpoints" / "last.pt"  # the model after the whole budget (no validation picks another)
-    run_predict(PredictRequest(input=data / "imagesTs", output_dir=predictions, checkpoint=checkpoint, device="cpu", show_progress=False))
+    run_predict(PredictRequest(input=data / "imagesTs", output_dir=predictions, checkpoint=checkpoint, device="cpu", show_progress=False,
+                               postprocess=False))  # the network's own masks, as when these results were made
     evaluation = run_evaluate(predictions, data / "labelsTs", run_dir / "evaluation")
     per_case = {}
     for line in (run_dir / "evaluation" / "evaluation.csv").read_text().splitlines()[1:]:

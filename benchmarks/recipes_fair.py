@@ -161,8 +161,9 @@ def score(run_dir: Path, data: Path, head: str | None = None) -> dict[str, float
     for folder in (predictions, evaluation):
         shutil.rmtree(folder, ignore_errors=True)
     with prediction_head(head):
-        run_predict(PredictRequest(input=data / "imagesTs", output_dir=predictions,
-                                   checkpoint=run_dir / "checkpoints" / "last.pt", device="cpu", show_progress=False))
+        # the network's own masks: no post-processing (training decides one beside the run)
+        run_predict(PredictRequest(input=data / "imagesTs", output_dir=predictions, checkpoint=run_dir / "checkpoints" / "last.pt",
+                                   device="cpu", show_progress=False, postprocess=False))
     run_evaluate(predictions, data / "labelsTs", evaluation)
     per_case = {}
     for line in (evaluation / "evaluation.csv").read_text().splitlines()[1:]:

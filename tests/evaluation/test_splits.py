@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -105,3 +106,31 @@ def test_post_processing_is_decided_when_the_last_fold_finishes(cli, dataset, ti
     decision = json.loads((experiment / "postprocessing.json").read_text(encoding="utf-8"))
     assert sorted(Path(r).name for r in decision["runs"]) == ["fold_0", "fold_1"]
     assert decision["validation_cases"] == len(_cases(dataset))  # every case validated once over the two folds
+    # a fold run decides nothing of its own: its decision would shadow the experiment's at predict time
+    assert not any((experiment / fold / "postprocessing.json").exists() for fold in ("fold_0", "fold_1", "other_model"))
+
+
+def test_a_run_of_its_own_decides_post_processing_on_its_validation_cases(cli, dataset, tiny_profile, tmp_path):
+    result = cli("train", "--data-dir", dataset, "--profile", tiny_profile, "--steps", "2", "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    split = json.loads((tmp_path / "run" / "split.json").read_text(encoding="utf-8"))
+    decision = json.loads((tmp_path / "run" / "postprocessing.json").read_text(encoding="utf-8"))
+    assert decision["runs"] == [str(tmp_path / "run")] and decision["validation_cases"] == len(split["validation"]) > 0
+    assert "post-processing decided on the validation cases" in result.output
+
+
+def test_validation_predictions_are_made_again_for_a_newer_checkpoint(cli, dataset, tiny_profile, tmp_path):
+    from unetr_app.io.checkpoint import resolve_checkpoint_path
+    from unetr_app.pipelines.postprocess import predict_validation
+
+    run = tmp_path / "run"
+    assert cli("train", "--data-dir", dataset, "--profile", tiny_profile, "--steps", "2", "--out", run).exit_code == 0
+    report = run / "validation" / "predict_report.json"
+    made = report.stat().st_mtime_ns
+    predict_validation(run, "cpu")
+    assert report.stat().st_mtime_ns == made  # the same checkpoint: read back
+    checkpoint = resolve_checkpoint_path(run)
+    later = made + 5_000_000_000
+    os.utime(checkpoint, ns=(later, later))  # as when training goes on and finds a better step
+    predict_validation(run, "cpu")
+    assert report.stat().st_mtime_ns != made

@@ -99,5 +99,6 @@ def train(
     console.print(
         f"{dice} ({summary['steps']} steps, {summary['epochs']:.1f} epochs, {summary['seconds']:.0f} s)\n"
         f"results: {run.summary}, {run.curves}, checkpoints in {run.checkpoints}/"
+        + (f"; post-processing decided on the validation cases: {run.postprocessing}" if run.postprocessing.is_file() else "")
     )
 

@@ -48,11 +48,12 @@ def _has_checkpoint(run_dir: Path) -> bool:
 
 def predict_validation(run_dir: Path, device: str = "auto", show_progress: bool = False) -> list:
     """Predict a run's validation cases with its best checkpoint into RUN/validation/ (no post-processing).
-    Done once: when every case is already predicted, the records (with their seconds) are read back."""
+    Done once per checkpoint: when every case is already predicted by it, the records (with their seconds) are read back."""
     split = RunDir(run_dir).read_split()
     cases = [source_for(c["image"]) for c in split["validation"]]  # a file, a DICOM folder or a list of channel files
     report = RunDir(run_dir).validation / REPORT_NAME
-    if report.is_file():
+    # a run trained further since (a newer best checkpoint) predicts its validation cases again
+    if report.is_file() and report.stat().st_mtime >= resolve_checkpoint_path(run_dir).stat().st_mtime:
         done = [CaseRecord(**case) for case in json.loads(report.read_text(encoding="utf-8"))["cases"]]
         if {r.case for r in done if r.status == OK} >= {c.name for c in cases}:
             return done

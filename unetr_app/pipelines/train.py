@@ -117,6 +117,12 @@ def _train(config, run_dir, data_dir, device, resume, reporter, checkpoint_extra
     if fold_runs := finished_fold_runs(run_dir):  # the split records the fold, also when resumed without --fold
         log.info("every fold in %s is done: deciding post-processing on the cross-validation predictions", run_dir.parent)
         run_postprocess(run_dir.parent, str(device), runs=fold_runs)
+    elif val_cases and run.read_split().get("fold") is None:
+        # a run outside cross-validation decides on its validation cases what an experiment decides on
+        # its folds'; a fold run's own decision would shadow the experiment's (found above it), and
+        # `--fold all` watches cases it trains on
+        log.info("deciding post-processing on the %d validation cases of %s", len(val_cases), run_dir)
+        run_postprocess(run_dir, str(device), runs=[run_dir])
     return summary
 
 
