@@ -85,3 +85,33 @@ def test_a_model_monai_lacks_ships_its_code_in_the_bundle(cli, tmp_path):
     assert run.returncode == 0, run.stderr[-2000:]
     with torch.inference_mode():
         torch.testing.assert_close(torch.load(tmp_path / "y.pt", weights_only=True), load_model(checkpoint).model(x), rtol=0, atol=1e-6)
+
+
+def test_the_bundle_carries_the_post_processing_predict_applies(cli, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from tests.predict.predict_helpers import echo_checkpoint
+    from unetr_app.evaluation.postprocess import Postprocessing
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    checkpoint = echo_checkpoint(run / "checkpoints", spacing=(2.0, 2.0, 2.0), classes=3)
+    steps = Postprocessing(largest_component=(2,), min_volume_mm3={1: 100.0})
+    (run / "postprocessing.json").write_text(json.dumps(steps.to_dict()), encoding="utf-8")
+    assert cli("export", checkpoint, tmp_path / "bundle").exit_code == 0
+
+    parser = ConfigParser()
+    parser.read_config(str(tmp_path / "bundle" / "configs" / "inference.json"))
+    transforms = parser.get("postprocessing")["transforms"]
+    ours = [t for t in transforms if t["_target_"] == "KeepLargestConnectedComponentd"]
+    assert [t["applied_labels"] for t in ours] == [[2]]
+    labels = np.zeros((20, 20, 20), np.uint8)
+    labels[2:8, 2:8, 2:8] = 2
+    labels[12:14, 12:14, 12:14] = 2  # a stray component of label 2
+    labels[14, 14, 14] = 2  # touching the one above only at a corner: 26-connected, one component
+    labels[10:12, 2:4, 2:4] = 1
+    keep = ConfigParser({"t": ours[0]}).get_parsed_content("t")
+    monai_result = np.asarray(keep({"pred": torch.from_numpy(labels[None])})["pred"][0])
+    np.testing.assert_array_equal(monai_result, Postprocessing(largest_component=(2,)).apply(labels, (2.0, 2.0, 2.0)))
+    readme = (tmp_path / "bundle" / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "largest component of labels [2]" in readme and "100 mm3 of label 1" in readme

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from unetr_app.evaluation.postprocess import Postprocessing, find_postprocessing, read_postprocessing
 from unetr_app.export.card import CARD_JSON, CARD_MARKDOWN, build_card, find_card_runs, render_markdown, sha256
 from unetr_app.export.monai_weights import MonaiNetwork, NotMonaiEquivalent, monai_network
 from unetr_app.io.checkpoint import LoadedModel
@@ -102,6 +103,7 @@ def inference_config(loaded: LoadedModel, network_def: dict[str, Any]) -> dict[s
             {"_target_": "Lambdad", "keys": "pred",
              "func": "$lambda p: torch.cat([p[:1] + 1.0 - p.sum(0, keepdim=True), p[1:]])"},
             {"_target_": "AsDiscreted", "keys": "pred", "argmax": True},
+            *_postprocessing_steps(loaded),
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "seg",
              "output_dtype": "$numpy.uint8", "separate_folder": False, "resample": False, "print_log": False},
         ]},
@@ -116,6 +118,20 @@ def inference_config(loaded: LoadedModel, network_def: dict[str, Any]) -> dict[s
         },
         "run": ["$@evaluator.run()"],
     }
+
+
+def _postprocessing_steps(loaded: LoadedModel) -> list[dict[str, Any]]:
+    """The post-processing `unetr predict` applies beside this checkpoint, as MONAI transforms (largest
+    component per label, 26-connected like cc3d's); removing small components has no MONAI transform
+    that works on a label map, so the bundle's README names it instead."""
+    steps = _postprocessing(loaded)
+    return [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [value], "is_onehot": False,
+             "connectivity": 3} for value in (steps.largest_component if steps else ())]
+
+
+def _postprocessing(loaded: LoadedModel) -> Postprocessing | None:
+    found = find_postprocessing(loaded.path)
+    return read_postprocessing(found) if found else None
 
 
 def _preprocessing(pre) -> list[dict[str, Any]]:
@@ -218,9 +234,22 @@ python -m monai.bundle run --config_file configs/inference.json --dataset_dir /p
 ```
 
 Each mask (`<scan>_seg.nii.gz`, uint8 labels) lies on its scan's own grid (shape and affine).
-
+{_postprocessing_note(loaded)}
 Not for diagnostic use.
 """
+
+
+def _postprocessing_note(loaded: LoadedModel) -> str:
+    steps = _postprocessing(loaded)
+    if steps is None or steps.is_identity:
+        return "No post-processing was decided for this model.\n"
+    note = ""
+    if steps.largest_component:
+        note += f"Post-processing decided on validation cases, in `configs/inference.json`: keep the largest component of labels {list(steps.largest_component)}.\n"
+    if steps.min_volume_mm3:
+        note += ("Post-processing decided on validation cases but not in the bundle (no MONAI transform does it on a label map): remove components smaller than "
+                 + ", ".join(f"{v:g} mm3 of label {k}" for k, v in steps.min_volume_mm3.items()) + "; `unetr predict` applies it.\n")
+    return note
 
 
 def _write_json(path: Path, data: dict) -> None:
