@@ -150,6 +150,12 @@ def find_postprocessing(checkpoint: Path) -> Path | None:
     return next((place / POSTPROCESSING_FILE for place in places if (place / POSTPROCESSING_FILE).is_file()), None)
 
 
+def postprocessing_for(checkpoint: Path) -> Postprocessing | None:
+    """The decision that applies to a checkpoint (see `find_postprocessing`), None where none was made."""
+    found = find_postprocessing(checkpoint)
+    return read_postprocessing(found) if found else None
+
+
 def read_postprocessing(path: Path) -> Postprocessing:
     try:
         return Postprocessing.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

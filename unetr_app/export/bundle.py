@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from unetr_app.evaluation.postprocess import Postprocessing, find_postprocessing, read_postprocessing
+from unetr_app.evaluation.postprocess import postprocessing_for
 from unetr_app.export.card import CARD_JSON, CARD_MARKDOWN, build_card, find_card_runs, render_markdown, sha256
 from unetr_app.export.monai_weights import MonaiNetwork, NotMonaiEquivalent, monai_network
 from unetr_app.io.checkpoint import LoadedModel
@@ -124,14 +124,9 @@ def _postprocessing_steps(loaded: LoadedModel) -> list[dict[str, Any]]:
     """The post-processing `unetr predict` applies beside this checkpoint, as MONAI transforms (largest
     component per label, 26-connected like cc3d's); removing small components has no MONAI transform
     that works on a label map, so the bundle's README names it instead."""
-    steps = _postprocessing(loaded)
+    steps = postprocessing_for(loaded.path)
     return [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [value], "is_onehot": False,
              "connectivity": 3} for value in (steps.largest_component if steps else ())]
-
-
-def _postprocessing(loaded: LoadedModel) -> Postprocessing | None:
-    found = find_postprocessing(loaded.path)
-    return read_postprocessing(found) if found else None
 
 
 def _preprocessing(pre) -> list[dict[str, Any]]:
@@ -240,7 +235,7 @@ Not for diagnostic use.
 
 
 def _postprocessing_note(loaded: LoadedModel) -> str:
-    steps = _postprocessing(loaded)
+    steps = postprocessing_for(loaded.path)
     if steps is None or steps.is_identity:
         return "No post-processing was decided for this model.\n"
     note = ""

@@ -2,7 +2,8 @@
 
 The recipe: the training cases give the reference (intensity histograms, air and fat shares, label
 volumes, spacings); every run predicts its validation cases with all mirrored passes and the
-post-processing `unetr predict` applies (the masks it will judge), and each prediction's signals are paired with its measured Dice; a ridge regression of Dice on the signals
+post-processing `unetr predict` applies (the masks it will judge), and each prediction's signals
+are paired with its measured Dice; a ridge regression of Dice on the signals
 is the quality model (its fit without the agreement signal learns from one unmirrored pass per
 case, the masks that have no agreement signal). It also records whether the mirrored passes
 scored above one unmirrored pass: a model trained with few flips can be worse mirrored, and
@@ -22,7 +23,7 @@ import numpy as np
 
 from unetr_app.device import resolve_device
 from unetr_app.errors import UsageError
-from unetr_app.evaluation.postprocess import find_postprocessing, read_postprocessing
+from unetr_app.evaluation.postprocess import postprocessing_for
 from unetr_app.inference.predictor import PredictSettings, Predictor
 from unetr_app.io.atomic import atomic_write_text
 from unetr_app.io.checkpoint import load_model
@@ -57,9 +58,7 @@ def run_fit_quality(folder: Path, device: str = "auto", mirrors: bool = True) ->
     for run, split in zip(runs, splits):
         loaded = load_model(run, torch_device)
         # the masks predict will write: with the post-processing it applies beside this checkpoint
-        steps = find_postprocessing(loaded.path)
-        settings = PredictSettings(device=torch_device, tta=mirrors, postprocessing=read_postprocessing(steps) if steps else None)
-        predictor = Predictor(loaded, settings)
+        predictor = Predictor(loaded, PredictSettings(device=torch_device, tta=mirrors, postprocessing=postprocessing_for(loaded.path)))
         for case in split["validation"]:
             rows.append(_validation_case(predictor, case, reference, labels, voxels))
     single_pass = ([r["single_pass_signals"] for r in rows], [r["single_pass_dice"] for r in rows]) if mirrors else None
