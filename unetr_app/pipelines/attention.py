@@ -128,4 +128,5 @@ def write_montage(image: np.ndarray, maps: np.ndarray, path: Path, title: str = 
 
 def _overlay(grey: np.ndarray, weight: np.ndarray, colour: np.ndarray) -> np.ndarray:
     alpha = 0.75 * np.clip(weight, 0, 1)[..., None]
-    return grey * (1 - alpha) + alpha * np.broadcast_to(colour, grey.shape)
+    # clipped: float rounding leaves values a hair above 1, which matplotlib warns about
+    return np.clip(grey * (1 - alpha) + alpha * np.broadcast_to(colour, grey.shape), 0.0, 1.0)
