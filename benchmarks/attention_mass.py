@@ -98,7 +98,6 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--out", type=Path, default=RESULTS / "attention_mass.json")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     dataset = args.work / "Task09_Spleen"
     scans = sorted((p, dataset / "labelsTs" / p.name) for p in (dataset / "imagesTs").glob("*.nii.gz"))
     if not scans:
