@@ -41,3 +41,12 @@ def test_profile_params_for_another_model_are_an_error(tmp_path):
 
 def test_profile_without_model_sizes_takes_any_model():
     assert load_run_config("spleen", model="swin_t", profile="gpu-default").model.name == "swin_t"
+
+
+@pytest.mark.parametrize("name", ["segresnet_small", "unet_small", "dynunet_small"])
+def test_cpu_recipes_sizes_its_cnns_as_cpu_demo_does(name):
+    """The recipes' teacher and the committed comparison's CNNs are cpu-demo's CNNs, not full-size ones."""
+    recipes = load_run_config("spleen", model=name, profile="cpu-recipes")
+    demo = load_run_config("spleen", model=name, profile="cpu-demo")
+    assert recipes.model.params and recipes.model.params == demo.model.params
+    assert recipes.preprocessing.roi_size == demo.preprocessing.roi_size
