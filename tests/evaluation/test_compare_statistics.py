@@ -144,9 +144,14 @@ def test_each_fold_gets_the_post_processing_its_own_cases_did_not_choose():
     fold1 = [ValidationCase(f"b{i}", two.copy(), two, spacing) for i in range(2)]
     labels = {"background": 0, "spleen": 1}
 
-    decisions = nested_decisions({0: fold0, 1: fold1}, labels)
+    decided = nested_decisions({0: fold0, 1: fold1}, labels)
+    decisions = {fold: steps for fold, (steps, _) in decided.items()}
     assert describe(decisions[0]) == "none"  # decided on fold 1, where removing parts only hurts
     assert decisions[1] == Postprocessing(largest_component=(1,))  # decided on fold 0
+    kept = [t for t in decided[1][1] if t["kept"]]  # the trial that chose it, scored on fold 0's cases
+    assert [t["step"] for t in kept] == ["keep largest component"]
+    assert kept[0]["dice_before"] == pytest.approx(2 * 512 / (513 + 512), abs=1e-6) and kept[0]["dice_after"] == pytest.approx(1.0)
+    assert not any(t["kept"] for t in decided[0][1])
     after = case_dice(decisions[1].apply(fold1[0].prediction, spacing), fold1[0].reference, labels)
     assert after == pytest.approx(2 * 512 / (512 + 539))  # the small true part lost: reported as such, not hidden
     assert case_dice(decisions[0].apply(fold0[0].prediction, spacing), fold0[0].reference, labels) == pytest.approx(2 * 512 / (512 + 513))

@@ -263,9 +263,10 @@ def scored_cases(run_dir: Path) -> list[ValidationCase]:
     return validation_cases(run_dir, Path(run_dir) / SCORED_FOLDER)
 
 
-def nested_decisions(cases_by_fold: dict[int, list[ValidationCase]], labels: dict[str, int]) -> dict[int, Postprocessing]:
-    """Each fold's post-processing, decided on the other folds' cases only: its own cases choose nothing."""
-    return {fold: decide_postprocessing([c for other, cases in cases_by_fold.items() if other != fold for c in cases], labels)[0] for fold in cases_by_fold}
+def nested_decisions(cases_by_fold: dict[int, list[ValidationCase]], labels: dict[str, int]) -> dict[int, tuple[Postprocessing, list[dict]]]:
+    """Each fold's post-processing and the trials that chose it, decided on the other folds' cases
+    only: its own cases choose nothing."""
+    return {fold: decide_postprocessing([c for other, cases in cases_by_fold.items() if other != fold for c in cases], labels) for fold in cases_by_fold}
 
 
 def _nested_postprocess(runs: list[RunResult], say) -> None:
@@ -276,9 +277,11 @@ def _nested_postprocess(runs: list[RunResult], say) -> None:
         labels = run_labels(Path(runs[0].run_dir))
         cases = {run.fold: scored_cases(Path(run.run_dir)) for run in runs}
         decisions = nested_decisions(cases, labels)
+        # the trials (mean Dice of the other folds before and after each step) show by how much a step won
         record = {str(fold): {"decision": steps.to_dict(), "described": describe(steps),
-                              "case_dice": {c.name: case_dice(steps.apply(c.prediction, c.spacing), c.reference, labels) for c in cases[fold]}}
-                  for fold, steps in decisions.items()}
+                              "case_dice": {c.name: case_dice(steps.apply(c.prediction, c.spacing), c.reference, labels) for c in cases[fold]},
+                              "trials_on_other_folds": trials}
+                  for fold, (steps, trials) in decisions.items()}
         atomic_write_text(target, json.dumps(record, indent=2) + "\n")
     record = json.loads(target.read_text(encoding="utf-8"))
     for run in runs:
