@@ -5,8 +5,8 @@
 Reads the runs `python benchmarks/recipes_fair.py` left in `--work` (nothing is trained here):
 - `plain-S`: the supervised student after its whole budget (last checkpoint), seeds S;
 - `ibot_pretrain`: the self-supervised pretraining run (DINO + masked patch tokens), its teacher;
-- the same architecture with random weights (the reference every trained map is read against: cropping the scan to the body already concentrates
-  a random network's attention), one random network per seed.
+- the same architecture with random weights, one per seed: the reference every trained map is
+  read against (cropping the scan to the body already concentrates a random network's attention).
 
 For every held-out scan (`Task09_Spleen/imagesTs` with `labelsTs`, scans no run trained or
 pretrained on) it computes `unetr attention`'s maps on the scan's own grid and the share of each
@@ -35,14 +35,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from unetr_app.config import PreprocessingConfig  # noqa: E402
-from unetr_app.data.multicrop import preprocessing_after_load  # noqa: E402
-from unetr_app.data.transforms import IMAGE, volume_tensor  # noqa: E402
 from unetr_app.io.checkpoint import load_checkpoint  # noqa: E402
 from unetr_app.io.scans import find_cases, read_volume  # noqa: E402
 from unetr_app.models import create_model  # noqa: E402
-from unetr_app.models.attention_maps import attention_volume, find_token_encoder  # noqa: E402
-from unetr_app.pipelines.attention import load_attention_network, to_input_grid, write_montage  # noqa: E402
+from unetr_app.models.attention_maps import find_token_encoder  # noqa: E402
+from unetr_app.pipelines.attention import attention_on_scan, load_attention_network, write_montage  # noqa: E402
 from unetr_app.training.init import run_checkpoint  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,15 +65,12 @@ def random_network(checkpoint: Path, seed: int, with_class_token: bool):
 
 def mass_on_scans(encoder, class_token, preprocessing: dict, scans: list[tuple[Path, Path]], montage: Path | None = None) -> dict:
     """Per head and per structure: attention share and voxel share, averaged over the scans."""
-    prepare = preprocessing_after_load(PreprocessingConfig.model_validate(preprocessing))
     shares, voxels = [], []
     for index, (image_path, label_path) in enumerate(scans):
         volume = read_volume(find_cases(image_path)[0])
-        prepared = prepare({IMAGE: volume_tensor(volume)})[IMAGE]
-        maps = attention_volume(encoder, prepared.as_tensor().float(), class_token)
+        prepared, maps, on_input = attention_on_scan(encoder, class_token, preprocessing, volume)
         if montage is not None and index == 0:
             write_montage(prepared.as_tensor()[0].numpy(), maps.numpy(), montage, title=f"{montage.stem}: {image_path.name}")
-        on_input = to_input_grid(maps, prepared.affine, volume.array.shape, volume.affine)  # (heads, *shape)
         total = on_input.reshape(on_input.shape[0], -1).sum(axis=1)
         masks = structures(volume.array, np.asarray(nib.load(label_path).dataobj))
         shares.append({name: (on_input[:, mask].sum(axis=1) / total).tolist() for name, mask in masks.items()})

@@ -39,18 +39,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from unetr_app.pipelines.attention import attention as attention_pipeline  # noqa: E402
-from unetr_app.pipelines.attention import load_attention_network, to_input_grid  # noqa: E402
+from unetr_app.pipelines.attention import attention_on_scan, load_attention_network  # noqa: E402
 from unetr_app.pipelines.pretrain import pretrain  # noqa: E402
 from unetr_app.pipelines.train import with_budget  # noqa: E402
 from unetr_app.config import BudgetConfig, load_run_config, validate_run_config  # noqa: E402
-from unetr_app.data.multicrop import preprocessing_after_load  # noqa: E402
 from unetr_app.data.phantom import write_phantom_dataset  # noqa: E402
-from unetr_app.data.transforms import IMAGE  # noqa: E402
 from unetr_app.inference.predictor import PredictSettings, Predictor  # noqa: E402
 from unetr_app.io.checkpoint import load_model  # noqa: E402
 from unetr_app.io.scans import find_cases, read_volume  # noqa: E402
 from unetr_app.models import create_model  # noqa: E402
-from unetr_app.models.attention_maps import attention_volume  # noqa: E402
 from unetr_app.training.init import init_encoder  # noqa: E402
 from unetr_app.training.loaders import build_loaders  # noqa: E402
 from unetr_app.training.recipes.dino import build_dino_network, dino_params  # noqa: E402
@@ -168,22 +165,15 @@ def attention_mass(run: Path | None, tests: list[tuple[Path, Path]], config=None
     """Mean over test scans and heads of the attention mass inside the body (HU > -500) and the organ."""
     if run is not None:
         encoder, class_token, checkpoint = load_attention_network(run)
-        from unetr_app.config import PreprocessingConfig
-
-        pre = PreprocessingConfig.model_validate(checkpoint["preprocessing"])
+        pre = checkpoint["preprocessing"]
     else:
         torch.manual_seed(12345)
         network = build_dino_network(create_model(config.model.name, **config.model_kwargs()), **{k: getattr(dino_params(config.recipe.params), k) for k in ("out_dim", "hidden_dim", "bottleneck_dim")})
-        encoder, class_token, pre = network.token_encoder(), network.cls_token.detach(), config.preprocessing
-    prepare = preprocessing_after_load(pre)
+        encoder, class_token, pre = network.token_encoder(), network.cls_token.detach(), config.preprocessing.model_dump()
     body, organ, body_voxels, organ_voxels = [], [], [], []
-    from monai.data import MetaTensor
-
     for image, label in tests:
         volume = read_volume(find_cases(image)[0])
-        prepared = prepare({IMAGE: MetaTensor(torch.from_numpy(volume.array)[None], affine=torch.from_numpy(volume.affine))})[IMAGE]
-        maps = attention_volume(encoder, prepared.as_tensor().float(), class_token)
-        on_input = to_input_grid(maps, prepared.affine, volume.array.shape, volume.affine)  # (heads, *shape)
+        _, _, on_input = attention_on_scan(encoder, class_token, pre, volume)  # (heads, *shape)
         inside, truth = volume.array > -500, np.asarray(nib.load(label).dataobj) > 0
         total = on_input.reshape(on_input.shape[0], -1).sum(axis=1)
         body.append(float(np.mean(on_input[:, inside].sum(axis=1) / total)))

@@ -49,13 +49,7 @@ def attention(checkpoint: str | Path, scan: str | Path, out_dir: str | Path, ove
     out_dir.mkdir(parents=True, exist_ok=True)
 
     volume = read_volume(cases[0])
-    from unetr_app.config import PreprocessingConfig
-
-    prepared = preprocessing_after_load(PreprocessingConfig.model_validate(data["preprocessing"]))(
-        {IMAGE: volume_tensor(volume)}
-    )[IMAGE]
-    maps = attention_volume(encoder, prepared.as_tensor().float(), class_token)  # (heads, *preprocessed)
-    on_input = to_input_grid(maps, prepared.affine, volume.array.shape, volume.affine)
+    prepared, maps, on_input = attention_on_scan(encoder, class_token, data["preprocessing"], volume)
     for head, target in enumerate(targets):
         write_like(volume, on_input[head], target, dtype=np.float32)
     write_montage(prepared.as_tensor()[0].numpy(), maps.numpy(), montage, title=f"{cases[0].name}: last-block attention per head")
@@ -77,6 +71,16 @@ def load_attention_network(checkpoint: str | Path, key: str = "teacher") -> tupl
         model.load_state_dict(weights)
     model.eval()
     return encoder, class_token, data
+
+
+def attention_on_scan(encoder: TokenEncoder, class_token: torch.Tensor | None, preprocessing: dict, volume) -> tuple:
+    """(the preprocessed image (C, *grid), its maps (heads, *grid), the maps on the scan's own grid
+    (heads, *shape)) for one scan, preprocessed as the checkpoint's `preprocessing` says."""
+    from unetr_app.config import PreprocessingConfig
+
+    prepared = preprocessing_after_load(PreprocessingConfig.model_validate(preprocessing))({IMAGE: volume_tensor(volume)})[IMAGE]
+    maps = attention_volume(encoder, prepared.as_tensor().float(), class_token)
+    return prepared, maps, to_input_grid(maps, prepared.affine, volume.array.shape, volume.affine)
 
 
 def to_input_grid(maps: torch.Tensor, affine, shape: tuple[int, ...], input_affine: np.ndarray) -> np.ndarray:
