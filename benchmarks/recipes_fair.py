@@ -17,6 +17,7 @@ every arm: the arms are paired by seed).
     channel           distill       channel-wise (Shu et al.), alpha 0.5, T 4
     soft_unlabelled   distill       soft, alpha 0.5, T 3, and the same term on `--unlabelled-scans`
                                     other phantom scans without labels (another phantom seed)
+    hard_unlabelled   distill       hard, alpha 0.5, and the teacher's masks on the same scans (self-training)
     byot              self_distill  Be Your Own Teacher, equal head weights (the paper's sum)
     deep_supervision  self_distill  labels only on every head, equal weights (BYOT's control)
     nnunet            self_distill  labels only, weights 1/2^i with the coarsest 0
@@ -93,6 +94,7 @@ ARMS = {
     "hard": ("distill", {"mode": "hard", "alpha": 0.5}),
     "channel": ("distill", {"mode": "channel", "alpha": 0.5, "temperature": 4.0}),
     "soft_unlabelled": ("distill", {"mode": "soft", "alpha": 0.5, "temperature": 3.0, "unlabelled": "pool"}),
+    "hard_unlabelled": ("distill", {"mode": "hard", "alpha": 0.5, "unlabelled": "pool"}),
     "byot": ("self_distill", {"mode": "byot", "weights": "equal"}),
     "deep_supervision": ("self_distill", {"mode": "deep_supervision", "weights": "equal"}),
     "nnunet": ("self_distill", {"mode": "deep_supervision", "weights": "nnunet"}),

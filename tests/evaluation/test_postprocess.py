@@ -62,3 +62,22 @@ def test_apply_measures_volumes_in_mm3():
     two_labels = _box((20, 20, 20), (10, 10, 10), (12, 12, 12), value=2, into=labels)
     kept = Postprocessing(largest_component=(1,)).apply(two_labels, (1.0, 1.0, 1.0))
     np.testing.assert_array_equal(kept, two_labels)  # other labels are never touched
+
+
+def test_largest_component_spares_organ_sized_pieces_as_nnunet_v1_guards():
+    """Decided on cases with a stray blob, 'largest component' is guarded by the smallest largest
+    component seen (the organ): on a new scan where a false positive outgrows the organ, the organ stays."""
+    reference = organ()
+    with_blob = _box(reference.shape, (32, 32, 32), (35, 35, 35), into=reference)  # + a 27-voxel stray blob
+    steps, _ = decide_postprocessing([ValidationCase("c", with_blob, reference, SPACING)], LABELS, min_volumes_mm3=())
+    assert steps.largest_component == (1,)
+    assert steps.largest_component_guard_mm3 == {1: 1728 * 8.0}  # the organ's predicted volume, in mm3
+    new_scan = _box(reference.shape, (0, 25, 0), (14, 40, 40), into=reference)  # a false positive larger than the organ
+    new_scan = _box(reference.shape, (32, 2, 32), (34, 4, 34), into=new_scan)  # and an 8-voxel stray blob
+    kept = steps.apply(new_scan, SPACING)
+    assert (kept[10:22, 10:22, 10:22] == 1).all()  # the organ survives
+    assert kept[32:34, 2:4, 32:34].sum() == 0  # the small blob does not
+    assert kept[0:14, 25:40, 0:40].all()  # the largest component (the false positive) is kept, as before
+    unguarded = Postprocessing.from_dict({"largest_component": [1], "min_volume_mm3": {}})  # a decision written before the guard
+    assert unguarded.apply(new_scan, SPACING)[10:22, 10:22, 10:22].sum() == 0  # applies as it was measured
+    assert Postprocessing.from_dict(steps.to_dict()) == steps

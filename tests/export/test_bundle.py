@@ -115,3 +115,10 @@ def test_the_bundle_carries_the_post_processing_predict_applies(cli, tmp_path):
     np.testing.assert_array_equal(monai_result, Postprocessing(largest_component=(2,)).apply(labels, (2.0, 2.0, 2.0)))
     readme = (tmp_path / "bundle" / "docs" / "README.md").read_text(encoding="utf-8")
     assert "largest component of labels [2]" in readme and "100 mm3 of label 1" in readme
+
+    # the guard (organ-sized components kept too) has no MONAI transform: the README says how predict differs
+    guarded = Postprocessing(largest_component=(2,), largest_component_guard_mm3={2: 500.0})
+    (run / "postprocessing.json").write_text(json.dumps(guarded.to_dict()), encoding="utf-8")
+    assert cli("export", checkpoint, tmp_path / "guarded").exit_code == 0
+    readme = (tmp_path / "guarded" / "docs" / "README.md").read_text(encoding="utf-8")
+    assert "largest component of labels [2]" in readme and "other components of at least 500 mm3 of label 2" in readme

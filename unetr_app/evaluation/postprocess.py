@@ -4,7 +4,10 @@ Two steps are tried per label, each kept only if it raises that label's mean Dic
 validation cases (removing voxels of one label never changes another label's Dice, so labels are
 decided one by one):
 
-1. keep only the largest connected component of the label (organs such as the spleen are one piece);
+1. keep only the largest connected component of the label (organs such as the spleen are one piece),
+   and with it every other component at least as large as the smallest largest component of any
+   validation prediction (nnU-Net v1's guard: on a scan where a false positive outgrows the organ,
+   the organ is not deleted);
 2. remove the label's components smaller than V mm^3 (the best of the candidate volumes that helps).
 
 Connected components come from `cc3d` (connected-components-3d), 26-connected.
@@ -46,6 +49,8 @@ class Postprocessing:
     """What to do to a predicted label map; the default does nothing."""
 
     largest_component: tuple[int, ...] = ()  # label values reduced to their largest component
+    # label value -> components at least this large survive "largest component" too (none: only the largest)
+    largest_component_guard_mm3: dict[int, float] = field(default_factory=dict)
     min_volume_mm3: dict[int, float] = field(default_factory=dict)  # label value -> smallest component kept
 
     def apply(self, labels: np.ndarray, spacing: Iterable[float]) -> np.ndarray:
@@ -54,7 +59,7 @@ class Postprocessing:
         voxel_mm3 = float(np.prod(list(spacing)))
         out = labels.copy()
         for value in self.largest_component:
-            out = keep_largest_component(out, value)
+            out = keep_largest_component(out, value, self.largest_component_guard_mm3.get(value, np.inf) / voxel_mm3)
         for value, volume in self.min_volume_mm3.items():
             out = remove_small_components(out, value, volume / voxel_mm3)
         return out
@@ -64,25 +69,43 @@ class Postprocessing:
         return not self.largest_component and not self.min_volume_mm3
 
     def to_dict(self) -> dict:
-        return {"largest_component": list(self.largest_component), "min_volume_mm3": {str(k): v for k, v in self.min_volume_mm3.items()}}
+        return {"largest_component": list(self.largest_component),
+                "largest_component_guard_mm3": {str(k): v for k, v in self.largest_component_guard_mm3.items()},
+                "min_volume_mm3": {str(k): v for k, v in self.min_volume_mm3.items()}}
 
     @classmethod
     def from_dict(cls, data: dict) -> "Postprocessing":
         return cls(
             largest_component=tuple(int(v) for v in data.get("largest_component", [])),
+            # decisions written before the guard keep only the largest component, as they were measured
+            largest_component_guard_mm3={int(k): float(v) for k, v in (data.get("largest_component_guard_mm3") or {}).items()},
             min_volume_mm3={int(k): float(v) for k, v in (data.get("min_volume_mm3") or {}).items()},
         )
 
 
-def keep_largest_component(labels: np.ndarray, value: int) -> np.ndarray:
-    """`labels` with every component of `value` but the largest set to background."""
+def keep_largest_component(labels: np.ndarray, value: int, guard_voxels: float = np.inf) -> np.ndarray:
+    """`labels` with every component of `value` but the largest, and but those of at least
+    `guard_voxels` voxels, set to background."""
     mask = labels == value
     if not mask.any():
         return labels
-    largest = cc3d.largest_k(mask, k=1, connectivity=CONNECTIVITY) > 0
+    components = cc3d.connected_components(mask, connectivity=CONNECTIVITY)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    kept = sizes >= guard_voxels
+    kept[sizes.argmax()] = True
+    kept[0] = False
     out = labels.copy()
-    out[mask & ~largest] = 0
+    out[mask & ~kept[components]] = 0
     return out
+
+
+def largest_component_mm3(labels: np.ndarray, value: int, voxel_mm3: float) -> float | None:
+    """The volume of the largest component of `value`; None where `value` is absent."""
+    mask = labels == value
+    if not mask.any():
+        return None
+    return float(np.bincount(cc3d.connected_components(mask, connectivity=CONNECTIVITY).ravel())[1:].max() * voxel_mm3)
 
 
 def remove_small_components(labels: np.ndarray, value: int, min_voxels: float) -> np.ndarray:
@@ -121,6 +144,9 @@ def decide_postprocessing(
         if value == 0:
             continue
         largest = replace(chosen, largest_component=(*chosen.largest_component, value))
+        volumes = [v for c in cases if (v := largest_component_mm3(c.prediction, value, c.voxel_mm3)) is not None]
+        if volumes:
+            largest = replace(largest, largest_component_guard_mm3={**chosen.largest_component_guard_mm3, value: min(volumes)})
         chosen = _best_of(cases, name, value, chosen, [("keep largest component", largest)], trials)
         small = [(f"remove components < {v:g} mm3", replace(chosen, min_volume_mm3={**chosen.min_volume_mm3, value: float(v)})) for v in min_volumes_mm3]
         chosen = _best_of(cases, name, value, chosen, small, trials)

@@ -122,8 +122,8 @@ def inference_config(loaded: LoadedModel, network_def: dict[str, Any]) -> dict[s
 
 def _postprocessing_steps(loaded: LoadedModel) -> list[dict[str, Any]]:
     """The post-processing `unetr predict` applies beside this checkpoint, as MONAI transforms (largest
-    component per label, 26-connected like cc3d's); removing small components has no MONAI transform
-    that works on a label map, so the bundle's README names it instead."""
+    component per label, 26-connected like cc3d's). MONAI's transform has no guard for organ-sized
+    components and none removes small components from a label map: the bundle's README names both."""
     steps = postprocessing_for(loaded.path)
     return [{"_target_": "KeepLargestConnectedComponentd", "keys": "pred", "applied_labels": [value], "is_onehot": False,
              "connectivity": 3} for value in (steps.largest_component if steps else ())]
@@ -241,6 +241,11 @@ def _postprocessing_note(loaded: LoadedModel) -> str:
     note = ""
     if steps.largest_component:
         note += f"Post-processing decided on validation cases, in `configs/inference.json`: keep the largest component of labels {list(steps.largest_component)}.\n"
+    if guards := {v: steps.largest_component_guard_mm3[v] for v in steps.largest_component if v in steps.largest_component_guard_mm3}:
+        note += ("`unetr predict` also keeps the other components of at least "
+                 + ", ".join(f"{v:g} mm3 of label {k}" for k, v in guards.items())
+                 + " (the smallest largest component on validation: where a false positive outgrows the organ, the organ stays);"
+                 " MONAI's transform keeps the largest alone, so on such a scan the bundle's mask loses the organ.\n")
     if steps.min_volume_mm3:
         note += ("Post-processing decided on validation cases but not in the bundle (no MONAI transform does it on a label map): remove components smaller than "
                  + ", ".join(f"{v:g} mm3 of label {k}" for k, v in steps.min_volume_mm3.items()) + "; `unetr predict` applies it.\n")

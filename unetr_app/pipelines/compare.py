@@ -289,7 +289,8 @@ def _nested_postprocess(runs: list[RunResult], say) -> None:
 
 
 def describe(steps: Postprocessing) -> str:
-    parts = [f"largest component of label {v}" for v in steps.largest_component]
+    guards = steps.largest_component_guard_mm3
+    parts = [f"largest component of label {v}" + (f" (and any of >= {guards[v]:g} mm3)" if v in guards else "") for v in steps.largest_component]
     parts += [f"label {v}: drop < {mm3:g} mm3" for v, mm3 in steps.min_volume_mm3.items()]
     return "; ".join(parts) or "none"
 
