@@ -147,7 +147,9 @@ def test_each_fold_gets_the_post_processing_its_own_cases_did_not_choose():
     decided = nested_decisions({0: fold0, 1: fold1}, labels)
     decisions = {fold: steps for fold, (steps, _) in decided.items()}
     assert describe(decisions[0]) == "none"  # decided on fold 1, where removing parts only hurts
-    assert decisions[1] == Postprocessing(largest_component=(1,))  # decided on fold 0
+    # decided on fold 0, guarded by its smallest largest component (the 512 mm3 organ)
+    assert decisions[1] == Postprocessing(largest_component=(1,), largest_component_guard_mm3={1: 512.0})
+    assert describe(decisions[1]) == "largest component of label 1, and any other >= 0.512 mL"
     kept = [t for t in decided[1][1] if t["kept"]]  # the trial that chose it, scored on fold 0's cases
     assert [t["step"] for t in kept] == ["keep largest component"]
     assert kept[0]["dice_before"] == pytest.approx(2 * 512 / (513 + 512), abs=1e-6) and kept[0]["dice_after"] == pytest.approx(1.0)

@@ -290,7 +290,7 @@ def _nested_postprocess(runs: list[RunResult], say) -> None:
 
 def describe(steps: Postprocessing) -> str:
     guards = steps.largest_component_guard_mm3
-    parts = [f"largest component of label {v}" + (f", and any other >= {guards[v] / 1000:.0f} mL" if v in guards else "") for v in steps.largest_component]
+    parts = [f"largest component of label {v}" + (f", and any other >= {guards[v] / 1000:.3g} mL" if v in guards else "") for v in steps.largest_component]
     parts += [f"label {v}: drop < {mm3:g} mm3" for v, mm3 in steps.min_volume_mm3.items()]
     return "; ".join(parts) or "none"
 
