@@ -89,9 +89,7 @@ def keep_largest_component(labels: np.ndarray, value: int, guard_voxels: float =
     mask = labels == value
     if not mask.any():
         return labels
-    components = cc3d.connected_components(mask, connectivity=CONNECTIVITY)
-    sizes = np.bincount(components.ravel())
-    sizes[0] = 0
+    components, sizes = _components(mask)
     kept = sizes >= guard_voxels
     kept[sizes.argmax()] = True
     kept[0] = False
@@ -103,9 +101,15 @@ def keep_largest_component(labels: np.ndarray, value: int, guard_voxels: float =
 def largest_component_mm3(labels: np.ndarray, value: int, voxel_mm3: float) -> float | None:
     """The volume of the largest component of `value`; None where `value` is absent."""
     mask = labels == value
-    if not mask.any():
-        return None
-    return float(np.bincount(cc3d.connected_components(mask, connectivity=CONNECTIVITY).ravel())[1:].max() * voxel_mm3)
+    return float(_components(mask)[1].max() * voxel_mm3) if mask.any() else None
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The component index of each voxel (0: outside `mask`) and each index's voxel count (0 for index 0)."""
+    components = cc3d.connected_components(mask, connectivity=CONNECTIVITY)
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    return components, sizes
 
 
 def remove_small_components(labels: np.ndarray, value: int, min_voxels: float) -> np.ndarray:
